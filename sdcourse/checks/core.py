@@ -1,0 +1,189 @@
+"""The machinery behind every exercise check.
+
+A check runs the learner's function and the reference on several cases and prints either a
+clear pass, or the first case that failed with expected vs got and the most likely cause.
+The likely cause comes from `mistakes`: plausible wrong versions of the function (a missing
+square root, an off-by-one timestep, ...). When the learner's output matches one of them, we
+know what went wrong. Tests use the same mistakes to prove every check can fail.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Case:
+    """One input to try: `fn(*args, **kwargs)`, described by `label` in failure reports."""
+
+    label: str
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class CheckResult:
+    """What a check found. Truthy when it passed; the report was already printed."""
+
+    name: str
+    passed: bool
+    report: str
+
+    def __bool__(self):
+        return self.passed
+
+    def __repr__(self):
+        return f"CheckResult(name={self.name!r}, passed={self.passed})"
+
+    def _ipython_display_(self):
+        # The report is printed when the check runs; showing the result again would repeat it.
+        pass
+
+
+def values_close(got, expected, atol=1e-5, rtol=1e-4) -> bool:
+    """True when `got` equals `expected` within tolerance; works through dicts, lists and tuples."""
+    if isinstance(expected, dict):
+        return (
+            isinstance(got, dict)
+            and set(got) == set(expected)
+            and all(values_close(got[k], expected[k], atol, rtol) for k in expected)
+        )
+    if isinstance(expected, (list, tuple)) and not _is_numeric_sequence(expected):
+        return (
+            isinstance(got, (list, tuple))
+            and len(got) == len(expected)
+            and all(values_close(g, e, atol, rtol) for g, e in zip(got, expected))
+        )
+    if isinstance(expected, str) or isinstance(got, str):
+        return got == expected
+    try:
+        got_array, expected_array = _as_array(got), _as_array(expected)
+    except (TypeError, ValueError):
+        return got == expected
+    if got_array.shape != expected_array.shape:
+        return False
+    if expected_array.dtype == bool or got_array.dtype == bool:
+        return np.array_equal(got_array, expected_array)
+    return bool(np.allclose(got_array, expected_array, atol=atol, rtol=rtol, equal_nan=True))
+
+
+def describe(value, limit=6) -> str:
+    """A short, readable summary of a value for a failure report."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        array = _as_array(value)
+        flat = ", ".join(f"{x:.5g}" for x in array.ravel()[:limit].astype(float))
+        more = ", ..." if array.size > limit else ""
+        return f"{type(value).__name__} of shape {tuple(array.shape)}: [{flat}{more}]"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + " ..."
+
+
+def run_check(
+    name: str,
+    learner_fn: Callable,
+    reference_fn: Callable,
+    cases: list[Case],
+    mistakes: dict[str, Callable] | None = None,
+    *,
+    compare: Callable[[Any, Any], bool] = values_close,
+    verbose: bool = True,
+) -> CheckResult:
+    """Run `learner_fn` and `reference_fn` on every case; report the first disagreement.
+
+    mistakes: {likely cause: wrong function}. The first wrong function whose output matches the
+    learner's on the failing case names the likely cause.
+    """
+    if not callable(learner_fn):
+        raise TypeError(f"{name}: expected a function, got {type(learner_fn).__name__}")
+    report = None
+    for case in cases:
+        expected = reference_fn(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
+        try:
+            got = learner_fn(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
+        except NotImplementedError as error:
+            hint = f" Hint: {error}" if str(error) else ""
+            report = f"❌ {name}: not filled in yet (the function raised NotImplementedError).{hint}"
+            break
+        except Exception as error:  # the learner's code crashed: say where, not a traceback
+            report = (
+                f"❌ {name}: failed on case '{case.label}'\n"
+                f"   your function raised {type(error).__name__}: {error}"
+            )
+            break
+        if compare(got, expected):
+            continue
+        cause = _likely_cause(got, case, mistakes or {}, compare)
+        report = (
+            f"❌ {name}: failed on case '{case.label}'\n"
+            f"   expected: {describe(expected)}\n"
+            f"   got:      {describe(got)}\n"
+            f"   likely cause: {cause}"
+        )
+        break
+    if report is None:
+        report = f"✅ {name}: passed all {len(cases)} cases."
+    if verbose:
+        print(report)
+    return CheckResult(name=name, passed=report.startswith("✅"), report=report)
+
+
+def _likely_cause(got, case, mistakes, compare):
+    for cause, wrong_fn in mistakes.items():
+        try:
+            wrong = wrong_fn(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
+        except Exception:
+            continue
+        if compare(got, wrong):
+            return cause
+    return "none of the usual mistakes; compare your code with the formula above the exercise."
+
+
+def _is_numeric_sequence(value) -> bool:
+    return all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in value)
+
+
+def _as_array(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().double().numpy() if value.dtype != torch.bool else value.cpu().numpy()
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        if isinstance(value, float) and math.isnan(value):
+            return np.array(np.nan)
+        return np.asarray(value, dtype=float)
+    array = np.asarray(value)
+    if array.dtype == object:
+        raise TypeError("not numeric")
+    return array
+
+
+ALL_CHECKS: dict[str, Callable] = {}
+
+
+def exercise_check(name, reference_fn, make_cases, mistakes, *, compare=values_close):
+    """Build a `check_...(fn)` function for one exercise and register it.
+
+    make_cases: a function returning the list of `Case`s (built lazily, so importing the
+    checks stays cheap). The returned check keeps `reference`, `mistakes` and `cases` as
+    attributes, which is how the tests prove that it passes on the reference and fails on
+    every listed mistake.
+    """
+    if not mistakes:
+        raise ValueError(f"{name}: a check needs at least one plausible mistake to guard against")
+
+    def check(learner_fn, verbose=True):
+        return run_check(name, learner_fn, reference_fn, make_cases(), mistakes, compare=compare, verbose=verbose)
+
+    check.__name__ = "check_" + name
+    check.__doc__ = f"Check your `{name}` against the reference on several cases."
+    check.reference = reference_fn
+    check.mistakes = mistakes
+    check.cases = make_cases
+    ALL_CHECKS[name] = check
+    return check

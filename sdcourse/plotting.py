@@ -1,0 +1,196 @@
+"""Figures used across the lessons. Every function returns a matplotlib Figure.
+
+Images may be torch tensors or numpy arrays, (C, H, W) or (H, W, C), in [-1, 1] (what the
+networks use), [0, 1], or uint8 [0, 255]; `to_image` turns any of them into (H, W, 3) uint8.
+"""
+
+from __future__ import annotations
+
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+STYLE = {
+    "figure.dpi": 80,
+    "savefig.dpi": 80,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "font.size": 10,
+    "axes.titlesize": 10,
+}
+plt.rcParams.update(STYLE)
+
+
+def to_image(image, value_range=None) -> np.ndarray:
+    """(H, W, 3) uint8 from a tensor or array in [-1, 1], [0, 1] or [0, 255].
+
+    value_range: (low, high) to say how the input is scaled; guessed when None:
+    uint8 means [0, 255], any negative value means [-1, 1], otherwise [0, 1].
+    """
+    channels_first = isinstance(image, torch.Tensor)  # torch images are (C, H, W)
+    if channels_first:
+        image = image.detach().cpu()
+        image = image.numpy() if image.dtype == torch.uint8 else image.float().numpy()
+    array = np.asarray(image)
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 3 and not channels_first:  # arrays: (H, W, C) unless clearly (C, H, W)
+        channels_first = array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4)
+    if array.ndim == 3 and channels_first:
+        array = array.transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"image has shape {array.shape}; allowed: (H, W), (C, H, W) or (H, W, C) with C in 1, 3, 4")
+    if array.dtype == np.uint8:
+        out = array
+    else:
+        if value_range is None:
+            value_range = (-1.0, 1.0) if array.min() < 0 else (0.0, 1.0)
+        low, high = value_range
+        out = (np.clip((array - low) / (high - low), 0, 1) * 255).round().astype(np.uint8)
+    if out.shape[-1] == 1:
+        out = np.repeat(out, 3, axis=-1)
+    return out[..., :3]
+
+
+def image_grid(images, captions=None, ncols=None, title=None, size=1.6) -> plt.Figure:
+    """Images in a grid, each with an optional caption below it."""
+    images = list(images)
+    if not images:
+        raise ValueError("images is empty; give at least one image")
+    if captions is not None and len(captions) != len(images):
+        raise ValueError(f"captions has {len(captions)} entries for {len(images)} images; they must match")
+    ncols = ncols or min(len(images), 8)
+    nrows = -(-len(images) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.3 if title else 0)), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(images):
+            ax.imshow(to_image(images[i]), interpolation="nearest")
+            if captions is not None:
+                ax.set_title(_wrap(str(captions[i])), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def schedule_curves(schedules: dict, title="Noise schedules") -> plt.Figure:
+    """alpha-bar and SNR (dB) against t for named schedules.
+
+    schedules: {name: a NoiseSchedule, or a 1-D array of alphas_cumprod}.
+    """
+    fig, (ax_bar, ax_snr) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for name, schedule in schedules.items():
+        alpha_bar = np.asarray(getattr(schedule, "alphas_cumprod", schedule), dtype=np.float64)
+        t = np.arange(len(alpha_bar))
+        ax_bar.plot(t, alpha_bar, label=name)
+        ax_snr.plot(t, 10 * np.log10(alpha_bar / (1 - alpha_bar)), label=name)
+    ax_bar.set(xlabel="timestep t", ylabel=r"$\bar\alpha_t$", title="signal kept")
+    ax_snr.axhline(0, color="gray", lw=0.8, ls="--")
+    ax_snr.set(xlabel="timestep t", ylabel="SNR (dB)", title="signal-to-noise ratio")
+    ax_bar.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def trajectory_strip(images, timesteps, title=None, size=1.4) -> plt.Figure:
+    """One row of images along a noising or denoising trajectory, labelled t=..."""
+    images = list(images)
+    if len(images) != len(timesteps):
+        raise ValueError(f"timesteps has {len(timesteps)} entries for {len(images)} images; they must match")
+    return image_grid(images, [f"t={int(t)}" for t in timesteps], ncols=len(images), title=title, size=size)
+
+
+def compare_images(ours, theirs, labels=("ours", "library"), title=None, size=2.2) -> plt.Figure:
+    """Two images side by side and their absolute difference, with the max difference in the title."""
+    a = _as_float_hwc(ours)
+    b = _as_float_hwc(theirs)
+    if a.shape != b.shape:
+        raise ValueError(f"the images differ in shape: {a.shape} vs {b.shape}")
+    diff = np.abs(a - b).max(axis=-1)
+    fig, axes = plt.subplots(1, 3, figsize=(3 * size + 0.6, size + 0.5))
+    for ax, image, label in zip(axes, (ours, theirs), labels):
+        ax.imshow(to_image(image), interpolation="nearest")
+        ax.set_title(label)
+        ax.axis("off")
+    shown = axes[2].imshow(diff, cmap="magma", vmin=0, vmax=max(float(diff.max()), 1e-8), interpolation="nearest")
+    axes[2].set_title(f"|difference|, max {diff.max():.2e}")
+    axes[2].axis("off")
+    fig.colorbar(shown, ax=axes[2], fraction=0.046)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _as_float_hwc(image) -> np.ndarray:
+    """Values as given (not rescaled), as float (H, W, C), so differences are in the input's units."""
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().double().numpy()
+    array = np.asarray(image, dtype=np.float64)
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = array.transpose(1, 2, 0)
+    return array if array.ndim == 3 else array[..., None]
+
+
+def _wrap(text, width=22) -> str:
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    lines.append(line)
+    return "\n".join(lines)
+
+
+def pipeline_diagram(highlight=None) -> plt.Figure:
+    """Stable Diffusion's inference pipeline as boxes and arrows.
+
+    highlight: the name of one box to colour (e.g. "U-Net"), to show where a lesson sits.
+    """
+    boxes = {  # name: (x, y, what it does)
+        "prompt": (0.0, 1.0, '"a red circle"'),
+        "tokenizer": (1.9, 1.0, "CLIP BPE\n77 token ids"),
+        "text encoder": (3.8, 1.0, "CLIP\n77 x width"),
+        "noise": (3.8, 0.0, "random latents\n4 x h/8 x w/8"),
+        "U-Net": (6.1, 0.5, "predicts the noise\nwith & without text"),
+        "scheduler": (8.5, 0.5, "removes some noise\nrepeat N steps"),
+        "VAE decoder": (10.7, 0.5, "latents -> pixels\nx8 per side"),
+        "image": (12.5, 0.5, "3 x h x w"),
+    }
+    arrows = [
+        ("prompt", "tokenizer"), ("tokenizer", "text encoder"), ("text encoder", "U-Net"),
+        ("noise", "U-Net"), ("U-Net", "scheduler"), ("scheduler", "VAE decoder"), ("VAE decoder", "image"),
+    ]
+    HALF_WIDTH = {"prompt": 0.65, "tokenizer": 0.6, "text encoder": 0.6, "noise": 0.75, "U-Net": 0.85,
+                  "scheduler": 0.85, "VAE decoder": 0.75, "image": 0.45}
+    if highlight is not None and highlight not in boxes:
+        raise ValueError(f"highlight={highlight!r} is not a box; allowed: {', '.join(boxes)}")
+    fig, ax = plt.subplots(figsize=(11, 2.4))
+    for name, (x, y, note) in boxes.items():
+        colour = "#ffd27f" if name == highlight else "#dbe9f6"
+        ax.text(x, y, f"{name}\n{note}", ha="center", va="center", fontsize=8,
+                bbox=dict(boxstyle="round,pad=0.4", fc=colour, ec="#4a6fa5"))
+    for start, end in arrows:
+        (x0, y0, _), (x1, y1, _) = boxes[start], boxes[end]
+        ax.annotate("", xy=(x1 - HALF_WIDTH[end], y1), xytext=(x0 + HALF_WIDTH[start], y0),
+                    arrowprops=dict(arrowstyle="->", color="#4a6fa5"))
+    # the denoising loop: the scheduler's output goes back into the U-Net
+    ax.annotate("", xy=(6.1, 0.85), xytext=(8.5, 0.85),
+                arrowprops=dict(arrowstyle="->", color="#c0392b", connectionstyle="arc3,rad=0.45"))
+    ax.text(7.3, 1.3, "denoising loop", color="#c0392b", ha="center", fontsize=8)
+    ax.set_xlim(-0.9, 13.3)
+    ax.set_ylim(-0.5, 1.5)
+    ax.axis("off")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,84 @@
+"""Every exercise check can fail: on the blank stub, and on each plausible mistake it lists."""
+
+import pytest
+import torch
+
+import sdcourse.checks as checks
+from sdcourse.checks import ALL_CHECKS, Case, run_check, values_close
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError("fill in this part")
+
+
+def test_there_are_checks():
+    assert ALL_CHECKS, "no exercise checks are registered"
+
+
+@pytest.mark.parametrize("name", sorted(ALL_CHECKS))
+def test_check_passes_on_the_reference(name):
+    check = ALL_CHECKS[name]
+    assert check(check.reference, verbose=False)
+
+
+@pytest.mark.parametrize("name", sorted(ALL_CHECKS))
+def test_check_fails_on_the_blank_stub(name):
+    result = ALL_CHECKS[name](stub, verbose=False)
+    assert not result
+    assert "not filled in yet" in result.report
+
+
+@pytest.mark.parametrize(
+    "name, cause", [(name, cause) for name, check in sorted(ALL_CHECKS.items()) for cause in check.mistakes]
+)
+def test_check_fails_on_each_mistake_and_names_it(name, cause):
+    check = ALL_CHECKS[name]
+    result = check(check.mistakes[cause], verbose=False)
+    assert not result, f"{name} passes the mistake: {cause}"
+    assert "likely cause: " + cause in result.report
+
+
+@pytest.mark.parametrize("name", sorted(ALL_CHECKS))
+def test_check_is_exported_under_its_name(name):
+    assert getattr(checks, "check_" + name) is ALL_CHECKS[name]
+
+
+def test_report_shows_case_expected_and_got(capsys):
+    cases = [Case("x = 2", (2,)), Case("x = 4", (4,))]
+    result = run_check("square", lambda x: x * 3 if x == 4 else x * x, lambda x: x * x, cases, {"tripled": lambda x: 3 * x})
+    printed = capsys.readouterr().out
+    assert not result
+    assert "'x = 4'" in printed and "expected: 16" in printed and "got:      12" in printed
+    assert "likely cause: tripled" in printed
+
+
+def test_a_crash_in_the_learner_code_is_reported_not_raised(capsys):
+    result = run_check("f", lambda x: 1 / 0, lambda x: x, [Case("x = 1", (1,))], {})
+    assert not result and "ZeroDivisionError" in capsys.readouterr().out
+
+
+def test_learner_code_cannot_change_the_reference_inputs():
+    def in_place(x):
+        x.mul_(0)
+        return x
+
+    reference_inputs = []
+    result = run_check("f", in_place, lambda x: reference_inputs.append(x.clone()) or x, [Case("ones", (torch.ones(3),))], {}, verbose=False)
+    assert not result
+    assert torch.equal(reference_inputs[0], torch.ones(3))
+
+
+@pytest.mark.parametrize(
+    "got, expected, same",
+    [
+        (torch.ones(3), torch.ones(3) + 1e-7, True),
+        (torch.ones(3), torch.ones(4), False),
+        ({"a": 1.0, "b": [1, 2]}, {"a": 1.0, "b": [1, 2]}, True),
+        ({"a": 1.0}, {"a": 1.0, "b": 2}, False),
+        ([{"t": 259}], [{"t": 260}], False),
+        ("linear", "linear", True),
+        (None, 1.0, False),
+    ],
+)
+def test_values_close(got, expected, same):
+    assert values_close(got, expected) is same

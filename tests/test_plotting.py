@@ -1,0 +1,35 @@
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+
+from sdcourse.plotting import compare_images, image_grid, schedule_curves, to_image, trajectory_strip
+from sdcourse.schedules import NoiseSchedule
+
+
+def test_to_image_understands_the_usual_layouts_and_ranges():
+    chw = torch.tensor([-1.0, 0.0, 1.0]).reshape(3, 1, 1)
+    assert to_image(chw).tolist() == [[[0, 128, 255]]]
+    hwc01 = np.full((2, 2, 3), 0.5)
+    assert to_image(hwc01).shape == (2, 2, 3) and to_image(hwc01)[0, 0, 0] == 128
+    assert to_image(np.zeros((4, 4), dtype=np.uint8)).shape == (4, 4, 3)
+    with pytest.raises(ValueError, match="allowed"):
+        to_image(np.zeros((2, 5, 5, 5)))
+
+
+def test_figures_have_the_right_panels():
+    images = [torch.rand(3, 8, 8) for _ in range(5)]
+    fig = image_grid(images, [f"image {i}" for i in range(5)], ncols=3)
+    assert len(fig.axes) == 6 and fig.axes[0].get_title() == "image 0"
+    fig = trajectory_strip(images, [0, 250, 500, 750, 999])
+    assert [ax.get_title() for ax in fig.axes] == ["t=0", "t=250", "t=500", "t=750", "t=999"]
+    fig = schedule_curves({"linear": NoiseSchedule(beta_schedule="linear", beta_start=1e-4, beta_end=0.02)})
+    assert len(fig.axes[0].lines) == 1
+    fig = compare_images(images[0], images[0] + 0.5)
+    assert "max 5.00e-01" in fig.axes[2].get_title()
+    plt.close("all")
+
+
+def test_mismatched_captions_are_refused():
+    with pytest.raises(ValueError, match="captions has 1 entries for 2 images"):
+        image_grid([torch.rand(3, 4, 4)] * 2, ["one"])

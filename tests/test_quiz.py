@@ -1,0 +1,89 @@
+"""Quiz banks are valid, every lesson's has five questions, and both front ends work."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sdcourse.quiz import BANK_DIR, Quiz, bank_path, show_quiz, validate_bank
+
+BANKS = sorted(BANK_DIR.glob("*.yaml"))
+
+
+def test_there_are_banks():
+    assert BANKS
+
+
+@pytest.mark.parametrize("path", BANKS, ids=lambda p: p.stem)
+def test_bank_is_valid_with_five_questions(path):
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert validate_bank(data, path.name) == []
+    assert len(data["questions"]) == 5
+
+
+@pytest.mark.parametrize("path", BANKS, ids=lambda p: p.stem)
+def test_every_correct_answer_scores(path):
+    quiz = Quiz.from_file(path)
+    for number, question in enumerate(quiz.questions, start=1):
+        quiz.feedback(number, "".join(sorted(question.answer)))
+    assert all(quiz.results.values()) and len(quiz.results) == len(quiz.questions)
+
+
+def bank(**question):
+    base = {"prompt": "Q?", "choices": [{"text": "a", "correct": True, "why": "w"}, {"text": "b", "why": "w"}]}
+    base.update(question)
+    return {"title": "T", "questions": [base]}
+
+
+def test_validation_catches_two_correct_answers_in_a_single_answer_question():
+    data = bank(choices=[{"text": "a", "correct": True, "why": "w"}, {"text": "b", "correct": True, "why": "w"}])
+    assert "exactly one correct choice, has 2" in validate_bank(data)[0]
+
+
+def test_validation_catches_a_missing_explanation():
+    data = bank(choices=[{"text": "a", "correct": True, "why": "w"}, {"text": "b"}])
+    assert "choice b: has no explanation" in validate_bank(data)[0]
+
+
+def test_multiple_answer_questions_may_have_several_correct_choices():
+    data = bank(multiple=True, choices=[{"text": "a", "correct": True, "why": "w"}, {"text": "b", "correct": True, "why": "w"}])
+    assert validate_bank(data) == []
+
+
+def test_text_mode_feedback_explains_every_choice_and_keeps_score(tmp_path):
+    path = tmp_path / "99_test.yaml"
+    path.write_text(yaml.safe_dump(bank()))
+    quiz = Quiz.from_file(path)
+    right = "".join(quiz.questions[0].answer)
+    wrong = "a" if right == "b" else "b"
+    text = quiz.feedback(1, wrong)
+    assert "not quite" in text and text.count("w") >= 2 and "Score: 0/1" in text
+    assert "Score: 1/1" in quiz.feedback(1, right)
+
+
+def test_bad_answers_name_what_is_allowed(tmp_path):
+    path = tmp_path / "99_test.yaml"
+    path.write_text(yaml.safe_dump(bank()))
+    quiz = Quiz.from_file(path)
+    with pytest.raises(ValueError, match="allowed letters: a, b"):
+        quiz.feedback(1, "z")
+    with pytest.raises(ValueError, match="allowed: 1 to 1"):
+        quiz.feedback(2, "a")
+
+
+def test_unknown_lesson_lists_the_banks():
+    with pytest.raises(ValueError, match="available"):
+        bank_path("nope")
+
+
+def test_text_fallback_outside_a_kernel(capsys, monkeypatch):
+    monkeypatch.setenv("SDCOURSE_QUIZ", "auto")
+    quiz = show_quiz(BANKS[0].stem)
+    assert "1. " in capsys.readouterr().out
+    assert quiz.questions
+
+
+def test_widget_front_end_builds(monkeypatch):
+    quiz = Quiz.from_file(BANKS[0])
+    box = quiz.widget()
+    assert len(box.children) == 1 + 4 * len(quiz.questions) + 1
