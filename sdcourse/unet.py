@@ -1,0 +1,714 @@
+"""The Stable Diffusion U-Net, from scratch, weight-compatible with diffusers.
+
+The U-Net predicts the noise in a latent image, given the timestep and the text:
+
+    noise_pred = unet(latents, t, text_embeddings)
+    latents:         (batch, 4, height/8, width/8)   e.g. (1, 4, 64, 64) for a 512x512 image
+    t:               a number, or one per sample
+    text_embeddings: (batch, 77, cross_attention_dim)  from the CLIP text encoder
+
+Layout (SD 1.5, channels per level 320, 640, 1280, 1280):
+
+    conv_in                                  4 -> 320 channels
+    down_blocks  (ResNet + Transformer) x 2, then halve height and width; 4 levels
+    mid_block    ResNet, Transformer, ResNet at the lowest resolution
+    up_blocks    mirror of the down path; each ResNet also takes a skip connection
+    conv_norm_out, SiLU, conv_out            320 -> 4 channels
+
+The timestep enters every ResNet block (as a per-channel bias), the text enters every
+Transformer block (as the keys and values of cross-attention).
+
+Every parameter has the same name as in diffusers' `UNet2DConditionModel`, so
+
+    unet = UNet.from_config(diffusers_unet.config)
+    unet.load_state_dict(diffusers_unet.state_dict())
+
+works with no conversion.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sdcourse.attention import Attention
+
+# The U-Net of Stable Diffusion 1.5 (the `unet/config.json` of the model repository).
+SD15_UNET_CONFIG = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "layers_per_block": 2,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,  # the number of heads (see `UNet.from_config`)
+    "norm_num_groups": 32,
+    "norm_eps": 1e-5,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "use_linear_projection": False,
+}
+
+DOWN_BLOCK_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
+UP_BLOCK_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
+
+
+# ----------------------------------------------------------------------------
+# Timestep
+
+
+def timestep_embedding(timesteps, dim, flip_sin_to_cos=True, freq_shift=0, max_period=10000):
+    """Sinusoidal embedding of the timesteps, as in the Transformer's positions.
+
+    timesteps: (batch,) integers or floats.  Returns (batch, dim), float32.
+    With half = dim // 2, frequency i (i = 0 .. half-1) is
+        f_i = max_period ** (-i / (half - freq_shift))
+    and the embedding is [sin(t f), cos(t f)], or [cos(t f), sin(t f)] with `flip_sin_to_cos`.
+    Stable Diffusion uses flip_sin_to_cos=True, freq_shift=0; the original DDPM code used
+    sin first and freq_shift=1. The weights only work with the order they were trained with.
+    """
+    half = dim // 2
+    i = torch.arange(half, dtype=torch.float32, device=timesteps.device)
+    # f_i = exp(-ln(max_period) * i / (half - freq_shift))
+    freqs = torch.exp(-math.log(max_period) * i / (half - freq_shift))  # (half,)
+    angles = timesteps[:, None].float() * freqs[None, :]  # (batch, half)
+    if flip_sin_to_cos:
+        emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)  # (batch, 2 * half)
+    else:
+        emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+    if dim % 2 == 1:
+        emb = F.pad(emb, (0, 1))  # an odd dim gets a zero in the last place
+    return emb
+
+
+class TimestepEmbedding(nn.Module):
+    """The MLP on top of the sinusoid: Linear, SiLU, Linear."""
+
+    def __init__(self, in_dim, time_embed_dim):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, time_embed_dim)
+        self.linear_2 = nn.Linear(time_embed_dim, time_embed_dim)
+
+    def forward(self, x):  # (batch, in_dim)
+        # emb = W2 SiLU(W1 x + b1) + b2
+        return self.linear_2(F.silu(self.linear_1(x)))  # (batch, time_embed_dim)
+
+
+# ----------------------------------------------------------------------------
+# ResNet block
+
+
+class ResnetBlock2D(nn.Module):
+    """Two 3x3 convolutions with a residual connection; the timestep is added in between.
+
+        h = conv1(SiLU(GroupNorm(x)))
+        h = h + Linear(SiLU(temb))          one number per channel, the same at every pixel
+        h = conv2(SiLU(GroupNorm(h)))
+        out = shortcut(x) + h               shortcut is a 1x1 conv when channels change
+    """
+
+    def __init__(self, in_channels, out_channels, temb_channels, groups=32, eps=1e-5):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.time_emb_proj = nn.Linear(temb_channels, out_channels)
+        self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+        self.conv_shortcut = None
+        if in_channels != out_channels:
+            self.conv_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+
+    def forward(self, x, temb):
+        # x: (batch, in_channels, height, width), temb: (batch, temb_channels)
+        # h = conv1(SiLU(GroupNorm(x)))
+        h = self.conv1(F.silu(self.norm1(x)))  # (batch, out_channels, height, width)
+        # h = h + W SiLU(temb) + b, one value per channel, broadcast over height and width
+        h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
+        # h = conv2(SiLU(GroupNorm(h)))   (dropout would sit before conv2; SD uses none)
+        h = self.conv2(F.silu(self.norm2(h)))
+        if self.conv_shortcut is not None:
+            x = self.conv_shortcut(x)  # 1x1 conv: in_channels -> out_channels
+        # out = shortcut(x) + h
+        return x + h  # (batch, out_channels, height, width)
+
+
+# ----------------------------------------------------------------------------
+# Transformer
+
+
+class GEGLU(nn.Module):
+    """GEGLU(x) = (x W + b) * GELU(x V + c): one Linear computes both halves."""
+
+    def __init__(self, dim, inner_dim):
+        super().__init__()
+        self.proj = nn.Linear(dim, inner_dim * 2)
+
+    def forward(self, x):  # (batch, tokens, dim)
+        value, gate = self.proj(x).chunk(2, dim=-1)  # each (batch, tokens, inner_dim)
+        # GEGLU(x) = value * GELU(gate), GELU(z) = z * Phi(z) (exact, not the tanh approximation)
+        return value * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """GEGLU to 4x the width, then a Linear back. `net` is indexed like diffusers' (0, 1, 2)."""
+
+    def __init__(self, dim, mult=4):
+        super().__init__()
+        inner_dim = dim * mult
+        self.net = nn.ModuleList([GEGLU(dim, inner_dim), nn.Dropout(0.0), nn.Linear(inner_dim, dim)])
+
+    def forward(self, x):
+        for layer in self.net:
+            x = layer(x)
+        return x
+
+
+class BasicTransformerBlock(nn.Module):
+    """Self-attention, cross-attention to the text, feed-forward; each pre-norm and residual.
+
+        x = x + attn1(LayerNorm(x))                  pixels look at pixels
+        x = x + attn2(LayerNorm(x), text)            pixels (Q) look at text tokens (K, V)
+        x = x + ff(LayerNorm(x))
+    """
+
+    def __init__(self, dim, heads, head_dim, cross_attention_dim):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = Attention(dim, heads=heads, head_dim=head_dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.attn2 = Attention(dim, cross_attention_dim, heads=heads, head_dim=head_dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim)
+
+    def forward(self, x, context):
+        # x: (batch, pixels, dim), context: (batch, text_tokens, cross_attention_dim)
+        # x = x + SelfAttention(LayerNorm(x))
+        x = x + self.attn1(self.norm1(x))
+        # x = x + CrossAttention(Q = LayerNorm(x), K = V = text)
+        x = x + self.attn2(self.norm2(x), context)
+        # x = x + FeedForward(LayerNorm(x))
+        x = x + self.ff(self.norm3(x))
+        return x  # (batch, pixels, dim)
+
+
+class Transformer2D(nn.Module):
+    """Runs transformer blocks on an image, each pixel a token.
+
+        h = proj_in(GroupNorm(x))               1x1 conv (SD 1.x) or Linear (SD 2.x); same maths
+        h = blocks(h as (batch, pixels, inner_dim), text)
+        out = x + proj_out(h)
+    """
+
+    def __init__(self, channels, heads, cross_attention_dim, num_layers=1, groups=32, use_linear_projection=False):
+        super().__init__()
+        head_dim = channels // heads
+        inner_dim = heads * head_dim
+        self.use_linear_projection = use_linear_projection
+        # diffusers fixes this GroupNorm's eps at 1e-6, whatever the config's norm_eps.
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        if use_linear_projection:
+            self.proj_in = nn.Linear(channels, inner_dim)
+        else:
+            self.proj_in = nn.Conv2d(channels, inner_dim, kernel_size=1)
+        self.transformer_blocks = nn.ModuleList(
+            [BasicTransformerBlock(inner_dim, heads, head_dim, cross_attention_dim) for _ in range(num_layers)]
+        )
+        if use_linear_projection:
+            self.proj_out = nn.Linear(inner_dim, channels)
+        else:
+            self.proj_out = nn.Conv2d(inner_dim, channels, kernel_size=1)
+        self.spatial_size = None  # (height, width) of the last input, to reshape attention maps
+
+    def forward(self, x, context):
+        batch, channels, height, width = x.shape  # (batch, channels, height, width)
+        self.spatial_size = (height, width)
+        residual = x
+        # h = proj_in(GroupNorm(x))
+        h = self.norm(x)
+        if not self.use_linear_projection:
+            h = self.proj_in(h)  # (batch, inner_dim, height, width)
+        # one token per pixel, row by row
+        h = h.permute(0, 2, 3, 1).reshape(batch, height * width, -1)  # (batch, pixels, inner_dim)
+        if self.use_linear_projection:
+            h = self.proj_in(h)
+        for block in self.transformer_blocks:
+            h = block(h, context)
+        if self.use_linear_projection:
+            h = self.proj_out(h)
+        h = h.reshape(batch, height, width, -1).permute(0, 3, 1, 2).contiguous()  # (batch, inner_dim, h, w)
+        if not self.use_linear_projection:
+            h = self.proj_out(h)  # (batch, channels, height, width)
+        # out = x + proj_out(h)
+        return residual + h
+
+
+# ----------------------------------------------------------------------------
+# Resampling
+
+
+class Downsample2D(nn.Module):
+    """Halve height and width with a 3x3 convolution of stride 2."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=1)
+
+    def forward(self, x):  # (batch, channels, height, width)
+        return self.conv(x)  # (batch, channels, height / 2, width / 2)
+
+
+class Upsample2D(nn.Module):
+    """Double height and width: repeat each pixel 2x2 (nearest), then a 3x3 convolution."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+
+    def forward(self, x):  # (batch, channels, height, width)
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")  # (batch, channels, 2 height, 2 width)
+        return self.conv(x)
+
+
+# ----------------------------------------------------------------------------
+# U-Net blocks
+
+
+class DownBlock(nn.Module):
+    """One level of the down path: `num_layers` x (ResNet [+ Transformer]), then [Downsample].
+
+    With attention this is diffusers' CrossAttnDownBlock2D, without it DownBlock2D.
+    Returns the output and the list of skip tensors (one per layer, plus one after downsampling).
+    """
+
+    def __init__(self, in_channels, out_channels, temb_channels, num_layers, add_downsample,
+                 with_attention, heads, cross_attention_dim, transformer_layers, groups, eps,
+                 use_linear_projection):
+        super().__init__()
+        # (attentions are registered first only so that state_dict keys come in diffusers' order)
+        self.attentions = None
+        if with_attention:
+            self.attentions = nn.ModuleList(
+                [Transformer2D(out_channels, heads, cross_attention_dim, transformer_layers, groups,
+                               use_linear_projection)
+                 for _ in range(num_layers)]
+            )
+        self.resnets = nn.ModuleList(
+            [ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, temb_channels, groups, eps)
+             for i in range(num_layers)]
+        )
+        self.downsamplers = nn.ModuleList([Downsample2D(out_channels)]) if add_downsample else None
+
+    def forward(self, x, temb, context):
+        skips = []
+        for i, resnet in enumerate(self.resnets):
+            x = resnet(x, temb)
+            if self.attentions is not None:
+                x = self.attentions[i](x, context)
+            skips.append(x)
+        if self.downsamplers is not None:
+            x = self.downsamplers[0](x)
+            skips.append(x)
+        return x, skips
+
+
+class MidBlock(nn.Module):
+    """The bottom of the U: ResNet, Transformer, ResNet (diffusers' UNetMidBlock2DCrossAttn)."""
+
+    def __init__(self, channels, temb_channels, heads, cross_attention_dim, transformer_layers, groups, eps,
+                 use_linear_projection):
+        super().__init__()
+        self.attentions = nn.ModuleList(
+            [Transformer2D(channels, heads, cross_attention_dim, transformer_layers, groups, use_linear_projection)]
+        )
+        self.resnets = nn.ModuleList([ResnetBlock2D(channels, channels, temb_channels, groups, eps) for _ in range(2)])
+
+    def forward(self, x, temb, context):
+        x = self.resnets[0](x, temb)
+        x = self.attentions[0](x, context)
+        return self.resnets[1](x, temb)
+
+
+class UpBlock(nn.Module):
+    """One level of the up path: `num_layers` x (concat skip, ResNet [+ Transformer]), then [Upsample].
+
+    With attention this is diffusers' CrossAttnUpBlock2D, without it UpBlock2D. Skips are
+    consumed last-in first-out: the last tensor saved on the way down is the first used here.
+    """
+
+    def __init__(self, in_channels, prev_channels, out_channels, temb_channels, num_layers, add_upsample,
+                 with_attention, heads, cross_attention_dim, transformer_layers, groups, eps,
+                 use_linear_projection):
+        super().__init__()
+        self.attentions = None
+        if with_attention:
+            self.attentions = nn.ModuleList(
+                [Transformer2D(out_channels, heads, cross_attention_dim, transformer_layers, groups,
+                               use_linear_projection)
+                 for _ in range(num_layers)]
+            )
+        resnets = []
+        for i in range(num_layers):
+            # channels coming up from below (first layer) or from the previous layer of this block
+            resnet_in = prev_channels if i == 0 else out_channels
+            # channels of the skip tensor: the last skip of this level comes from the level above
+            skip = in_channels if i == num_layers - 1 else out_channels
+            resnets.append(ResnetBlock2D(resnet_in + skip, out_channels, temb_channels, groups, eps))
+        self.resnets = nn.ModuleList(resnets)
+        self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
+
+    def forward(self, x, skips, temb, context):
+        for i, resnet in enumerate(self.resnets):
+            x = torch.cat([x, skips.pop()], dim=1)  # (batch, channels + skip_channels, h, w)
+            x = resnet(x, temb)
+            if self.attentions is not None:
+                x = self.attentions[i](x, context)
+        if self.upsamplers is not None:
+            x = self.upsamplers[0](x)
+        return x
+
+
+# ----------------------------------------------------------------------------
+# Config
+
+
+# Every field of diffusers' UNet2DConditionModel config, with diffusers' default.
+_SUPPORTED = {
+    "sample_size": None,
+    "in_channels": 4,
+    "out_channels": 4,
+    "center_input_sample": False,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "norm_eps": 1e-5,
+    "cross_attention_dim": 1280,
+    "transformer_layers_per_block": 1,
+    "attention_head_dim": 8,
+    "num_attention_heads": None,
+    "use_linear_projection": False,
+    "upcast_attention": False,  # only matters in float16; ignored here
+    "conv_in_kernel": 3,
+    "conv_out_kernel": 3,
+}
+# Fields for features Stable Diffusion 1.x and 2.x do not use: only the default is accepted.
+_UNSUPPORTED = {
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "only_cross_attention": False,
+    "downsample_padding": 1,
+    "mid_block_scale_factor": 1,
+    "dropout": 0.0,
+    "act_fn": "silu",
+    "reverse_transformer_layers_per_block": None,
+    "encoder_hid_dim": None,
+    "encoder_hid_dim_type": None,
+    "dual_cross_attention": False,
+    "class_embed_type": None,
+    "addition_embed_type": None,
+    "addition_time_embed_dim": None,
+    "num_class_embeds": None,
+    "resnet_time_scale_shift": "default",
+    "resnet_skip_time_act": False,
+    "resnet_out_scale_factor": 1.0,
+    "time_embedding_type": "positional",
+    "time_embedding_dim": None,
+    "time_embedding_act_fn": None,
+    "timestep_post_act": None,
+    "time_cond_proj_dim": None,
+    "projection_class_embeddings_input_dim": None,
+    "attention_type": "default",
+    "class_embeddings_concat": False,
+    "mid_block_only_cross_attention": None,
+    "cross_attention_norm": None,
+    "addition_embed_type_num_heads": 64,
+}
+
+
+def _per_block(value, n, name):
+    """An int (same for every block) or a list of n values."""
+    if isinstance(value, int):
+        return [value] * n
+    value = list(value)
+    if len(value) != n or not all(isinstance(v, int) for v in value):
+        raise ValueError(f"{name} must be an int or a list of {n} ints (one per block), got {value}")
+    return value
+
+
+# ----------------------------------------------------------------------------
+# The U-Net
+
+
+class UNet(nn.Module):
+    """The conditional U-Net of Stable Diffusion 1.x / 2.x. Build it with `UNet.from_config`.
+
+    `forward(sample, timestep, encoder_hidden_states)` returns the predicted noise (or v),
+    a tensor shaped like `sample`.
+    """
+
+    def __init__(self, config=None, use_sdpa=True):
+        super().__init__()
+        cfg = self._read_config(config or {})
+        self.config = cfg
+        self.in_channels = cfg["in_channels"]
+        self.out_channels = cfg["out_channels"]
+        self.cross_attention_dim = cfg["cross_attention_dim"]
+        self.sample_size = cfg["sample_size"]
+        channels = list(cfg["block_out_channels"])
+        n = len(channels)
+        down_types = list(cfg["down_block_types"])
+        up_types = list(cfg["up_block_types"])
+        layers = _per_block(cfg["layers_per_block"], n, "layers_per_block")
+        transformer_layers = _per_block(cfg["transformer_layers_per_block"], n, "transformer_layers_per_block")
+        # diffusers' naming quirk: in SD configs `attention_head_dim` holds the NUMBER OF HEADS
+        # (8 for SD 1.x; [5, 10, 20, 20] for SD 2.x), not the width of a head. Each head is
+        # channels // heads wide (320 // 8 = 40 in SD 1.5's first block; 64 everywhere in SD 2.x).
+        # The name was a mistake kept for compatibility; `num_attention_heads`, when set, wins.
+        heads_cfg = cfg["num_attention_heads"] or cfg["attention_head_dim"]
+        heads = _per_block(heads_cfg, n, "attention_head_dim")
+        groups, eps = cfg["norm_num_groups"], cfg["norm_eps"]
+        linear = cfg["use_linear_projection"]
+        cross_dim = self.cross_attention_dim
+        self.flip_sin_to_cos = cfg["flip_sin_to_cos"]
+        self.freq_shift = cfg["freq_shift"]
+        self.center_input_sample = cfg["center_input_sample"]
+
+        # input: latents -> first block's channels
+        self.conv_in = nn.Conv2d(self.in_channels, channels[0], cfg["conv_in_kernel"],
+                                 padding=(cfg["conv_in_kernel"] - 1) // 2)
+
+        # time: sinusoid of width channels[0], then an MLP to 4 x channels[0]
+        time_embed_dim = channels[0] * 4
+        self.time_embedding = TimestepEmbedding(channels[0], time_embed_dim)
+
+        # down path: level i goes from channels[i-1] to channels[i]; all but the last halve the size
+        self.down_blocks = nn.ModuleList()
+        for i, block_type in enumerate(down_types):
+            self.down_blocks.append(DownBlock(
+                in_channels=channels[max(i - 1, 0)], out_channels=channels[i], temb_channels=time_embed_dim,
+                num_layers=layers[i], add_downsample=i < n - 1,
+                with_attention=block_type == "CrossAttnDownBlock2D", heads=heads[i],
+                cross_attention_dim=cross_dim, transformer_layers=transformer_layers[i], groups=groups, eps=eps,
+                use_linear_projection=linear,
+            ))
+
+        # bottom (up_blocks is registered before it only so that state_dict keys come in diffusers' order)
+        self.up_blocks = nn.ModuleList()
+        self.mid_block = MidBlock(channels[-1], time_embed_dim, heads[-1], cross_dim, transformer_layers[-1],
+                                  groups, eps, linear)
+
+        # up path: the mirror image, with one more layer per level (to consume the extra skip)
+        rev_channels = channels[::-1]
+        for i, block_type in enumerate(up_types):
+            self.up_blocks.append(UpBlock(
+                in_channels=rev_channels[min(i + 1, n - 1)], prev_channels=rev_channels[max(i - 1, 0)],
+                out_channels=rev_channels[i], temb_channels=time_embed_dim, num_layers=layers[::-1][i] + 1,
+                add_upsample=i < n - 1, with_attention=block_type == "CrossAttnUpBlock2D",
+                heads=heads[::-1][i], cross_attention_dim=cross_dim,
+                transformer_layers=transformer_layers[::-1][i], groups=groups, eps=eps,
+                use_linear_projection=linear,
+            ))
+        self.num_downsamplers = n - 1
+
+        # output: back to latent channels
+        self.conv_norm_out = nn.GroupNorm(groups, channels[0], eps=eps)
+        self.conv_out = nn.Conv2d(channels[0], self.out_channels, cfg["conv_out_kernel"],
+                                  padding=(cfg["conv_out_kernel"] - 1) // 2)
+
+        self.use_sdpa = use_sdpa
+
+    @classmethod
+    def from_config(cls, config, use_sdpa=True):
+        """Build from a diffusers UNet2DConditionModel config (a dict or `unet.config`).
+
+        Fields keep diffusers' meaning, including its naming quirk: `attention_head_dim` is the
+        number of attention heads per block (an int or one per block), not their width.
+        Fields for features SD 1.x / 2.x do not use must keep their default (ValueError otherwise).
+        """
+        return cls(dict(config), use_sdpa=use_sdpa)
+
+    @staticmethod
+    def _read_config(config):
+        config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
+        unknown = sorted(set(config) - set(_SUPPORTED) - set(_UNSUPPORTED))
+        if unknown:
+            raise ValueError(f"unknown U-Net config fields: {unknown}")
+        for key, default in _UNSUPPORTED.items():
+            value = config.get(key, default)
+            same = value == default or (key == "mid_block_only_cross_attention" and value is False)
+            if not same:
+                raise ValueError(f"{key}={value!r} is not supported by this U-Net (only {default!r})")
+        cfg = {**_SUPPORTED, **{k: v for k, v in config.items() if k in _SUPPORTED}}
+        n = len(cfg["block_out_channels"])
+        for key, allowed in (("down_block_types", DOWN_BLOCK_TYPES), ("up_block_types", UP_BLOCK_TYPES)):
+            types = list(cfg[key])
+            bad = [t for t in types if t not in allowed]
+            if bad:
+                raise ValueError(f"{key} contains {bad}; supported block types are {list(allowed)}")
+            if len(types) != n:
+                raise ValueError(f"{key} has {len(types)} entries, but block_out_channels has {n}")
+        if cfg["norm_num_groups"] is None:
+            raise ValueError("norm_num_groups=None is not supported by this U-Net")
+        if not isinstance(cfg["cross_attention_dim"], int):
+            dims = list(cfg["cross_attention_dim"])
+            if len(set(dims)) != 1:
+                raise ValueError(f"cross_attention_dim must be one int, got {dims}")
+            cfg["cross_attention_dim"] = dims[0]
+        return cfg
+
+    # ---- switches
+
+    @property
+    def use_sdpa(self):
+        return self._use_sdpa
+
+    @use_sdpa.setter
+    def use_sdpa(self, enabled):
+        """True: torch's fused scaled_dot_product_attention. False: the written-out softmax(QK^T/sqrt(d))V."""
+        self._use_sdpa = bool(enabled)
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.use_sdpa = self._use_sdpa
+
+    def store_attention_probs(self, enabled=True, self_attention=False):
+        """Keep the attention probabilities of every cross-attention layer (attn2) at each forward.
+
+        With `self_attention=True` also the self-attention layers (attn1): large, (pixels x pixels).
+        Storing uses the written-out attention (SDPA does not return probabilities).
+        Read them with `attention_probs()`.
+        """
+        for name, module in self.named_modules():
+            if isinstance(module, Attention):
+                is_cross = name.endswith("attn2")
+                module.store_probs = enabled and (is_cross or self_attention)
+                if not module.store_probs:
+                    module.last_probs = None
+
+    def attention_probs(self, spatial=False):
+        """{layer name: probabilities} of the last forward, for the layers that store them.
+
+        Each is (batch, heads, pixels, key_tokens), pixels in row order; with `spatial=True`
+        (batch, heads, height, width, key_tokens). Names look like
+        "down_blocks.0.attentions.1.transformer_blocks.0.attn2".
+        """
+        probs = {}
+        for name, module in self.named_modules():
+            if isinstance(module, Transformer2D):
+                for sub_name, sub in module.named_modules():
+                    if isinstance(sub, Attention) and sub.store_probs and sub.last_probs is not None:
+                        p = sub.last_probs
+                        if spatial:
+                            height, width = module.spatial_size
+                            p = p.reshape(p.shape[0], p.shape[1], height, width, p.shape[-1])
+                        probs[f"{name}.{sub_name}"] = p
+        return probs
+
+    # ---- checks
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """torch's load_state_dict, with a ValueError listing the missing/unexpected/mismatched keys."""
+        expected = self.state_dict()
+        problems = []
+        if strict:
+            missing = [k for k in expected if k not in state_dict]
+            unexpected = [k for k in state_dict if k not in expected]
+            if missing:
+                problems.append(f"missing keys ({len(missing)}): {_list(missing)}")
+            if unexpected:
+                problems.append(f"unexpected keys ({len(unexpected)}): {_list(unexpected)}")
+        mismatched = [
+            f"{k}: checkpoint {tuple(state_dict[k].shape)}, model {tuple(v.shape)}"
+            for k, v in expected.items()
+            if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+        ]
+        if mismatched:
+            problems.append(f"shape mismatches ({len(mismatched)}): {_list(mismatched)}")
+        if problems:
+            raise ValueError("state dict does not fit this U-Net: " + "; ".join(problems))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _check_inputs(self, sample, encoder_hidden_states):
+        if sample.ndim != 4:
+            raise ValueError(f"sample must be (batch, channels, height, width), got shape {tuple(sample.shape)}")
+        if sample.shape[1] != self.in_channels:
+            raise ValueError(
+                f"sample has {sample.shape[1]} channels, but this U-Net expects in_channels={self.in_channels}"
+            )
+        factor = 2 ** self.num_downsamplers
+        height, width = sample.shape[-2:]
+        if height % factor or width % factor:
+            raise ValueError(
+                f"sample height and width must be divisible by {factor} (the U-Net halves them "
+                f"{self.num_downsamplers} times), got {height}x{width}"
+            )
+        if encoder_hidden_states.ndim != 3:
+            raise ValueError(
+                "encoder_hidden_states must be (batch, tokens, cross_attention_dim), "
+                f"got shape {tuple(encoder_hidden_states.shape)}"
+            )
+        if encoder_hidden_states.shape[-1] != self.cross_attention_dim:
+            raise ValueError(
+                f"encoder_hidden_states has width {encoder_hidden_states.shape[-1]}, but this U-Net expects "
+                f"cross_attention_dim={self.cross_attention_dim}"
+            )
+        if encoder_hidden_states.shape[0] != sample.shape[0]:
+            raise ValueError(
+                f"encoder_hidden_states has batch {encoder_hidden_states.shape[0]}, "
+                f"but sample has batch {sample.shape[0]}"
+            )
+
+    def _timesteps(self, timestep, sample):
+        batch = sample.shape[0]
+        if not torch.is_tensor(timestep):
+            dtype = torch.float32 if isinstance(timestep, float) else torch.int64
+            timestep = torch.tensor([timestep], dtype=dtype)
+        timestep = timestep.to(sample.device).reshape(-1)  # (1,) or (batch,)
+        if timestep.shape[0] not in (1, batch):
+            raise ValueError(
+                f"timestep has {timestep.shape[0]} values, expected one or one per sample (batch={batch})"
+            )
+        return timestep.expand(batch)  # (batch,)
+
+    # ---- forward
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        """sample: (batch, in_channels, height, width), timestep: number or (batch,),
+        encoder_hidden_states: (batch, tokens, cross_attention_dim). Returns (batch, out_channels, height, width)."""
+        self._check_inputs(sample, encoder_hidden_states)
+        if self.center_input_sample:
+            sample = 2 * sample - 1.0
+
+        # 1. time: t -> sinusoid (batch, channels[0]) -> MLP (batch, 4 channels[0])
+        t = self._timesteps(timestep, sample)
+        t_emb = timestep_embedding(t, self.conv_in.out_channels, self.flip_sin_to_cos, self.freq_shift)
+        temb = self.time_embedding(t_emb.to(sample.dtype))
+
+        # 2. down: keep every intermediate result for the skip connections
+        x = self.conv_in(sample)  # (batch, channels[0], height, width)
+        skips = [x]
+        for block in self.down_blocks:
+            x, block_skips = block(x, temb, encoder_hidden_states)
+            skips.extend(block_skips)
+
+        # 3. bottom: (batch, channels[-1], height / 2**(n-1), width / 2**(n-1))
+        x = self.mid_block(x, temb, encoder_hidden_states)
+
+        # 4. up: each block pops as many skips as it has ResNets
+        for block in self.up_blocks:
+            x = block(x, skips, temb, encoder_hidden_states)
+
+        # 5. out
+        x = self.conv_out(F.silu(self.conv_norm_out(x)))  # (batch, out_channels, height, width)
+        return x
+
+
+def _list(items, limit=20):
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
