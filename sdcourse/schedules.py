@@ -1,0 +1,117 @@
+"""Noise schedules and the forward (noising) process of DDPM.
+
+A schedule is a list of betas: beta_t is the variance of the noise added at step t.
+
+    alpha_t     = 1 - beta_t
+    alpha_bar_t = alpha_1 * alpha_2 * ... * alpha_t          (how much signal is left)
+    x_t         = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise
+    SNR(t)      = alpha_bar_t / (1 - alpha_bar_t)
+
+Schedules are computed in float64 and stored as float32, the dtype diffusers uses.
+The names and arguments mirror diffusers' `DDPMScheduler`, so `NoiseSchedule.from_config(
+scheduler.config)` works.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "cosine")
+ALIASES = {"squaredcos_cap_v2": "cosine"}  # diffusers' name for the cosine schedule
+
+
+def cosine_alpha_bar(t: float, offset: float = 0.008) -> float:
+    """Nichol & Dhariwal's alpha-bar at t in [0, 1]: cos^2(((t + s) / (1 + s)) * pi / 2)."""
+    return math.cos((t + offset) / (1 + offset) * math.pi / 2) ** 2
+
+
+def make_betas(num_train_timesteps, beta_schedule, beta_start, beta_end, max_beta=0.999) -> torch.Tensor:
+    """Betas in float64 for one of BETA_SCHEDULES."""
+    T = num_train_timesteps
+    if beta_schedule == "linear":
+        # beta_t evenly spaced from beta_start to beta_end (DDPM's original schedule)
+        return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+    if beta_schedule == "scaled_linear":
+        # sqrt(beta_t) evenly spaced, then squared (Stable Diffusion's schedule)
+        return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
+    # cosine: beta_t = 1 - alpha_bar(t+1) / alpha_bar(t), clipped at max_beta so the last step is finite
+    betas = [min(1 - cosine_alpha_bar((i + 1) / T) / cosine_alpha_bar(i / T), max_beta) for i in range(T)]
+    return torch.tensor(betas, dtype=torch.float64)
+
+
+class NoiseSchedule:
+    """betas, alphas and alphas_cumprod for T training steps, plus add_noise and snr."""
+
+    def __init__(self, num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012):
+        if not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
+            raise ValueError(f"num_train_timesteps must be an integer >= 2, got {num_train_timesteps!r}")
+        name = ALIASES.get(beta_schedule, beta_schedule)
+        if name not in BETA_SCHEDULES:
+            allowed = ", ".join(BETA_SCHEDULES + tuple(ALIASES))
+            raise ValueError(f"beta_schedule={beta_schedule!r} is unknown; allowed: {allowed}")
+        for arg, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+            if not 0 < value < 1:
+                raise ValueError(f"{arg}={value!r} is outside the allowed range (0, 1)")
+        if name != "cosine" and beta_start > beta_end:
+            raise ValueError(f"beta_start={beta_start} must not exceed beta_end={beta_end}")
+
+        self.num_train_timesteps = num_train_timesteps
+        self.beta_schedule = name
+        self.beta_start, self.beta_end = beta_start, beta_end
+
+        betas = make_betas(num_train_timesteps, name, beta_start, beta_end)
+        alphas = 1.0 - betas
+        self.betas = betas.float()
+        self.alphas = alphas.float()
+        self.alphas_cumprod = torch.cumprod(alphas, dim=0).float()
+
+    @classmethod
+    def from_config(cls, config) -> "NoiseSchedule":
+        """Build from a diffusers scheduler config (or any dict with the same keys)."""
+        keys = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end")
+        return cls(**{k: config[k] for k in keys if k in config})
+
+    def __repr__(self):
+        return (
+            f"NoiseSchedule(num_train_timesteps={self.num_train_timesteps}, beta_schedule={self.beta_schedule!r}, "
+            f"beta_start={self.beta_start}, beta_end={self.beta_end})"
+        )
+
+    def _timesteps(self, timesteps) -> torch.Tensor:
+        timesteps = torch.as_tensor(timesteps)
+        if timesteps.is_floating_point() or timesteps.is_complex():
+            raise ValueError(f"timesteps must be integers, got dtype {timesteps.dtype}")
+        timesteps = timesteps.long()
+        if timesteps.numel() and (timesteps.min() < 0 or timesteps.max() >= self.num_train_timesteps):
+            raise ValueError(
+                f"timesteps must lie in [0, {self.num_train_timesteps - 1}], got values from "
+                f"{int(timesteps.min())} to {int(timesteps.max())}"
+            )
+        return timesteps
+
+    def add_noise(self, original, noise, timesteps) -> torch.Tensor:
+        """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise, one t per sample.
+
+        original, noise: (batch, ...) of the same shape; timesteps: (batch,) integers
+        (or a single integer for the whole batch).
+        """
+        if original.shape != noise.shape:
+            raise ValueError(
+                f"noise must have the shape of original: original {tuple(original.shape)}, noise {tuple(noise.shape)}"
+            )
+        timesteps = self._timesteps(timesteps).to(original.device)
+        if timesteps.ndim > 1 or (timesteps.ndim == 1 and timesteps.shape[0] not in (1, original.shape[0])):
+            raise ValueError(
+                f"timesteps must be one integer or one per sample ({original.shape[0]}), got shape {tuple(timesteps.shape)}"
+            )
+        alpha_bar = self.alphas_cumprod.to(device=original.device, dtype=original.dtype)[timesteps]
+        # broadcast (batch,) over the remaining dimensions: (batch, 1, 1, 1)
+        alpha_bar = alpha_bar.reshape(-1, *([1] * (original.ndim - 1)))
+        return alpha_bar.sqrt() * original + (1 - alpha_bar).sqrt() * noise
+
+    def snr(self, timesteps) -> torch.Tensor:
+        """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t), as float64 for accuracy near t=0."""
+        alpha_bar = self.alphas_cumprod.double()[self._timesteps(timesteps)]
+        return alpha_bar / (1 - alpha_bar)
