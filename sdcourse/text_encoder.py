@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sdcourse.attention import attention
+from sdcourse.weights import check_state_dict
 
 # defaults of transformers' CLIPTextConfig
 DEFAULTS = dict(
@@ -258,14 +259,5 @@ class TextEncoder(nn.Module):
             state_dict = {key[len(CHECKPOINT_PREFIX):]: value for key, value in state_dict.items()}
         # very old files also saved the position ids (0, 1, 2, ...); they are rebuilt, not loaded
         state_dict = {key: value for key, value in state_dict.items() if key != "embeddings.position_ids"}
-        if strict:
-            expected, given = set(self.state_dict()), set(state_dict)
-            missing, unexpected = sorted(expected - given), sorted(given - expected)
-            if missing or unexpected:
-                message = "TextEncoder.load_state_dict: state dict does not match the model."
-                if missing:
-                    message += f"\n  missing keys ({len(missing)}): {missing}"
-                if unexpected:
-                    message += f"\n  unexpected keys ({len(unexpected)}): {unexpected}"
-                raise RuntimeError(message)
+        check_state_dict(self, state_dict, strict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)

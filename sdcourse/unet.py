@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sdcourse.attention import Attention
+from sdcourse.weights import check_state_dict
 
 # The U-Net of Stable Diffusion 1.5 (the `unet/config.json` of the model repository).
 SD15_UNET_CONFIG = {
@@ -613,25 +614,8 @@ class UNet(nn.Module):
     # ---- checks
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
-        """torch's load_state_dict, with a ValueError listing the missing/unexpected/mismatched keys."""
-        expected = self.state_dict()
-        problems = []
-        if strict:
-            missing = [k for k in expected if k not in state_dict]
-            unexpected = [k for k in state_dict if k not in expected]
-            if missing:
-                problems.append(f"missing keys ({len(missing)}): {_list(missing)}")
-            if unexpected:
-                problems.append(f"unexpected keys ({len(unexpected)}): {_list(unexpected)}")
-        mismatched = [
-            f"{k}: checkpoint {tuple(state_dict[k].shape)}, model {tuple(v.shape)}"
-            for k, v in expected.items()
-            if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
-        ]
-        if mismatched:
-            problems.append(f"shape mismatches ({len(mismatched)}): {_list(mismatched)}")
-        if problems:
-            raise ValueError("state dict does not fit this U-Net: " + "; ".join(problems))
+        """torch's load_state_dict, with an error listing the missing/unexpected/mismatched keys."""
+        check_state_dict(self, state_dict, strict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _check_inputs(self, sample, encoder_hidden_states):
@@ -707,8 +691,3 @@ class UNet(nn.Module):
         # 5. out
         x = self.conv_out(F.silu(self.conv_norm_out(x)))  # (batch, out_channels, height, width)
         return x
-
-
-def _list(items, limit=20):
-    shown = ", ".join(items[:limit])
-    return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sdcourse.attention import Attention
+from sdcourse.weights import check_state_dict
 
 ACTIVATIONS = {"silu": F.silu, "swish": F.silu, "gelu": F.gelu, "relu": F.relu, "mish": F.mish}
 CONFIG_KEYS = (
@@ -52,23 +53,13 @@ CONFIG_KEYS = (
 GROUP_NORM_EPS = 1e-6
 
 
-def check_state_dict_keys(module, state_dict):
-    """Raise an error listing missing and unexpected keys, if there are any."""
-    expected = set(module.state_dict().keys())
-    given = set(state_dict.keys())
-    missing, unexpected = sorted(expected - given), sorted(given - expected)
-    if missing or unexpected:
-        message = f"{type(module).__name__}.load_state_dict: state dict does not match the model."
-        if missing:
-            message += f"\n  missing keys ({len(missing)}): {missing}"
-        if unexpected:
-            message += f"\n  unexpected keys ({len(unexpected)}): {unexpected}"
-        if any(k.endswith((".query.weight", ".proj_attn.weight")) for k in unexpected):
-            message += (
-                "\n  (query/key/value/proj_attn are the old names of the mid-block attention used by the "
-                "original Stable Diffusion checkpoints; diffusers renames them to to_q/to_k/to_v/to_out.0)"
-            )
-        raise RuntimeError(message)
+def _old_attention_names(missing, unexpected):
+    if any(k.endswith((".query.weight", ".proj_attn.weight")) for k in unexpected):
+        return (
+            "(query/key/value/proj_attn are the old names of the mid-block attention used by the original "
+            "Stable Diffusion checkpoints; diffusers renames them to to_q/to_k/to_v/to_out.0)"
+        )
+    return None
 
 
 class DiagonalGaussian:
@@ -429,6 +420,5 @@ class VAE(nn.Module):
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
         """Like nn.Module.load_state_dict, but with strict=True the error lists the mismatched keys."""
-        if strict:
-            check_state_dict_keys(self, state_dict)
+        check_state_dict(self, state_dict, strict, hint=_old_attention_names)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)

@@ -217,7 +217,7 @@ def test_unexpected_keys_listed():
     reference, ours = make_pair(TINY, 0)
     state = reference.state_dict()
     state["time_embedding.cond_proj.weight"] = torch.zeros(16, 4)
-    with pytest.raises(ValueError, match=r"unexpected keys \(1\): time_embedding\.cond_proj\.weight"):
+    with pytest.raises(ValueError, match=r"unexpected keys \(1\): \['time_embedding\.cond_proj\.weight'\]"):
         ours.load_state_dict(state)
 
 
