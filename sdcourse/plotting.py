@@ -122,7 +122,7 @@ def compare_images(ours, theirs, labels=("ours", "library"), title=None, size=2.
     shown = axes[2].imshow(diff, cmap="magma", vmin=0, vmax=max(float(diff.max()), 1e-8), interpolation="nearest")
     axes[2].set_title(f"|difference|, max {diff.max():.2e}")
     axes[2].axis("off")
-    fig.colorbar(shown, ax=axes[2], fraction=0.046)
+    fig.colorbar(shown, ax=axes[2], fraction=0.046, format="%.0e")  # no offset label over the title
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -70,6 +70,8 @@ class NoiseSchedule:
     @classmethod
     def from_config(cls, config) -> "NoiseSchedule":
         """Build from a diffusers scheduler config (or any dict with the same keys)."""
+        if config.get("trained_betas") is not None:
+            raise ValueError("config sets trained_betas; NoiseSchedule builds betas from beta_schedule only")
         keys = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end")
         return cls(**{k: config[k] for k in keys if k in config})
 
@@ -97,6 +99,8 @@ class NoiseSchedule:
         original, noise: (batch, ...) of the same shape; timesteps: (batch,) integers
         (or a single integer for the whole batch).
         """
+        if not original.is_floating_point():
+            raise ValueError(f"original must be a floating-point tensor (images in [-1, 1]), got dtype {original.dtype}")
         if original.shape != noise.shape:
             raise ValueError(
                 f"noise must have the shape of original: original {tuple(original.shape)}, noise {tuple(noise.shape)}"
