@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import warnings
 import zipfile
 from functools import lru_cache
 from pathlib import Path
+
+from sdcourse import CourseWarning
 
 TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "clip_tokenizer"
 VOCAB_SIZE = 49408
@@ -34,7 +37,7 @@ NUM_MERGES = 49152 - 256 - 2  # merges used by CLIP: 48,894
 BPE_FILE_IN_WHEEL = "open_clip/bpe_simple_vocab_16e6.txt.gz"
 
 
-class PromptTruncatedWarning(UserWarning):
+class PromptTruncatedWarning(CourseWarning):
     """A prompt was longer than the text encoder's 77-token context and was cut."""
 
 
@@ -136,13 +139,14 @@ def tokenize(prompts, tokenizer=None, max_length: int = MAX_LENGTH, warn: bool =
     tokenizer = tokenizer or load_tokenizer()
     if warn:
         for prompt in prompts:
-            ids = tokenizer(prompt, truncation=False).input_ids
+            ids = tokenizer(prompt, truncation=False, verbose=False).input_ids
             if len(ids) > max_length:
                 dropped = ids[max_length - 1 : -1]  # the end token is kept, so one more goes
-                words = tokenizer.decode(dropped).strip()
+                words = re.sub(r" ([,.!?;:])", r"\1", tokenizer.decode(dropped)).strip()  # "circle ," -> "circle,"
+                plural = "token was" if len(dropped) == 1 else "tokens were"
                 warnings.warn(
-                    f"prompt is {len(ids)} tokens long, more than the {max_length}-token limit: "
-                    f"{len(dropped)} tokens were dropped: {words!r}",
+                    f"the prompt has {len(ids) - 2} tokens plus start and end, more than the {max_length}-token "
+                    f"context holds: the last {len(dropped)} {plural} dropped: {words!r}",
                     PromptTruncatedWarning,
                     stacklevel=2,
                 )

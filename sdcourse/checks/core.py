@@ -176,6 +176,8 @@ def exercise_check(name, reference_fn, make_cases, mistakes, *, compare=values_c
     """
     if not mistakes:
         raise ValueError(f"{name}: a check needs at least one plausible mistake to guard against")
+    if name in ALL_CHECKS:
+        raise ValueError(f"name={name!r} is already the name of another exercise check; choose a new one")
 
     def check(learner_fn, verbose=True):
         return run_check(name, learner_fn, reference_fn, make_cases(), mistakes, compare=compare, verbose=verbose)
