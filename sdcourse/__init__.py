@@ -1,13 +1,13 @@
 """sdcourse: learn how Stable Diffusion works by building it."""
 
-__version__ = "0.1.0"
-
 import os as _os
+import warnings as _warnings
+
+__version__ = "0.1.0"
+__all__ = ["load_pipeline", "FAST", "CourseWarning"]
 
 # Fast mode: training loops in notebooks run fewer steps (set by `make test` and CI).
 FAST = _os.environ.get("SDCOURSE_FAST", "0") not in ("", "0", "false", "False")
-
-__all__ = ["load_pipeline"]
 
 
 def __getattr__(name):
@@ -17,9 +17,6 @@ def __getattr__(name):
 
         return load_pipeline
     raise AttributeError(f"module 'sdcourse' has no attribute {name!r}")
-
-
-import warnings as _warnings
 
 
 class CourseWarning(UserWarning):
