@@ -82,3 +82,12 @@ def test_learner_code_cannot_change_the_reference_inputs():
 )
 def test_values_close(got, expected, same):
     assert values_close(got, expected) is same
+
+
+def test_report_points_at_the_first_differing_field(capsys):
+    reference = lambda: {"total": 10, "levels": [{"channels": 64}, {"channels": 128}]}  # noqa: E731
+    wrong = lambda: {"total": 10, "levels": [{"channels": 64}, {"channels": 256}]}  # noqa: E731
+    run_check("analyze", wrong, reference, [Case("two levels")], {})
+    printed = capsys.readouterr().out
+    assert "first difference at ['levels'][1]['channels']" in printed
+    assert "expected: 128" in printed and "got:      256" in printed

@@ -73,6 +73,26 @@ def values_close(got, expected, atol=1e-5, rtol=1e-4) -> bool:
     return bool(np.allclose(got_array, expected_array, atol=atol, rtol=rtol, equal_nan=True))
 
 
+def first_difference(got, expected, where=""):
+    """(where, got part, expected part) for the first place two nested values differ.
+
+    `where` reads like `['levels'][2]['channels']`; it is empty when the values differ as a whole.
+    """
+    if isinstance(expected, dict) and isinstance(got, dict) and set(got) == set(expected):
+        for key in expected:
+            if not values_close(got[key], expected[key]):
+                return first_difference(got[key], expected[key], f"{where}[{key!r}]")
+    sequence = (list, tuple)
+    if (
+        isinstance(expected, sequence) and isinstance(got, sequence) and len(got) == len(expected)
+        and not _is_numeric_sequence(expected)
+    ):
+        for index, (g, e) in enumerate(zip(got, expected)):
+            if not values_close(g, e):
+                return first_difference(g, e, f"{where}[{index}]")
+    return where, got, expected
+
+
 def describe(value, limit=6) -> str:
     """A short, readable summary of a value for a failure report."""
     if isinstance(value, (torch.Tensor, np.ndarray)):
@@ -121,10 +141,12 @@ def run_check(
         if compare(got, expected):
             continue
         cause = _likely_cause(got, case, mistakes or {}, compare)
+        where, got_part, expected_part = first_difference(got, expected)
         report = (
             f"❌ {name}: failed on case '{case.label}'\n"
-            f"   expected: {describe(expected)}\n"
-            f"   got:      {describe(got)}\n"
+            + (f"   first difference at {where}\n" if where else "")
+            + f"   expected: {describe(expected_part)}\n"
+            f"   got:      {describe(got_part)}\n"
             f"   likely cause: {cause}"
         )
         break
