@@ -1,0 +1,307 @@
+"""Procedural pictures of coloured shapes, with captions and structured labels.
+
+Every picture is 64x64 RGB: one or two shapes (circle, square, triangle, and star on
+request) of a given colour, size and position, on a plain background. The caption says
+what is in it, in varied phrasings:
+
+    "a red circle"
+    "a red circle on a white background"
+    "a small blue square in the top left"
+    "a red circle and a blue square"
+
+Pictures are deterministic: picture `index` of a set with seed `seed` is always the same,
+whatever else is generated. The star is held out: base training data never contains it
+(`BASE_SHAPES`), so the fine-tuning lessons can teach it later (`shapes=("star",)`).
+
+    >>> images, captions, labels = make_dataset(8, seed=0)
+    >>> images.shape, images.dtype
+    ((8, 64, 64, 3), dtype('uint8'))
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from matplotlib.path import Path as _PolygonPath
+
+IMAGE_SIZE = 64
+SUPERSAMPLE = 4  # draw at 4x resolution, then average: smooth (anti-aliased) edges
+
+COLOURS = {
+    "red": (220, 30, 35),
+    "green": (35, 165, 55),
+    "blue": (35, 70, 225),
+    "yellow": (245, 215, 30),
+    "purple": (140, 45, 185),
+    "orange": (250, 135, 20),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+}
+BACKGROUNDS = {**COLOURS, "gray": (128, 128, 128)}
+BASE_SHAPES = ("circle", "square", "triangle")
+HELD_OUT_SHAPES = ("star",)
+ALL_SHAPES = BASE_SHAPES + HELD_OUT_SHAPES
+SIZES = ("small", "large")
+POSITIONS = {
+    "top left": (16, 16),
+    "top right": (48, 16),
+    "bottom left": (16, 48),
+    "bottom right": (48, 48),
+    "center": (32, 32),
+}
+RADIUS = {"small": (6.0, 9.0), "large": (13.0, 16.0)}  # half-width range in pixels
+JITTER = 2.5  # random shift of a shape's centre, in pixels
+
+PREFIXES = ("a picture of ", "a photo of ", "an image of ", "a drawing of ")
+POSITION_WORDS = ("in the", "at the")
+
+
+@dataclass
+class ShapeObject:
+    """One shape in a picture. `center` (x, y) and `radius` are in pixels."""
+
+    colour: str
+    shape: str
+    size: str
+    position: str
+    center: tuple[float, float] = (32.0, 32.0)
+    radius: float = 10.0
+
+
+@dataclass
+class Scene:
+    """Everything needed to draw a picture and to check a generated one."""
+
+    objects: list[ShapeObject]
+    background: str
+    caption: str = ""
+    mentioned: list[dict] = field(default_factory=list)  # what the caption states, per object
+
+    def labels(self) -> dict:
+        """Plain-dict labels: caption, background, and per object colour/shape/size/position."""
+        return {
+            "caption": self.caption,
+            "background": self.background,
+            "objects": [asdict(o) for o in self.objects],
+            "mentioned": self.mentioned,
+        }
+
+
+def _check_choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of {sorted(allowed)}")
+
+
+def _place(rng, size, position):
+    lo, hi = RADIUS[size]
+    radius = float(rng.uniform(lo, hi))
+    cx, cy = POSITIONS[position]
+    cx += rng.uniform(-JITTER, JITTER)
+    cy += rng.uniform(-JITTER, JITTER)
+    margin = radius + 1.0
+    cx = float(np.clip(cx, margin, IMAGE_SIZE - margin))
+    cy = float(np.clip(cy, margin, IMAGE_SIZE - margin))
+    return (cx, cy), radius
+
+
+def make_scene(objects, background="white", rng=None, caption=None):
+    """A scene with exactly the given objects.
+
+    objects: list of dicts with keys colour, shape and optional size ("large") and
+        position ("center"). background: a colour name from BACKGROUNDS.
+    The caption defaults to the plain "a red circle and a blue square on a white background".
+    """
+    rng = rng if rng is not None else np.random.default_rng(0)
+    _check_choice("background", background, BACKGROUNDS)
+    built = []
+    for spec in objects:
+        colour, shape = spec["colour"], spec["shape"]
+        size, position = spec.get("size", "large"), spec.get("position", "center")
+        _check_choice("colour", colour, COLOURS)
+        _check_choice("shape", shape, ALL_SHAPES)
+        _check_choice("size", size, SIZES)
+        _check_choice("position", position, POSITIONS)
+        center, radius = _place(rng, size, position)
+        built.append(ShapeObject(colour, shape, size, position, center, radius))
+    mentioned = [{"colour": o.colour, "shape": o.shape} for o in built]
+    if caption is None:
+        caption = " and ".join(_noun_phrase(o.colour, o.shape) for o in built)
+        caption += f" on {_article(background)} {background} background"
+    return Scene(built, background, caption, mentioned)
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _noun_phrase(colour, shape, size=None):
+    words = ([size] if size else []) + [colour, shape]
+    return f"{_article(words[0])} {' '.join(words)}"
+
+
+def _describe(rng, obj: ShapeObject, say_size: bool, say_position: bool):
+    phrase = _noun_phrase(obj.colour, obj.shape, obj.size if say_size else None)
+    if say_position:
+        phrase += f" {POSITION_WORDS[rng.integers(len(POSITION_WORDS))]} {obj.position}"
+    return phrase
+
+
+def sample_scene(rng, shapes=BASE_SHAPES, n_objects=None, two_object_prob=0.3) -> Scene:
+    """A random scene and a random caption for it.
+
+    shapes: the shapes that may appear (default BASE_SHAPES, without the held-out star).
+    n_objects: 1, 2, or None for random (two objects with probability two_object_prob).
+    Object colour always differs from the background colour.
+    """
+    for s in shapes:
+        _check_choice("shapes", s, ALL_SHAPES)
+    if n_objects is None:
+        n_objects = 2 if rng.random() < two_object_prob else 1
+    if n_objects not in (1, 2):
+        raise ValueError(f"n_objects={n_objects!r}; allowed: 1, 2 or None")
+
+    background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
+    colours = [c for c in COLOURS if c != background]
+    positions = list(POSITIONS)
+    if n_objects == 2:
+        chosen_positions = [positions[i] for i in rng.choice(len(positions), 2, replace=False)]
+    else:
+        chosen_positions = [positions[rng.integers(len(positions))]]
+    objects = []
+    for position in chosen_positions:
+        colour = colours[rng.integers(len(colours))]
+        shape = shapes[rng.integers(len(shapes))]
+        # Two shapes with one in the centre must both be small, or they would overlap.
+        if n_objects == 2 and "center" in chosen_positions:
+            size = "small"
+        else:
+            size = SIZES[rng.integers(len(SIZES))]
+        center, radius = _place(rng, size, position)
+        objects.append(ShapeObject(colour, shape, size, position, center, radius))
+
+    caption, mentioned = describe(objects, background, rng)
+    return Scene(objects, background, caption, mentioned)
+
+
+def describe(objects, background, rng):
+    """A random caption for these objects: (caption, what it mentions per object).
+
+    Colour and shape are always said; size, position, background and a lead-in such as
+    "a picture of" only sometimes, so the model sees many phrasings of the same picture.
+    """
+    parts, mentioned = [], []
+    for obj in objects:
+        say_size, say_position = rng.random() < 0.4, rng.random() < 0.4
+        parts.append(_describe(rng, obj, say_size, say_position))
+        info = {"colour": obj.colour, "shape": obj.shape}
+        if say_size:
+            info["size"] = obj.size
+        if say_position:
+            info["position"] = obj.position
+        mentioned.append(info)
+    caption = " and ".join(parts)
+    if rng.random() < 0.4:
+        caption += f" on {_article(background)} {background} background"
+    if rng.random() < 0.15:
+        caption = PREFIXES[rng.integers(len(PREFIXES))] + caption
+    return caption, mentioned
+
+
+def recaption(scene: Scene, rng) -> str:
+    """Another random caption for the same scene (a different phrasing of the same picture)."""
+    return describe(scene.objects, scene.background, rng)[0]
+
+
+def _shape_mask(obj: ShapeObject, xs, ys):
+    """Boolean mask of the shape on a grid of pixel-centre coordinates."""
+    cx, cy = obj.center
+    r = obj.radius
+    if obj.shape == "circle":
+        return (xs - cx) ** 2 + (ys - cy) ** 2 <= r * r
+    if obj.shape == "square":
+        half = r * 0.86  # about the same area as the circle
+        return (np.abs(xs - cx) <= half) & (np.abs(ys - cy) <= half)
+    if obj.shape == "triangle":
+        verts = [(cx, cy - r), (cx + r * 0.98, cy + r * 0.75), (cx - r * 0.98, cy + r * 0.75)]
+    elif obj.shape == "star":
+        angles = -np.pi / 2 + np.arange(10) * np.pi / 5
+        radii = np.where(np.arange(10) % 2 == 0, r * 1.08, r * 0.45)
+        verts = list(zip(cx + radii * np.cos(angles), cy + radii * np.sin(angles)))
+    else:
+        raise ValueError(f"shape={obj.shape!r} is not allowed; choose one of {list(ALL_SHAPES)}")
+    points = np.stack([xs.ravel(), ys.ravel()], axis=1)
+    return _PolygonPath(verts).contains_points(points).reshape(xs.shape)
+
+
+_GRID_CACHE = {}
+
+
+def _grid(size: int, factor: int):
+    key = (size, factor)
+    if key not in _GRID_CACHE:
+        coords = (np.arange(size * factor) + 0.5) / factor
+        _GRID_CACHE[key] = np.meshgrid(coords, coords)
+    return _GRID_CACHE[key]
+
+
+def render(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Draw a scene: uint8 array (size, size, 3). Shapes are drawn in order, last on top."""
+    factor = SUPERSAMPLE
+    xs, ys = _grid(size, factor)
+    scale = size / IMAGE_SIZE
+    canvas = np.empty((size * factor, size * factor, 3), dtype=np.float32)
+    canvas[:] = BACKGROUNDS[scene.background]
+    for obj in scene.objects:
+        scaled = ShapeObject(obj.colour, obj.shape, obj.size, obj.position,
+                             (obj.center[0] * scale, obj.center[1] * scale), obj.radius * scale)
+        canvas[_shape_mask(scaled, xs, ys)] = COLOURS[obj.colour]
+    image = canvas.reshape(size, factor, size, factor, 3).mean(axis=(1, 3))
+    return np.round(image).astype(np.uint8)
+
+
+def scene_at(index: int, seed: int = 0, shapes=BASE_SHAPES, n_objects=None, two_object_prob=0.3) -> Scene:
+    """Scene number `index` of the set with this seed (the same every time)."""
+    rng = np.random.default_rng([seed, index])
+    return sample_scene(rng, shapes=shapes, n_objects=n_objects, two_object_prob=two_object_prob)
+
+
+def make_dataset(n: int, seed: int = 0, shapes=BASE_SHAPES, n_objects=None, two_object_prob=0.3,
+                 start: int = 0):
+    """`n` pictures: (images uint8 (n, 64, 64, 3), captions list[str], labels list[dict]).
+
+    Deterministic: the same (seed, index) always gives the same picture and caption.
+    """
+    if n < 0:
+        raise ValueError(f"n={n!r}; it must be 0 or more")
+    images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    captions, labels = [], []
+    for i in range(n):
+        scene = scene_at(start + i, seed, shapes, n_objects, two_object_prob)
+        images[i] = render(scene)
+        captions.append(scene.caption)
+        labels.append(scene.labels())
+    return images, captions, labels
+
+
+def evaluation_prompts(n: int = 64, seed: int = 1234, shapes=BASE_SHAPES) -> list[dict]:
+    """`n` single-object prompts in varied phrasings, each with the colour and shape it asks for.
+
+    Colour/shape pairs are cycled so every combination appears about equally often.
+    Returns dicts with keys prompt, colour, shape.
+    """
+    rng = np.random.default_rng(seed)
+    pairs = [(c, s) for s in shapes for c in COLOURS]
+    order = rng.permutation(len(pairs))
+    prompts = []
+    for i in range(n):
+        colour, shape = pairs[order[i % len(pairs)]]
+        scene = sample_scene(rng, shapes=(shape,), n_objects=1)
+        obj = scene.objects[0]
+        obj.colour = colour
+        background = scene.background if scene.background != colour else "gray"
+        text = _describe(rng, obj, rng.random() < 0.4, rng.random() < 0.4)
+        if rng.random() < 0.4:
+            text += f" on {_article(background)} {background} background"
+        prompts.append({"prompt": text, "colour": colour, "shape": shape})
+    return prompts

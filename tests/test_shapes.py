@@ -1,0 +1,134 @@
+"""The shape-picture generator: deterministic, full vocabulary, star held out, phrasings."""
+
+import numpy as np
+import pytest
+
+from sdcourse.data import shapes
+
+
+def test_same_seed_same_pictures():
+    a_images, a_captions, a_labels = shapes.make_dataset(12, seed=3)
+    b_images, b_captions, b_labels = shapes.make_dataset(12, seed=3)
+    assert np.array_equal(a_images, b_images)
+    assert a_captions == b_captions
+    assert a_labels == b_labels
+
+
+def test_different_seed_different_pictures():
+    a_images, _, _ = shapes.make_dataset(8, seed=1)
+    b_images, _, _ = shapes.make_dataset(8, seed=2)
+    assert not np.array_equal(a_images, b_images)
+
+
+def test_picture_index_does_not_depend_on_batch():
+    whole, captions, _ = shapes.make_dataset(10, seed=5)
+    part, part_captions, _ = shapes.make_dataset(3, seed=5, start=7)
+    assert np.array_equal(whole[7:], part)
+    assert captions[7:] == part_captions
+
+
+def test_image_format():
+    images, captions, labels = shapes.make_dataset(4, seed=0)
+    assert images.shape == (4, 64, 64, 3) and images.dtype == np.uint8
+    assert len(captions) == len(labels) == 4
+
+
+def test_vocabulary():
+    assert set(shapes.COLOURS) >= {"red", "green", "blue", "yellow", "purple", "orange", "white", "black"}
+    assert set(shapes.BASE_SHAPES) == {"circle", "square", "triangle"}
+    assert shapes.HELD_OUT_SHAPES == ("star",)
+    assert set(shapes.SIZES) == {"small", "large"}
+    assert set(shapes.POSITIONS) == {"top left", "top right", "bottom left", "bottom right", "center"}
+
+
+def test_labels_match_captions_and_colours_differ_from_background():
+    _, captions, labels = shapes.make_dataset(300, seed=0)
+    seen = {"colour": set(), "shape": set(), "size": set(), "position": set(), "background": set()}
+    for caption, label in zip(captions, labels):
+        assert label["caption"] == caption
+        seen["background"].add(label["background"])
+        for obj, said in zip(label["objects"], label["mentioned"]):
+            assert obj["colour"] != label["background"]
+            assert f"{obj['colour']} " in caption and obj["shape"] in caption
+            for key in ("colour", "shape", "size", "position"):
+                seen[key].add(obj[key])
+                if key in said:
+                    assert said[key] == obj[key]
+    assert seen["colour"] == set(shapes.COLOURS)
+    assert seen["shape"] == set(shapes.BASE_SHAPES)
+    assert seen["size"] == set(shapes.SIZES)
+    assert seen["position"] == set(shapes.POSITIONS)
+    assert len(seen["background"]) >= 8
+
+
+def test_star_held_out_of_base_captions():
+    _, captions, labels = shapes.make_dataset(500, seed=11)
+    assert not any("star" in c for c in captions)
+    assert not any(o["shape"] == "star" for l in labels for o in l["objects"])
+
+
+def test_star_on_request():
+    images, captions, labels = shapes.make_dataset(6, seed=0, shapes=("star",), n_objects=1)
+    assert all("star" in c for c in captions)
+    scene = shapes.make_scene([{"colour": "red", "shape": "star"}], background="white")
+    image = shapes.render(scene)
+    red = (image[..., 0] > 180) & (image[..., 1] < 80)
+    assert 100 < red.sum() < 1500  # a star, not a full disc or nothing
+    # A star covers less area than a circle of the same size.
+    circle = shapes.render(shapes.make_scene([{"colour": "red", "shape": "circle"}], background="white"))
+    assert red.sum() < ((circle[..., 0] > 180) & (circle[..., 1] < 80)).sum()
+
+
+def test_phrasings():
+    """Every phrasing the course uses appears in the training captions."""
+    import re
+
+    _, captions, _ = shapes.make_dataset(2000, seed=0)
+    colour, shape = "(red|green|blue|yellow|purple|orange|white|black)", "(circle|square|triangle)"
+    position = "(top left|top right|bottom left|bottom right|center)"
+    background = "(red|green|blue|yellow|purple|orange|white|black|gray)"
+    patterns = {
+        "a red circle": f"an? {colour} {shape}",
+        "a red circle on a white background": f"an? {colour} {shape} on an? {background} background",
+        "a small blue square in the top left": f"an? (small|large) {colour} {shape} (in|at) the {position}",
+        "a red circle and a blue square": f"an? {colour} {shape} and an? {colour} {shape}",
+        "a picture of ...": "(a picture|a photo|an image|a drawing) of .*",
+    }
+    for example, pattern in patterns.items():
+        assert re.fullmatch(pattern, example.replace("...", "a red circle")), example
+        assert any(re.fullmatch(pattern, c) for c in captions), example
+    assert "a red circle" in captions and "a red circle on a white background" in captions
+    assert any(c.startswith("an orange") for c in captions)
+
+
+def test_two_objects_in_different_places():
+    _, _, labels = shapes.make_dataset(40, seed=0, n_objects=2)
+    for label in labels:
+        assert len(label["objects"]) == 2
+        assert label["objects"][0]["position"] != label["objects"][1]["position"]
+
+
+def test_object_is_drawn_where_the_label_says():
+    scene = shapes.make_scene([{"colour": "blue", "shape": "square", "size": "small", "position": "top left"}],
+                              background="yellow")
+    image = shapes.render(scene).astype(int)
+    blue = (image[..., 2] > 150) & (image[..., 0] < 100)
+    ys, xs = np.nonzero(blue)
+    assert xs.mean() < 32 and ys.mean() < 32
+
+
+def test_bad_arguments_name_the_value():
+    with pytest.raises(ValueError, match="colour='pink'"):
+        shapes.make_scene([{"colour": "pink", "shape": "circle"}])
+    with pytest.raises(ValueError, match="n_objects=3"):
+        shapes.make_dataset(2, n_objects=3)
+
+
+def test_evaluation_prompts_name_colour_and_shape():
+    prompts = shapes.evaluation_prompts(64)
+    assert len(prompts) == 64
+    pairs = {(p["colour"], p["shape"]) for p in prompts}
+    assert len(pairs) == 24
+    for p in prompts:
+        assert p["colour"] in p["prompt"] and p["shape"] in p["prompt"]
+        assert "star" not in p["prompt"]
