@@ -91,3 +91,17 @@ def test_report_points_at_the_first_differing_field(capsys):
     printed = capsys.readouterr().out
     assert "first difference at ['levels'][1]['channels']" in printed
     assert "expected: 128" in printed and "got:      256" in printed
+
+
+def test_a_reference_that_raises_expects_the_learner_to_raise_too(capsys):
+    def reference(size):
+        if size % 8:
+            raise ValueError(f"size={size} is not a multiple of 8")
+        return size // 8
+
+    cases = [Case("64", (64,)), Case("65", (65,))]
+    assert run_check("latent_side", reference, reference, cases, {}, verbose=False)
+    result = run_check("latent_side", lambda size: size // 8, reference, cases, {"rounded down": lambda size: size // 8})
+    printed = capsys.readouterr().out
+    assert not result
+    assert "expected: raises ValueError" in printed and "got:      8" in printed and "likely cause: rounded down" in printed

@@ -27,6 +27,18 @@ class Case:
     kwargs: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Raised:
+    """What a call did when it raised instead of returning: a reference may raise on purpose
+    (say, ValueError for a size that is not allowed), and the learner's function must then too."""
+
+    error: type
+    message: str = ""
+
+    def __repr__(self):
+        return f"raises {self.error.__name__}"
+
+
 @dataclass
 class CheckResult:
     """What a check found. Truthy when it passed; the report was already printed."""
@@ -102,6 +114,8 @@ def describe(value, limit=6) -> str:
         return f"{type(value).__name__} of shape {tuple(array.shape)}: [{flat}{more}]"
     if isinstance(value, float):
         return f"{value:.6g}"
+    if isinstance(value, Raised):
+        return f"raises {value.error.__name__}" + (f" ({value.message})" if value.message else "")
     text = repr(value)
     return text if len(text) <= 200 else text[:200] + " ..."
 
@@ -125,21 +139,22 @@ def run_check(
         raise TypeError(f"{name}: expected a function, got {type(learner_fn).__name__}")
     report = None
     for case in cases:
-        expected = reference_fn(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
+        expected = _call(reference_fn, case)
         try:
-            got = learner_fn(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
+            got = _call(learner_fn, case)
         except NotImplementedError as error:
             hint = f" Hint: {error}" if str(error) else ""
             report = f"❌ {name}: not filled in yet (the function raised NotImplementedError).{hint}"
             break
-        except Exception as error:  # the learner's code crashed: say where, not a traceback
+        if _same(got, expected, compare):
+            continue
+        if isinstance(got, Raised) and not isinstance(expected, Raised):
+            # the learner's code crashed: say where and why, not a traceback
             report = (
                 f"❌ {name}: failed on case '{case.label}'\n"
-                f"   your function raised {type(error).__name__}: {error}"
+                f"   your function raised {got.error.__name__}: {got.message}"
             )
             break
-        if compare(got, expected):
-            continue
         cause = _likely_cause(got, case, mistakes or {}, compare)
         where, got_part, expected_part = first_difference(got, expected)
         report = (
@@ -157,13 +172,29 @@ def run_check(
     return CheckResult(name=name, passed=report.startswith("✅"), report=report)
 
 
+def _call(fn, case):
+    """fn's result on a case, or Raised(...) if it raised; NotImplementedError passes through."""
+    try:
+        return fn(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
+    except NotImplementedError:
+        raise
+    except Exception as error:
+        return Raised(type(error), str(error))
+
+
+def _same(got, expected, compare) -> bool:
+    if isinstance(expected, Raised) or isinstance(got, Raised):
+        return isinstance(got, Raised) and isinstance(expected, Raised) and issubclass(got.error, expected.error)
+    return compare(got, expected)
+
+
 def _likely_cause(got, case, mistakes, compare):
     for cause, wrong_fn in mistakes.items():
         try:
-            wrong = wrong_fn(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
-        except Exception:
+            wrong = _call(wrong_fn, case)
+        except NotImplementedError:
             continue
-        if compare(got, wrong):
+        if _same(got, wrong, compare):
             return cause
     return "none of the usual mistakes; compare your code with the formula above the exercise."
 
