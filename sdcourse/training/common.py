@@ -1,0 +1,127 @@
+"""Small pieces shared by the training stages: seeding, EMA, checkpoints, image grids."""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def set_threads(n: int):
+    torch.set_num_threads(n)
+
+
+class EMA:
+    """Exponential moving average of a model's weights: ema = decay * ema + (1 - decay) * w.
+
+    The average is smoother than the last weights and usually samples better. Early in
+    training the decay is ramped up (min(decay, (1 + step) / (10 + step))) so the average
+    does not remember the random initial weights for too long.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.step = 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module):
+        self.step += 1
+        d = min(self.decay, (1 + self.step) / (10 + self.step))
+        for ema_p, p in zip(self.model.parameters(), model.parameters()):
+            ema_p.lerp_(p.detach(), 1 - d)
+        for ema_b, b in zip(self.model.buffers(), model.buffers()):
+            ema_b.copy_(b)
+
+    def state_dict(self):
+        return {"model": self.model.state_dict(), "step": self.step, "decay": self.decay}
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+        self.step = state["step"]
+
+
+def save_checkpoint(path: Path, **state):
+    """Save atomically (write a temporary file, then rename), so an interrupt never leaves
+    a half-written checkpoint behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path):
+    path = Path(path)
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def rng_state(generator=None):
+    """The global random states, plus a stage's own generator (numpy or torch) if given, so a
+    resumed run draws exactly the batches an uninterrupted one would."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if generator is not None:
+        state["generator"] = generator.get_state() if isinstance(generator, torch.Generator) else generator.bit_generator.state
+    return state
+
+
+def restore_generator(generator, state):
+    """Put a stage's generator back where a checkpoint left it (no-op for older checkpoints)."""
+    if state is None or "generator" not in state.get("rng", {}):
+        return
+    saved = state["rng"]["generator"]
+    if isinstance(generator, torch.Generator):
+        generator.set_state(saved)
+    else:
+        generator.bit_generator.state = saved
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8."""
+    images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return images.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_grid(images: np.ndarray, path: Path, titles=None, columns: int = 8):
+    """Save uint8 images (N, H, W, 3) as one PNG grid, optionally with a small title each."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    rows = (n + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i])
+            if titles is not None:
+                ax.set_title(titles[i][:34], fontsize=5)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)

@@ -1,0 +1,99 @@
+"""Sizes and step counts for building the tiny Stable Diffusion.
+
+`full_config()` is the real build: roughly 70 minutes of compute on 2 otherwise idle CPU
+cores, longer on a busy machine (see build_log.json in the run folder for the time each
+stage took). `fast_config()` does the same steps in miniature (about 1.5 minutes) for CI
+and notebooks: set the environment variable SDCOURSE_FAST=1, or pass --fast to the build
+command, to use it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+
+
+@dataclass
+class BuildConfig:
+    seed: int = 0
+    # Data: a fixed training set of shape pictures, each with several captions.
+    n_train: int = 30_000
+    captions_per_image: int = 4
+    two_object_prob: float = 0.3
+    n_photo_crops: int = 8_000  # 64x64 crops of scikit-image photos, for the VAE only
+
+    # CLIP (trained first; its text encoder then becomes SD's frozen text encoder).
+    clip_text_width: int = 32  # also the U-Net's cross-attention width
+    clip_text_layers: int = 4
+    clip_text_heads: int = 4
+    clip_vision_width: int = 64
+    clip_vision_layers: int = 4
+    clip_vision_heads: int = 4
+    clip_projection: int = 64
+    clip_steps: int = 1200
+    clip_batch: int = 128
+    clip_lr: float = 1e-3
+    clip_image_steps: int = 5000  # phase 2: image encoder alone, text locked
+    clip_image_lr: float = 1e-3
+
+    # VAE: f=8, 4 latent channels (64x64x3 -> 8x8x4).
+    vae_channels: tuple = (24, 48, 64, 64)
+    vae_groups: int = 8
+    vae_steps: int = 1200
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    vae_photo_fraction: float = 0.15
+    vae_decoder_steps: int = 1000  # extra decoder-only training, encoder frozen (SD's ft-MSE VAE)
+    vae_decoder_lr: float = 5e-4
+
+    # U-Net: attention at 8x8 and 4x4, a plain block at 2x2.
+    unet_channels: tuple = (64, 128, 128)
+    unet_layers_per_block: int = 1
+    unet_heads: int = 4
+    unet_groups: int = 32
+    unet_steps: int = 2500
+    unet_batch: int = 128
+    unet_lr: float = 5e-4
+    unet_warmup: int = 200
+    unet_ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    min_snr_gamma: float = 5.0  # 0 = plain MSE
+
+    # Evaluator: a small CNN that names the colour and shape in a picture.
+    classifier_steps: int = 800
+    classifier_batch: int = 64
+    classifier_n_train: int = 20_000
+
+    # Bookkeeping.
+    sample_every: int = 500  # U-Net sample grids every this many steps (0: none)
+    checkpoint_every: int = 250
+    threads: int = 2
+    fast: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def full_config(**overrides) -> BuildConfig:
+    return replace(BuildConfig(), **overrides)
+
+
+def fast_config(**overrides) -> BuildConfig:
+    """The same build in miniature: small data, few steps. Produces a working, poor model."""
+    small = dict(
+        n_train=768, captions_per_image=2, n_photo_crops=128,
+        clip_steps=30, clip_batch=64, clip_image_steps=20,
+        vae_steps=30, vae_batch=16, vae_decoder_steps=10,
+        unet_steps=40, unet_batch=32, unet_warmup=10, unet_ema_decay=0.9,
+        classifier_steps=30, classifier_batch=32, classifier_n_train=512,
+        sample_every=20, checkpoint_every=20, fast=True,
+    )
+    small.update(overrides)
+    return replace(BuildConfig(), **small)
+
+
+def fast_mode_requested() -> bool:
+    """True when the environment variable SDCOURSE_FAST is set (to anything but "", "0", "false")."""
+    return os.environ.get("SDCOURSE_FAST", "0").strip().lower() not in ("", "0", "false")

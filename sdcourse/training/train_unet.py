@@ -1,0 +1,189 @@
+"""Stage 3: the U-Net (diffusers UNet2DConditionModel), with Stable Diffusion's recipe.
+
+- It works on 8x8x4 latents; attention (self + cross) at 8x8 and 4x4, a plain block at 2x2.
+- It reads the prompt through cross-attention on the frozen text encoder's
+  last_hidden_state (77 tokens x 32 numbers).
+- It predicts the added noise (epsilon), under SD's scaled_linear schedule
+  (beta 0.00085 -> 0.012 over 1000 steps).
+- Each step's loss is weighted by min(SNR, 5) / SNR ("min-SNR" weighting, Hang et al. 2023):
+  nearly-clean timesteps, which only polish details, count less; the noisy ones, where
+  colour, shape and layout are decided, count fully. It speeds up training several times.
+  Set min_snr_gamma=0 for SD's plain mean squared error.
+- 10% of captions are replaced by the empty prompt, so the same network also learns the
+  unconditional prediction that classifier-free guidance needs.
+
+Speed: the VAE is run once over the training set and the latent distributions (mean and
+standard deviation) are cached; each step samples fresh latents from them, exactly what
+encoding every batch would give, at a fraction of the cost. The weights kept are an
+exponential moving average (EMA) of the trained ones.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .common import EMA, images_to_tensor, load_checkpoint, restore_generator, rng_state, save_checkpoint, save_grid, set_rng_state
+
+SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+SAMPLE_PROMPTS = [
+    "a red circle", "a blue square", "a green triangle", "a yellow circle on a black background",
+    "a small purple square in the top left", "a large orange triangle in the bottom right",
+    "a white circle on a blue background", "a red circle and a blue square",
+]
+
+
+def make_unet(cfg):
+    """A fresh UNet2DConditionModel sized for 8x8 latents."""
+    from diffusers import UNet2DConditionModel
+
+    levels = len(cfg.unet_channels)
+    down = ("CrossAttnDownBlock2D",) * min(levels, 2) + ("DownBlock2D",) * max(0, levels - 2)
+    up = ("UpBlock2D",) * max(0, levels - 2) + ("CrossAttnUpBlock2D",) * min(levels, 2)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=down, up_block_types=up,
+        block_out_channels=tuple(cfg.unet_channels), layers_per_block=cfg.unet_layers_per_block,
+        cross_attention_dim=cfg.clip_text_width, attention_head_dim=cfg.unet_heads,
+        norm_num_groups=cfg.unet_groups,
+    )
+
+
+def make_scheduler(kind: str = "ddim"):
+    """A sampler with SD's training schedule (DDIM or PNDM, configured as SD 1.x ships them)."""
+    from diffusers import DDIMScheduler, PNDMScheduler
+
+    if kind == "ddim":
+        return DDIMScheduler(**SD_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                             prediction_type="epsilon", timestep_spacing="leading")
+    if kind == "pndm":
+        return PNDMScheduler(**SD_SCHEDULE, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1,
+                             prediction_type="epsilon")
+    raise ValueError(f"kind={kind!r} is not allowed; choose 'ddim' or 'pndm'")
+
+
+@torch.no_grad()
+def cache_latents(vae, images_uint8: np.ndarray, batch: int = 128, progress: bool = True):
+    """Posterior mean and std of every picture: two float16 arrays (N, 4, 8, 8)."""
+    means, stds = [], []
+    for start in tqdm(range(0, len(images_uint8), batch), desc="encoding latents", disable=not progress,
+                      mininterval=2):
+        dist = vae.encode(images_to_tensor(images_uint8[start : start + batch])).latent_dist
+        means.append(dist.mean.half())
+        stds.append(dist.std.half())
+    return torch.cat(means).numpy(), torch.cat(stds).numpy()
+
+
+@torch.no_grad()
+def encode_text(text_encoder, token_ids: torch.Tensor) -> torch.Tensor:
+    """The frozen text encoder's last_hidden_state: what the U-Net cross-attends to."""
+    return text_encoder(input_ids=token_ids).last_hidden_state
+
+
+def build_pipeline(unet, vae, text_encoder, tokenizer, scheduler=None):
+    """Put the networks together into a diffusers StableDiffusionPipeline (no safety checker)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=scheduler or make_scheduler("ddim"), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def train_unet(cfg, latents: tuple, token_ids: np.ndarray, text_encoder, vae, tokenizer, scaling_factor: float,
+               run_dir: Path, progress: bool = True, total_steps: int | None = None):
+    """Train the U-Net on cached latents; resumes from run_dir/unet_ckpt.pt.
+
+    total_steps (default cfg.unet_steps) may be raised on a resumed run to train longer:
+    the learning rate is constant after warm-up, so training simply continues.
+    Returns the EMA model.
+    """
+    from diffusers import DDPMScheduler
+
+    total_steps = total_steps or cfg.unet_steps
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "unet_ckpt.pt"
+    unet = make_unet(cfg)
+    ema = EMA(unet, cfg.unet_ema_decay)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.01)
+    start = 0
+    state = load_checkpoint(ckpt_path)
+    if state is not None:
+        unet.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        set_rng_state(state["rng"])
+        start = state["step"]
+    noise_schedule = DDPMScheduler(**SD_SCHEDULE)
+    snr = noise_schedule.alphas_cumprod / (1 - noise_schedule.alphas_cumprod)
+    snr_weight = snr.clamp(max=cfg.min_snr_gamma or 1.0) / snr
+    text_encoder.requires_grad_(False).eval()
+    mean, std = (torch.from_numpy(a) for a in latents)
+    token_ids = torch.from_numpy(token_ids).long()
+    n, k = token_ids.shape[:2]
+    empty_ids = torch.from_numpy(np.asarray(tokenizer("", padding="max_length", max_length=77).input_ids)).long()
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 33 + start)
+    restore_generator(gen, state)
+
+    bar = tqdm(range(start, total_steps), desc="U-Net", disable=not progress, initial=start,
+               total=total_steps, mininterval=2)
+    unet.train()
+    running = None
+    for step in bar:
+        idx = torch.randint(0, n, (cfg.unet_batch,), generator=gen)
+        which = torch.randint(0, k, (cfg.unet_batch,), generator=gen)
+        ids = token_ids[idx, which]
+        drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.caption_dropout
+        ids[drop] = empty_ids
+        context = encode_text(text_encoder, ids)
+        z0 = (mean[idx].float() + std[idx].float() * torch.randn(mean[idx].shape, generator=gen)) * scaling_factor
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, noise_schedule.config.num_train_timesteps, (cfg.unet_batch,), generator=gen)
+        zt = noise_schedule.add_noise(z0, noise, t)
+        pred = unet(zt, t, encoder_hidden_states=context).sample
+        loss = (pred - noise).pow(2).mean((1, 2, 3))
+        if cfg.min_snr_gamma:
+            loss = loss * snr_weight[t]
+        loss = loss.mean()
+        lr = cfg.unet_lr * min(1.0, (step + 1) / cfg.unet_warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        ema.update(unet)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{running:.4f}")
+        done = step + 1
+        if done % cfg.checkpoint_every == 0 or done == total_steps:
+            save_checkpoint(ckpt_path, model=unet.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(),
+                            step=done, rng=rng_state(gen))
+        if cfg.sample_every and (done % cfg.sample_every == 0 or done == total_steps):
+            save_samples(ema.model, vae, text_encoder, tokenizer, run_dir / "samples" / f"unet_{done:06d}.png")
+    return ema.model.eval()
+
+
+@torch.no_grad()
+def save_samples(unet, vae, text_encoder, tokenizer, path: Path, guidance_scale: float = 7.5):
+    """A grid: each sample prompt at guidance 7.5 (top row) and 1.0 (bottom row), 25 DDIM steps."""
+    was_training = unet.training
+    unet.eval()
+    pipe = build_pipeline(unet, vae, text_encoder, tokenizer)
+    rows = []
+    for scale in (guidance_scale, 1.0):
+        out = pipe(SAMPLE_PROMPTS, height=64, width=64, num_inference_steps=25, guidance_scale=scale,
+                   generator=torch.Generator().manual_seed(0), output_type="np")
+        rows.append((out.images * 255).round().astype(np.uint8))
+    titles = [f"{p} (cfg {guidance_scale})" for p in SAMPLE_PROMPTS] + [f"{p} (cfg 1)" for p in SAMPLE_PROMPTS]
+    save_grid(np.concatenate(rows), path, titles=titles)
+    if was_training:
+        unet.train()
