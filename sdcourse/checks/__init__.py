@@ -5,6 +5,8 @@ Each lesson's checks live in their own module; this package gathers them all.
 
 from .core import ALL_CHECKS, Case, CheckResult, exercise_check, run_check, values_close  # noqa: F401
 from .lesson00 import *  # noqa: F401,F403
+from .lesson01 import *  # noqa: F401,F403
 from .lesson02 import *  # noqa: F401,F403
 from .lesson03 import *  # noqa: F401,F403
+from .lesson04 import *  # noqa: F401,F403
 from .lesson05 import *  # noqa: F401,F403

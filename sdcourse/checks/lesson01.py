@@ -1,0 +1,188 @@
+"""Checks for lesson 01: latent space and the VAE."""
+
+from __future__ import annotations
+
+import torch
+
+from .core import Case, exercise_check
+
+__all__ = ["check_latent_shape", "check_scaling_factor_from_latents", "check_sample_latent", "check_reconstruction_psnr"]
+
+
+# ---- exercise 1: the latent's shape ------------------------------------------------------
+
+def latent_shape_reference(height, width, factor=8, channels=4):
+    if height % factor or width % factor:
+        raise ValueError(f"{height}x{width} is not a multiple of {factor}")
+    return (channels, height // factor, width // factor)
+
+
+def _shape_variant(order="chw", area=False, check="both", fixed_channels=None, swap=False):
+    def shape(height, width, factor=8, channels=4):
+        if check in ("both", "height") and height % factor:
+            raise ValueError("height")
+        if check == "both" and width % factor:
+            raise ValueError("width")
+        step = factor * factor if area else factor
+        h, w = (width // step, height // step) if swap else (height // step, width // step)
+        c = fixed_channels or channels
+        return (c, h, w) if order == "chw" else (h, w, c)
+
+    return shape
+
+
+def _latent_shape_cases():
+    return [
+        Case("SD 1.x at 768 high x 512 wide", (768, 512)),
+        Case("the tiny model, 64 x 64", (64, 64)),
+        Case("f=16 with 16 channels, 1024 x 512", (1024, 512), {"factor": 16, "channels": 16}),
+        Case("height 65 is not a multiple of 8", (65, 64)),
+        Case("width 500 is not a multiple of 8", (512, 500)),
+    ]
+
+
+check_latent_shape = exercise_check(
+    "latent_shape",
+    latent_shape_reference,
+    _latent_shape_cases,
+    mistakes={
+        "height and width are swapped: the shape is (channels, height / f, width / f)": _shape_variant(swap=True),
+        "channels last: PyTorch keeps channels first, (channels, height / f, width / f)": _shape_variant(order="hwc"),
+        "each side was divided by f * f; f shrinks each side once (the area shrinks by f * f)": _shape_variant(area=True),
+        "channels was ignored: 4 channels were always used": _shape_variant(fixed_channels=4),
+        "only the height was checked; the width must be a multiple of the factor too": _shape_variant(check="height"),
+        "a size that is not a multiple of the factor was rounded down; it must raise ValueError": _shape_variant(
+            check="none"
+        ),
+    },
+)
+
+
+# ---- exercise 2: the scaling factor ------------------------------------------------------
+
+
+def scaling_factor_from_latents_reference(latents):
+    # one number for the whole batch: 1 / std over every value
+    return 1.0 / latents.std().item()
+
+
+def _per_channel_average(latents):
+    return 1.0 / latents.std(dim=(0, 2, 3)).mean().item()
+
+
+def _scaling_cases():
+    g = torch.Generator().manual_seed(1)
+    offsets = torch.tensor([0.8, -0.5, 0.1, 1.5]).reshape(1, 4, 1, 1)
+    widths = torch.tensor([5.0, 3.0, 7.0, 4.0]).reshape(1, 4, 1, 1)
+    return [
+        Case("SD-like raw latents, std about 5.5, shape (16, 4, 32, 32)",
+             (torch.randn(16, 4, 32, 32, generator=g) * 5.5 + 0.3,)),
+        Case("channels with different means and spreads, shape (8, 4, 32, 32)",
+             (torch.randn(8, 4, 32, 32, generator=g) * widths + offsets,)),
+        Case("small latents, std about 0.5, shape (64, 4, 8, 8)", (torch.randn(64, 4, 8, 8, generator=g) * 0.5,)),
+    ]
+
+
+check_scaling_factor_from_latents = exercise_check(
+    "scaling_factor_from_latents",
+    scaling_factor_from_latents_reference,
+    _scaling_cases,
+    mistakes={
+        "that is the std itself; the factor is 1 / std, so that scaled latents have std 1": lambda z: z.std().item(),
+        "that is 1 / variance; the factor divides by the standard deviation, sqrt(variance)": lambda z: (
+            1.0 / z.var().item()
+        ),
+        "one factor per channel: SD uses a single number for the whole latent": lambda z: 1.0 / z.std(dim=(0, 2, 3)),
+        "the std was taken per channel and averaged; take it over all values at once": _per_channel_average,
+        "1 / mean(|z|) is not 1 / std; use the standard deviation": lambda z: 1.0 / z.abs().mean().item(),
+        "1 / max(|z|) squeezes latents into [-1, 1]; the factor is 1 / std": lambda z: 1.0 / z.abs().max().item(),
+    },
+)
+
+
+# ---- exercise 3: a sample from the encoder's Gaussian ---------------------------------------
+
+
+def sample_latent_reference(mean, logvar, noise):
+    # z = mean + exp(logvar / 2) * noise
+    return mean + torch.exp(0.5 * logvar) * noise
+
+
+def _sample_cases():
+    g = torch.Generator().manual_seed(3)
+    shape = (2, 4, 8, 8)
+    mean = torch.randn(shape, generator=g) * 2
+    logvar = torch.rand(shape, generator=g) * 5 - 4  # in [-4, 1]
+    noise = torch.randn(shape, generator=g)
+    return [
+        Case("mean and logvar of shape (2, 4, 8, 8), logvar in [-4, 1]", (mean, logvar, noise)),
+        Case("logvar = -2 everywhere (std = e^-1)", (mean, torch.full(shape, -2.0), noise)),
+        Case("logvar = 0 (std 1)", (mean, torch.zeros(shape), noise)),
+    ]
+
+
+check_sample_latent = exercise_check(
+    "sample_latent",
+    sample_latent_reference,
+    _sample_cases,
+    mistakes={
+        "exp(logvar) is the variance; the noise is scaled by the std, exp(logvar / 2)": lambda m, lv, n: (
+            m + torch.exp(lv) * n
+        ),
+        "logvar is a log: the std is exp(logvar / 2), not logvar itself": lambda m, lv, n: m + lv * n,
+        "the noise was ignored: that is the mode (the mean), not a sample": lambda m, lv, n: m,
+        "the std was added instead of multiplying the noise: z = mean + std * noise": lambda m, lv, n: (
+            m + torch.exp(0.5 * lv) + n
+        ),
+        "a minus sign too many: the std is exp(+logvar / 2)": lambda m, lv, n: m + torch.exp(-0.5 * lv) * n,
+    },
+)
+
+
+# ---- exercise 4: PSNR of a reconstruction ---------------------------------------------------
+
+
+def reconstruction_psnr_reference(reconstruction, original):
+    # images in [-1, 1] -> [0, 1]; MSE per image; PSNR = 10 log10(1 / MSE)
+    mse = ((reconstruction - original) / 2).pow(2).flatten(1).mean(1)  # (batch,)
+    return 10 * torch.log10(1.0 / mse)
+
+
+def _psnr_with(scale=2.0, log=torch.log10, factor=10.0, reduce="mean", per_image=True):
+    def psnr(reconstruction, original):
+        error = ((reconstruction - original) / scale).pow(2).flatten(1)
+        mse = error.sum(1) if reduce == "sum" else error.mean(1)
+        if not per_image:
+            mse = error.mean()
+        return factor * log(1.0 / mse)
+
+    return psnr
+
+
+def _psnr_cases():
+    g = torch.Generator().manual_seed(4)
+    images = torch.rand(3, 3, 16, 16, generator=g) * 2 - 1
+    noisy = (images + torch.randn(images.shape, generator=g) * torch.tensor([0.02, 0.1, 0.3]).reshape(3, 1, 1, 1))
+    flat = torch.zeros(2, 3, 8, 8)
+    return [
+        Case("3 images of 3 x 16 x 16 with three noise levels", (noisy, images)),
+        Case("grey images off by 0.1 everywhere", (flat + 0.1, flat)),
+        Case("one image of 3 x 64 x 64, off by 0.5 in one corner",
+             (torch.nn.functional.pad(torch.full((1, 3, 8, 8), 0.5), (0, 56, 0, 56)), torch.zeros(1, 3, 64, 64))),
+    ]
+
+
+check_reconstruction_psnr = exercise_check(
+    "reconstruction_psnr",
+    reconstruction_psnr_reference,
+    _psnr_cases,
+    mistakes={
+        "the [-1, 1] range was not taken into account: halve the differences (or use a peak of 2) first": _psnr_with(
+            scale=1.0
+        ),
+        "natural log instead of log10: decibels use log10": _psnr_with(log=torch.log),
+        "20 log10 goes with the RMSE; with the MSE it is 10 log10": _psnr_with(factor=20.0),
+        "the squared errors were summed, not averaged, over each image": _psnr_with(reduce="sum"),
+        "one PSNR for the whole batch; the exercise wants one per image": _psnr_with(per_image=False),
+    },
+)

@@ -1,0 +1,239 @@
+"""Checks for lesson 04: training a denoiser."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..schedules import NoiseSchedule
+from .core import Case, exercise_check
+
+__all__ = ["check_diffusion_loss", "check_drop_captions", "check_loss_by_timestep_bin", "check_min_snr_weight"]
+
+
+# ---- exercise 1: the noise-prediction loss -------------------------------------------------
+
+
+def _loss(model_fn, x0, noise, timesteps, schedule, *, weights="alpha_bar", roots=True, swap=False, target="noise",
+          absolute=False):
+    table = schedule.alphas_cumprod if weights == "alpha_bar" else schedule.alphas
+    a = table[timesteps].reshape(-1, *[1] * (x0.ndim - 1))  # (batch, 1, 1, 1)
+    keep, add = (a.sqrt(), (1 - a).sqrt()) if roots else (a, 1 - a)
+    if swap:
+        keep, add = add, keep
+    x_t = keep * x0 + add * noise  # x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) noise
+    prediction = model_fn(x_t, timesteps)
+    goal = {"noise": noise, "x0": x0, "x_t": x_t}[target]
+    error = prediction - goal
+    return error.abs().mean() if absolute else error.pow(2).mean()
+
+
+def diffusion_loss_reference(model_fn, x0, noise, timesteps, schedule):
+    return _loss(model_fn, x0, noise, timesteps, schedule)
+
+
+def _loss_variant(**how):
+    return lambda model_fn, x0, noise, timesteps, schedule: _loss(model_fn, x0, noise, timesteps, schedule, **how)
+
+
+class _TinyDenoiser:
+    """A fixed, deterministic stand-in for the U-Net: a 1x1 convolution plus a timestep term."""
+
+    def __init__(self, channels, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.weight = torch.randn(channels, channels, generator=g) / math.sqrt(channels)
+        self.bias = torch.randn(channels, generator=g) * 0.1
+
+    def __call__(self, x_t, timesteps):
+        out = torch.einsum("oc,bc...->bo...", self.weight, x_t)
+        scale = (timesteps.float() / 1000).reshape(-1, *[1] * (x_t.ndim - 1))
+        return out + scale * self.bias.reshape(1, -1, *[1] * (x_t.ndim - 2))
+
+
+def _diffusion_loss_cases():
+    g = torch.Generator().manual_seed(4)
+    sd = NoiseSchedule(1000, "scaled_linear", 0.00085, 0.012)
+    linear = NoiseSchedule(1000, "linear", 0.0001, 0.02)
+    x0 = torch.rand(6, 4, 8, 8, generator=g) * 2 - 1
+    noise = torch.randn(6, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 50, 200, 500, 800, 999])
+    small_x0, small_noise = torch.randn(3, 3, 5, 5, generator=g), torch.randn(3, 3, 5, 5, generator=g)
+    return [
+        Case("a fixed 1x1-conv denoiser, 6 latents (4, 8, 8), SD schedule", (_TinyDenoiser(4, 0), x0, noise, t, sd)),
+        Case("the identity 'denoiser' (predicts x_t), SD schedule", (lambda x_t, t: x_t, x0, noise, t, sd)),
+        Case("a fixed denoiser, 3 samples (3, 5, 5), linear schedule, t = 10, 300, 700",
+             (_TinyDenoiser(3, 1), small_x0, small_noise, torch.tensor([10, 300, 700]), linear)),
+    ]
+
+
+check_diffusion_loss = exercise_check(
+    "diffusion_loss",
+    diffusion_loss_reference,
+    _diffusion_loss_cases,
+    mistakes={
+        "the target is the noise, not the clean latent x0: this is an epsilon-prediction model": _loss_variant(
+            target="x0"
+        ),
+        "the prediction was compared with x_t, the model's input; the target is the noise added to it": _loss_variant(
+            target="x_t"
+        ),
+        "the square roots are missing: x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) noise": _loss_variant(
+            roots=False
+        ),
+        "the per-step alpha_t was used where the cumulative alpha-bar (alphas_cumprod) belongs": _loss_variant(
+            weights="alpha"
+        ),
+        "the two weights are swapped: sqrt(alpha_bar) scales x0, sqrt(1 - alpha_bar) the noise": _loss_variant(
+            swap=True
+        ),
+        "the error was not squared: that is the mean absolute error, not the MSE": _loss_variant(absolute=True),
+    },
+)
+
+
+# ---- exercise 2: caption dropout ------------------------------------------------------------
+
+
+def _drop(captions, p, generator, *, keep_prob=False, one_draw=False, empty="", in_place=False):
+    n = len(captions)
+    draws = torch.rand(1 if one_draw else n, generator=generator).expand(n)
+    drop = (draws >= p) if keep_prob else (draws < p)  # (n,) True where the caption is dropped
+    out = [empty if d else c for c, d in zip(captions, drop.tolist())]
+    if in_place:
+        captions[:] = out
+        return None
+    return out
+
+
+def drop_captions_reference(captions, p, generator):
+    return _drop(captions, p, generator)
+
+
+def _drop_variant(**how):
+    return lambda captions, p, generator: _drop(captions, p, generator, **how)
+
+
+def _drop_cases():
+    words = ["a red circle", "a blue square", "a green triangle", "a small yellow circle in the top left",
+             "a white square on a black background", "a purple triangle", "an orange circle", "a black square"]
+    return [
+        Case("8 captions, p = 0.5, seed 0", (list(words), 0.5, torch.Generator().manual_seed(0))),
+        Case("40 captions, p = 0.1, seed 3", (words * 5, 0.1, torch.Generator().manual_seed(3))),
+        Case("8 captions, p = 0.3, seed 11", (list(words), 0.3, torch.Generator().manual_seed(11))),
+        Case("16 captions, p = 0 (keep every caption), seed 1", (words * 2, 0.0, torch.Generator().manual_seed(1))),
+    ]
+
+
+check_drop_captions = exercise_check(
+    "drop_captions",
+    drop_captions_reference,
+    _drop_cases,
+    mistakes={
+        "the test is reversed: a caption is dropped when its draw is below p, so that p of them go": _drop_variant(
+            keep_prob=True
+        ),
+        "one draw decided the whole batch; each caption needs its own draw": _drop_variant(one_draw=True),
+        'a dropped caption becomes the empty prompt "", not None': _drop_variant(empty=None),
+        'a dropped caption becomes the empty prompt "", not the end-of-text token written out': _drop_variant(
+            empty="<|endoftext|>"
+        ),
+        "the list was changed in place and nothing was returned; return a new list": _drop_variant(in_place=True),
+    },
+)
+
+
+# ---- exercise 3: the loss by timestep bin ---------------------------------------------------
+
+
+def _by_bin(timesteps, losses, num_bins, T, *, rounding=False, reduce="mean", wrong_index=False):
+    if wrong_index:
+        bins = timesteps // num_bins
+    elif rounding:
+        bins = (timesteps.double() * num_bins / T).round().long()
+    else:
+        bins = timesteps * num_bins // T  # bin k holds t in [k T / num_bins, (k + 1) T / num_bins)
+    result = []
+    for k in range(num_bins):
+        chosen = losses[bins == k]
+        if len(chosen) == 0:
+            result.append(float("nan"))
+        elif reduce == "sum":
+            result.append(float(chosen.sum()))
+        else:
+            result.append(float(chosen.mean()))
+    return result
+
+
+def loss_by_timestep_bin_reference(timesteps, losses, num_bins, T=1000):
+    return _by_bin(timesteps, losses, num_bins, T)
+
+
+def _bin_variant(**how):
+    return lambda timesteps, losses, num_bins, T=1000: _by_bin(timesteps, losses, num_bins, T, **how)
+
+
+def _bin_cases():
+    g = torch.Generator().manual_seed(8)
+    t = torch.randint(0, 1000, (200,), generator=g)
+    losses = torch.rand(200, generator=g) * (1 - t / 1000) + 0.05
+    few_t = torch.tensor([0, 99, 100, 199, 250, 251, 399])
+    return [
+        Case("200 losses, T = 1000, 4 bins", (t, losses, 4)),
+        Case("200 losses, T = 1000, 10 bins", (t, losses, 10), {"T": 1000}),
+        Case("7 losses, T = 400, 4 bins (edges included)", (few_t, torch.arange(7.0) + 1, 4), {"T": 400}),
+        Case("3 losses, T = 1000, 5 bins (some bins empty: nan)",
+             (torch.tensor([10, 15, 990]), torch.tensor([0.9, 0.7, 0.1]), 5)),
+    ]
+
+
+check_loss_by_timestep_bin = exercise_check(
+    "loss_by_timestep_bin",
+    loss_by_timestep_bin_reference,
+    _bin_cases,
+    mistakes={
+        "the bin index was rounded instead of floored: bin = t * num_bins // T": _bin_variant(rounding=True),
+        "the losses in a bin were summed; the figure is their mean": _bin_variant(reduce="sum"),
+        "t // num_bins is not the bin: it is t * num_bins // T": _bin_variant(wrong_index=True),
+    },
+)
+
+
+# ---- exercise 4: min-SNR weighting --------------------------------------------------------
+
+
+def _min_snr(timesteps, alphas_cumprod, gamma, *, use="min", divide=True, snr_is_alpha_bar=False):
+    alpha_bar = alphas_cumprod.double()[timesteps]
+    snr = alpha_bar if snr_is_alpha_bar else alpha_bar / (1 - alpha_bar)  # SNR(t) = alpha_bar / (1 - alpha_bar)
+    capped = snr.clamp(max=gamma) if use == "min" else snr.clamp(min=gamma)
+    return capped / snr if divide else capped
+
+
+def min_snr_weight_reference(timesteps, alphas_cumprod, gamma=5.0):
+    return _min_snr(timesteps, alphas_cumprod, gamma)
+
+
+def _snr_variant(**how):
+    return lambda timesteps, alphas_cumprod, gamma=5.0: _min_snr(timesteps, alphas_cumprod, gamma, **how)
+
+
+def _snr_cases():
+    sd = NoiseSchedule(1000, "scaled_linear", 0.00085, 0.012).alphas_cumprod
+    cosine = NoiseSchedule(200, "cosine").alphas_cumprod
+    return [
+        Case("SD schedule, t = 0, 100, 354, 600, 999, gamma 5", (torch.tensor([0, 100, 354, 600, 999]), sd)),
+        Case("SD schedule, every 50th t, gamma 1", (torch.arange(0, 1000, 50), sd), {"gamma": 1.0}),
+        Case("cosine T = 200, t = 0, 20, 100, 199, gamma 5", (torch.tensor([0, 20, 100, 199]), cosine), {"gamma": 5.0}),
+    ]
+
+
+check_min_snr_weight = exercise_check(
+    "min_snr_weight",
+    min_snr_weight_reference,
+    _snr_cases,
+    mistakes={
+        "max where min belongs: the weight caps the SNR at gamma, min(SNR, gamma) / SNR": _snr_variant(use="max"),
+        "min(SNR, gamma) was not divided by the SNR; the weight is min(SNR, gamma) / SNR": _snr_variant(divide=False),
+        "the SNR is alpha_bar / (1 - alpha_bar), not alpha_bar alone": _snr_variant(snr_is_alpha_bar=True),
+    },
+)
