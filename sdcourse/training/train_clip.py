@@ -192,7 +192,6 @@ def refine_image_encoder(cfg, model, data: dict, run_dir: Path, progress: bool =
         return cfg.clip_image_lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
 
     gen = np.random.default_rng([cfg.seed, 12, start])
-
     restore_generator(gen, state)
     bar = tqdm(range(start, steps), desc="CLIP image encoder", disable=not progress, initial=start,
                total=steps, mininterval=2)

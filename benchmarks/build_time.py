@@ -1,0 +1,114 @@
+"""How long the full build of the tiny Stable Diffusion takes on this machine, stage by stage.
+
+    python benchmarks/build_time.py              # about 3 minutes on 2 cores
+    python benchmarks/build_time.py --threads 1
+
+Each network is built at its full size and trained for a few steps on batches of its full
+size; the median time of one step is multiplied by the step count of the full config. Drawing
+the training set is timed on 1,000 pictures and scaled to the full set. Setup work (loading,
+caching latents, saving) is not counted, so the real build takes a little longer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+def seconds_per_step(step, repeats: int) -> float:
+    step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def trainer(model, params, loss_fn):
+    opt = torch.optim.AdamW(params, lr=1e-4)
+
+    def step():
+        loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    from sdcourse.training.config import full_config
+    from sdcourse.training.datasets import build_training_set
+    from sdcourse.training.train_clip import _as_tensor, make_clip
+    from sdcourse.training.train_unet import make_unet
+    from sdcourse.training.train_vae import make_vae
+
+    cfg = full_config(threads=args.threads)
+    rows = []
+
+    start = time.perf_counter()
+    build_training_set(1000, cfg.captions_per_image, cfg.seed, cfg.two_object_prob, progress=False)
+    rows.append(("data", "picture", (time.perf_counter() - start) / 1000, cfg.n_train))
+
+    clip = make_clip(cfg).train()
+    pixels = torch.randn(cfg.clip_batch, 3, 64, 64)
+    ids = torch.randint(0, 49406, (cfg.clip_batch, 16))
+    ids[:, -1] = 49407
+    loss = lambda: clip(input_ids=ids, pixel_values=pixels).logits_per_image.logsumexp(1).mean()
+    rows.append(("CLIP", f"batch {cfg.clip_batch}",
+                 seconds_per_step(trainer(clip, clip.parameters(), loss), args.repeats), cfg.clip_steps))
+    image_loss = lambda: _as_tensor(clip.get_image_features(pixel_values=pixels)).pow(2).mean()
+    rows.append(("CLIP image encoder", f"batch {cfg.clip_batch}",
+                 seconds_per_step(trainer(clip, clip.vision_model.parameters(), image_loss), args.repeats),
+                 cfg.clip_image_steps))
+
+    vae = make_vae(cfg).train()
+    x = torch.rand(cfg.vae_batch, 3, 64, 64) * 2 - 1
+    vae_loss = lambda: F.mse_loss(vae.decode(vae.encode(x).latent_dist.sample()).sample, x)
+    rows.append(("VAE", f"batch {cfg.vae_batch}",
+                 seconds_per_step(trainer(vae, vae.parameters(), vae_loss), args.repeats), cfg.vae_steps))
+    z = torch.randn(cfg.vae_batch, 4, 8, 8)
+    decoder_loss = lambda: F.mse_loss(vae.decode(z).sample, x)
+    rows.append(("VAE decoder", f"batch {cfg.vae_batch}",
+                 seconds_per_step(trainer(vae, vae.decoder.parameters(), decoder_loss), args.repeats),
+                 cfg.vae_decoder_steps))
+
+    unet = make_unet(cfg).train()
+    zt = torch.randn(cfg.unet_batch, 4, 8, 8)
+    t = torch.randint(0, 1000, (cfg.unet_batch,))
+    context = torch.randn(cfg.unet_batch, 77, cfg.clip_text_width)
+    unet_loss = lambda: unet(zt, t, encoder_hidden_states=context).sample.pow(2).mean()
+    rows.append(("U-Net", f"batch {cfg.unet_batch}",
+                 seconds_per_step(trainer(unet, unet.parameters(), unet_loss), args.repeats), cfg.unet_steps))
+
+    print(f"full build, {args.threads} thread(s): time of one step x steps in the full config")
+    print(f"{'stage':>20} | {'unit':>15} | {'s/unit':>7} | {'units':>6} | minutes")
+    total = 0.0
+    for name, unit, seconds, count in rows:
+        minutes = seconds * count / 60
+        total += minutes
+        print(f"{name:>20} | {unit:>15} | {seconds:7.3f} | {count:6,} | {minutes:6.1f}")
+    print(f"{'total':>20} | {'':>15} | {'':>7} | {'':>6} | {total:6.1f}")
+
+
+if __name__ == "__main__":
+    main()
