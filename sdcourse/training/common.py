@@ -68,6 +68,20 @@ def load_checkpoint(path: Path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def resume(ckpt_path: Path, model, opt, ema=None):
+    """Load a stage's checkpoint, if there is one, into its model, optimizer (and EMA), and put
+    the global random states back. Returns (the step to start from, the checkpoint or None)."""
+    state = load_checkpoint(ckpt_path)
+    if state is None:
+        return 0, None
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    set_rng_state(state["rng"])
+    return state["step"], state
+
+
 def rng_state(generator=None):
     """The global random states, plus a stage's own generator (numpy or torch) if given, so a
     resumed run draws exactly the batches an uninterrupted one would."""

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import shapes
-from .common import images_to_tensor, load_checkpoint, restore_generator, rng_state, save_checkpoint, set_rng_state
+from .common import images_to_tensor, restore_generator, resume, rng_state, save_checkpoint
 from .datasets import tokenize_ids
 
 
@@ -92,13 +92,7 @@ def train_clip(cfg, data: dict, run_dir: Path, progress: bool = True):
     ckpt_path = run_dir / "clip_ckpt.pt"
     model = make_clip(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.clip_lr, weight_decay=0.1, betas=(0.9, 0.98))
-    start = 0
-    state = load_checkpoint(ckpt_path)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        set_rng_state(state["rng"])
-        start = state["step"]
+    start, state = resume(ckpt_path, model, opt)
     warmup = max(1, cfg.clip_steps // 15)
 
     def lr_at(step):
@@ -172,13 +166,7 @@ def refine_image_encoder(cfg, model, data: dict, run_dir: Path, progress: bool =
     for p in vision_params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(vision_params, lr=cfg.clip_image_lr, weight_decay=0.05, betas=(0.9, 0.98))
-    start = 0
-    state = load_checkpoint(ckpt_path)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        set_rng_state(state["rng"])
-        start = state["step"]
+    start, state = resume(ckpt_path, model, opt)
     images, token_ids = data["images"], data["token_ids"]
     n, k = token_ids.shape[:2]
     flat_ids = token_ids.reshape(n * k, -1)

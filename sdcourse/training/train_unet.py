@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .common import EMA, images_to_tensor, load_checkpoint, restore_generator, rng_state, save_checkpoint, save_grid, set_rng_state
+from .common import EMA, images_to_tensor, restore_generator, resume, rng_state, save_checkpoint, save_grid
 
 SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 SAMPLE_PROMPTS = [
@@ -114,14 +114,7 @@ def train_unet(cfg, latents: tuple, token_ids: np.ndarray, text_encoder, vae, to
     unet = make_unet(cfg)
     ema = EMA(unet, cfg.unet_ema_decay)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.01)
-    start = 0
-    state = load_checkpoint(ckpt_path)
-    if state is not None:
-        unet.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        set_rng_state(state["rng"])
-        start = state["step"]
+    start, state = resume(ckpt_path, unet, opt, ema=ema)
     noise_schedule = DDPMScheduler(**SD_SCHEDULE)
     snr = noise_schedule.alphas_cumprod / (1 - noise_schedule.alphas_cumprod)
     snr_weight = snr.clamp(max=cfg.min_snr_gamma or 1.0) / snr

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .common import images_to_tensor, load_checkpoint, restore_generator, rng_state, save_checkpoint, save_grid, set_rng_state, to_uint8
+from .common import images_to_tensor, restore_generator, resume, rng_state, save_checkpoint, save_grid, to_uint8
 
 
 def make_vae(cfg):
@@ -78,13 +78,7 @@ def train_vae(cfg, shape_images: np.ndarray, photo_images: np.ndarray, run_dir: 
     ckpt_path = run_dir / "vae_ckpt.pt"
     vae = make_vae(cfg)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    start = 0
-    state = load_checkpoint(ckpt_path)
-    if state is not None:
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        set_rng_state(state["rng"])
-        start = state["step"]
+    start, state = resume(ckpt_path, vae, opt)
     warmup = max(1, cfg.vae_steps // 30)
 
     def lr_at(step):
@@ -144,13 +138,7 @@ def finetune_decoder(cfg, vae, shape_images: np.ndarray, photo_images: np.ndarra
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.vae_decoder_lr, weight_decay=0.0)
-    start = 0
-    state = load_checkpoint(ckpt_path)
-    if state is not None:
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        set_rng_state(state["rng"])
-        start = state["step"]
+    start, state = resume(ckpt_path, vae, opt)
     n_photo = int(round(cfg.vae_batch * cfg.vae_photo_fraction))
     n_shape = cfg.vae_batch - n_photo
     gen = np.random.default_rng([cfg.seed, 23, start])
