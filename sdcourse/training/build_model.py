@@ -34,7 +34,6 @@ import shutil  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ..data import shapes  # noqa: E402
@@ -220,17 +219,10 @@ def main(argv=None):
     vae.requires_grad_(False)
 
     # 4. Latent cache.
-    from .train_unet import cache_latents, save_samples, train_unet
+    from .train_unet import load_or_cache_latents, save_samples, train_unet
 
     t = time.time()
-    latent_path = run_dir / "latents.npz"
-    if latent_path.exists():
-        cached = np.load(latent_path)
-        latents = (cached["mean"], cached["std"])
-    else:
-        latents = cache_latents(vae, data["images"], progress=progress)
-        np.savez(run_dir / "latents.tmp.npz", mean=latents[0], std=latents[1])
-        (run_dir / "latents.tmp.npz").replace(latent_path)
+    latents = load_or_cache_latents(vae, data["images"], run_dir / "latents.npz", progress)
     log.stage("latents", time.time() - t)
 
     # 5. U-Net.

@@ -20,12 +20,11 @@ exponential moving average (EMA) of the trained ones.
 
 from __future__ import annotations
 
-import math
+import copy
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .common import EMA, images_to_tensor, restore_generator, resume, rng_state, save_checkpoint, save_grid
@@ -79,6 +78,20 @@ def cache_latents(vae, images_uint8: np.ndarray, batch: int = 128, progress: boo
     return torch.cat(means).numpy(), torch.cat(stds).numpy()
 
 
+def load_or_cache_latents(vae, images_uint8: np.ndarray, path: Path, progress: bool = True):
+    """The latent distributions of a run's training set: read from `path` if a previous run
+    saved them, else encoded now and saved there (atomically, so an interrupt leaves no half file)."""
+    path = Path(path)
+    if path.exists():
+        cached = np.load(path)
+        return cached["mean"], cached["std"]
+    latents = cache_latents(vae, images_uint8, progress=progress)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, mean=latents[0], std=latents[1])
+    tmp.replace(path)
+    return latents
+
+
 @torch.no_grad()
 def encode_text(text_encoder, token_ids: torch.Tensor) -> torch.Tensor:
     """The frozen text encoder's last_hidden_state: what the U-Net cross-attends to."""
@@ -99,19 +112,20 @@ def build_pipeline(unet, vae, text_encoder, tokenizer, scheduler=None):
 
 
 def train_unet(cfg, latents: tuple, token_ids: np.ndarray, text_encoder, vae, tokenizer, scaling_factor: float,
-               run_dir: Path, progress: bool = True, total_steps: int | None = None):
+               run_dir: Path, progress: bool = True, total_steps: int | None = None, init_unet=None):
     """Train the U-Net on cached latents; resumes from run_dir/unet_ckpt.pt.
 
     total_steps (default cfg.unet_steps) may be raised on a resumed run to train longer:
     the learning rate is constant after warm-up, so training simply continues.
-    Returns the EMA model.
+    init_unet: a trained UNet2DConditionModel to start from (and to seed the EMA) instead
+    of fresh weights; see train_longer.py. Returns the EMA model.
     """
     from diffusers import DDPMScheduler
 
     total_steps = total_steps or cfg.unet_steps
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "unet_ckpt.pt"
-    unet = make_unet(cfg)
+    unet = make_unet(cfg) if init_unet is None else copy.deepcopy(init_unet).train().requires_grad_(True)
     ema = EMA(unet, cfg.unet_ema_decay)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.01)
     start, state = resume(ckpt_path, unet, opt, ema=ema)

@@ -1,0 +1,77 @@
+"""Train a built tiny Stable Diffusion's U-Net for more steps, keeping its VAE and text encoder.
+
+    python -m sdcourse.training.train_longer --from sdcourse/assets/tiny-sd --steps 3000 \\
+        --run runs/tiny-sd-longer --out sdcourse/assets/tiny-sd
+
+The U-Net is the part that gains most from more training: the VAE and text encoder are
+already good (see the README), and the U-Net's prompt adherence keeps rising with steps.
+This continues from a finished pipeline folder instead of rebuilding all three networks:
+
+1. the same fixed training set as the build (same seed, same captions);
+2. its latents, encoded once with the folder's VAE;
+3. `--steps` more U-Net steps with the build's recipe (warm-up, EMA, caption dropout),
+   starting from the folder's U-Net. Checkpoints go to the run folder, so running the
+   same command again resumes, and a larger `--steps` trains on from where it stopped;
+4. a new pipeline folder: the folder's VAE, text encoder and tokenizer, the new U-Net.
+
+The CLIP image half and the evaluator's classifier next to the folder are left as they are.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see build_model.py
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from . import config as config_mod  # noqa: E402
+from .common import seed_everything, set_threads  # noqa: E402
+from .datasets import build_training_set  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--from", dest="source", required=True, help="the pipeline folder to continue from")
+    parser.add_argument("--steps", type=int, required=True, help="how many more U-Net steps in total")
+    parser.add_argument("--run", default="runs/tiny-sd-longer", help="run folder for caches and checkpoints")
+    parser.add_argument("--out", default=None, help="pipeline folder to write (default: <run>/tiny-sd)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"--steps must be a positive number of steps; got {args.steps}")
+
+    from ..pipeline import load_pipeline
+    from .build_model import save_pipeline
+    from .train_unet import load_or_cache_latents, save_samples, train_unet
+
+    cfg = config_mod.full_config(threads=args.threads, unet_steps=args.steps, sample_every=0)
+    run_dir = Path(args.run)
+    out = Path(args.out) if args.out else run_dir / "tiny-sd"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    progress = not args.quiet
+    set_threads(cfg.threads)
+    started = time.time()
+
+    pipe = load_pipeline(args.source)  # validated, float32; loaded before `out` may overwrite it
+    data = build_training_set(cfg.n_train, cfg.captions_per_image, cfg.seed, cfg.two_object_prob,
+                              cache=run_dir / "train_set.npz", progress=progress)
+    latents = load_or_cache_latents(pipe.vae, data["images"], run_dir / "latents.npz", progress)
+
+    seed_everything(cfg.seed + 3)
+    unet = train_unet(cfg, latents, data["token_ids"], pipe.text_encoder, pipe.vae, pipe.tokenizer,
+                      pipe.vae.config.scaling_factor, run_dir, progress, init_unet=pipe.unet)
+    save_pipeline(unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, out)
+    save_samples(unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, run_dir / "samples" / "final.png")
+    minutes = round((time.time() - started) / 60, 1)
+    (run_dir / "train_longer_log.json").write_text(json.dumps(
+        {"from": str(args.source), "steps": args.steps, "minutes_this_invocation": minutes}, indent=2))
+    print(f"pipeline written to {out} after {args.steps} more U-Net steps ({minutes} min this run)")
+
+
+if __name__ == "__main__":
+    main()
