@@ -1,6 +1,6 @@
 """Train a built tiny Stable Diffusion's U-Net for more steps, keeping its VAE and text encoder.
 
-    python -m sdcourse.training.train_longer --from sdcourse/assets/tiny-sd --steps 3000 \\
+    python -m sdcourse.training.train_longer --from sdcourse/assets/tiny-sd --steps 6000 \\
         --run runs/tiny-sd-longer --out sdcourse/assets/tiny-sd
 
 The U-Net is the part that gains most from more training: the VAE and text encoder are
