@@ -51,13 +51,17 @@ def test_long_prompt_warns_and_truncates():
 
 
 def test_rebuild_from_open_clip_file(tmp_path):
+    """The shipped vocabulary is exactly what the open-clip-torch wheel's BPE file gives.
+    Needs the wheel: `pip download --no-deps open-clip-torch==3.3.0 -d DIR`, then
+    SDCOURSE_OPEN_CLIP_WHEEL=DIR/open_clip_torch-3.3.0-py3-none-any.whl (CI does this)."""
+    import os
     from pathlib import Path
 
     from sdcourse.tokenizer import TOKENIZER_DIR, build_vocab_files
 
-    wheel = Path("/tmp/oc/open_clip_torch-3.3.0-py3-none-any.whl")
-    if not wheel.exists():
-        pytest.skip("open_clip_torch wheel not available")
+    wheel = Path(os.environ.get("SDCOURSE_OPEN_CLIP_WHEEL", ""))
+    if not wheel.is_file():
+        pytest.skip("set SDCOURSE_OPEN_CLIP_WHEEL to a downloaded open_clip_torch wheel to run this test")
     out = build_vocab_files(wheel, tmp_path)
     assert (out / "vocab.json").read_bytes() == (TOKENIZER_DIR / "vocab.json").read_bytes()
     assert (out / "merges.txt").read_bytes() == (TOKENIZER_DIR / "merges.txt").read_bytes()
