@@ -1,11 +1,16 @@
 """Figures used across the lessons. Every function returns a matplotlib Figure.
 
+The figures here are drawn in the course's style (small, no top or right spines, a light
+grid) without changing matplotlib's global settings. A lesson that draws its own figures
+with `plt` calls `use_course_style()` once, to get the same look; nothing else changes.
+
 Images may be torch tensors or numpy arrays, (C, H, W) or (H, W, C), in [-1, 1] (what the
 networks use), [0, 1], or uint8 [0, 255]; `to_image` turns any of them into (H, W, 3) uint8.
 """
 
 from __future__ import annotations
 
+import functools
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -21,7 +26,22 @@ STYLE = {
     "font.size": 10,
     "axes.titlesize": 10,
 }
-plt.rcParams.update(STYLE)
+
+
+def use_course_style() -> None:
+    """Apply the course's figure style to every later matplotlib figure (global rcParams)."""
+    plt.rcParams.update(STYLE)
+
+
+def _in_course_style(make_figure):
+    """Draw a figure function's output in the course style, leaving the global settings alone."""
+
+    @functools.wraps(make_figure)
+    def wrapper(*args, **kwargs):
+        with plt.rc_context(STYLE):
+            return make_figure(*args, **kwargs)
+
+    return wrapper
 
 
 def to_image(image, value_range=None) -> np.ndarray:
@@ -57,6 +77,7 @@ def to_image(image, value_range=None) -> np.ndarray:
     return out[..., :3]
 
 
+@_in_course_style
 def image_grid(images, captions=None, ncols=None, title=None, size=1.6) -> plt.Figure:
     """Images in a grid, each with an optional caption below it."""
     images = list(images)
@@ -79,6 +100,7 @@ def image_grid(images, captions=None, ncols=None, title=None, size=1.6) -> plt.F
     return fig
 
 
+@_in_course_style
 def schedule_curves(schedules: dict, title="Noise schedules") -> plt.Figure:
     """alpha-bar and SNR (dB) against t for named schedules.
 
@@ -99,6 +121,7 @@ def schedule_curves(schedules: dict, title="Noise schedules") -> plt.Figure:
     return fig
 
 
+@_in_course_style
 def trajectory_strip(images, timesteps, title=None, size=1.4) -> plt.Figure:
     """One row of images along a noising or denoising trajectory, labelled t=..."""
     images = list(images)
@@ -107,6 +130,7 @@ def trajectory_strip(images, timesteps, title=None, size=1.4) -> plt.Figure:
     return image_grid(images, [f"t={int(t)}" for t in timesteps], ncols=len(images), title=title, size=size)
 
 
+@_in_course_style
 def compare_images(ours, theirs, labels=("ours", "library"), title=None, size=2.2) -> plt.Figure:
     """Two images side by side and their absolute difference, with the max difference in the title."""
     a = _as_float_hwc(ours)
@@ -153,6 +177,7 @@ def _wrap(text, width=22) -> str:
     return "\n".join(lines)
 
 
+@_in_course_style
 def pipeline_diagram(highlight=None) -> plt.Figure:
     """Stable Diffusion's inference pipeline as boxes and arrows.
 

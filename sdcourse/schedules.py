@@ -19,6 +19,8 @@ import math
 import torch
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "cosine")
+# Stable Diffusion's training schedule (SD 1.x and 2.x): the one place the course writes it down.
+SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 ALIASES = {"squaredcos_cap_v2": "cosine"}  # diffusers' name for the cosine schedule
 
 
@@ -42,9 +44,18 @@ def make_betas(num_train_timesteps, beta_schedule, beta_start, beta_end, max_bet
 
 
 class NoiseSchedule:
-    """betas, alphas and alphas_cumprod for T training steps, plus add_noise and snr."""
+    """betas, alphas and alphas_cumprod for T training steps, plus add_noise and snr.
 
-    def __init__(self, num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012):
+    The defaults are Stable Diffusion's schedule (`SD_SCHEDULE`), so `NoiseSchedule()` is SD's.
+    """
+
+    def __init__(
+        self,
+        num_train_timesteps=SD_SCHEDULE["num_train_timesteps"],
+        beta_schedule=SD_SCHEDULE["beta_schedule"],
+        beta_start=SD_SCHEDULE["beta_start"],
+        beta_end=SD_SCHEDULE["beta_end"],
+    ):
         if not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps must be an integer >= 2, got {num_train_timesteps!r}")
         name = ALIASES.get(beta_schedule, beta_schedule)

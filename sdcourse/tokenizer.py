@@ -32,7 +32,9 @@ from sdcourse import CourseWarning
 
 TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "clip_tokenizer"
 VOCAB_SIZE = 49408
-MAX_LENGTH = 77
+MAX_LENGTH = 77  # the text encoder's context: start token, up to 75 prompt tokens, end token
+START_TOKEN_ID = 49406  # <|startoftext|>
+END_TOKEN_ID = 49407  # <|endoftext|>, also the padding token
 NUM_MERGES = 49152 - 256 - 2  # merges used by CLIP: 48,894
 BPE_FILE_IN_WHEEL = "open_clip/bpe_simple_vocab_16e6.txt.gz"
 

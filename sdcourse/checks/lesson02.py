@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..schedules import NoiseSchedule
+from ..schedules import SD_SCHEDULE, NoiseSchedule
 from .core import Case, exercise_check
 
 __all__ = ["check_add_noise", "check_compare_schedules", "check_predictor_mse_by_bin", "check_vae_compression"]
@@ -13,7 +13,7 @@ __all__ = ["check_add_noise", "check_compare_schedules", "check_predictor_mse_by
 # for scaled_linear; the cosine schedule has no beta range.
 SCHEDULE_BETAS = {
     "linear": {"beta_start": 0.0001, "beta_end": 0.02},
-    "scaled_linear": {"beta_start": 0.00085, "beta_end": 0.012},
+    "scaled_linear": {"beta_start": SD_SCHEDULE["beta_start"], "beta_end": SD_SCHEDULE["beta_end"]},
     "cosine": {},
 }
 

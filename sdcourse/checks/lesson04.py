@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..schedules import NoiseSchedule
+from ..schedules import SD_SCHEDULE, NoiseSchedule
 from .core import Case, exercise_check
 
 __all__ = ["check_diffusion_loss", "check_drop_captions", "check_loss_by_timestep_bin", "check_min_snr_weight"]
@@ -53,7 +53,7 @@ class _TinyDenoiser:
 
 def _diffusion_loss_cases():
     g = torch.Generator().manual_seed(4)
-    sd = NoiseSchedule(1000, "scaled_linear", 0.00085, 0.012)
+    sd = NoiseSchedule(**SD_SCHEDULE)
     linear = NoiseSchedule(1000, "linear", 0.0001, 0.02)
     x0 = torch.rand(6, 4, 8, 8, generator=g) * 2 - 1
     noise = torch.randn(6, 4, 8, 8, generator=g)
@@ -218,7 +218,7 @@ def _snr_variant(**how):
 
 
 def _snr_cases():
-    sd = NoiseSchedule(1000, "scaled_linear", 0.00085, 0.012).alphas_cumprod
+    sd = NoiseSchedule(**SD_SCHEDULE).alphas_cumprod
     cosine = NoiseSchedule(200, "cosine").alphas_cumprod
     return [
         Case("SD schedule, t = 0, 100, 354, 600, 999, gamma 5", (torch.tensor([0, 100, 354, 600, 999]), sd)),

@@ -6,11 +6,12 @@ import math
 
 import torch
 
+from ..tokenizer import MAX_LENGTH
 from .core import Case, exercise_check, values_close
 
 __all__ = ["check_count_tokens", "check_causal_mask", "check_cross_attention"]
 
-CONTEXT = 77  # positions of CLIP's text encoder, start and end tokens included
+CONTEXT = MAX_LENGTH  # positions of CLIP's text encoder, start and end tokens included
 
 
 def _tokenizer():

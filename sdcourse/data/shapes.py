@@ -127,17 +127,17 @@ def make_scene(objects, background="white", rng=None, caption=None):
     mentioned = [{"colour": o.colour, "shape": o.shape} for o in built]
     if caption is None:
         caption = " and ".join(_noun_phrase(o.colour, o.shape) for o in built)
-        caption += f" on {_article(background)} {background} background"
+        caption += f" on {article(background)} {background} background"
     return Scene(built, background, caption, mentioned)
 
 
-def _article(word: str) -> str:
+def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
 def _noun_phrase(colour, shape, size=None):
     words = ([size] if size else []) + [colour, shape]
-    return f"{_article(words[0])} {' '.join(words)}"
+    return f"{article(words[0])} {' '.join(words)}"
 
 
 def _describe(rng, obj: ShapeObject, say_size: bool, say_position: bool):
@@ -202,7 +202,7 @@ def describe(objects, background, rng):
         mentioned.append(info)
     caption = " and ".join(parts)
     if rng.random() < 0.4:
-        caption += f" on {_article(background)} {background} background"
+        caption += f" on {article(background)} {background} background"
     if rng.random() < 0.15:
         caption = PREFIXES[rng.integers(len(PREFIXES))] + caption
     return caption, mentioned
@@ -302,6 +302,6 @@ def evaluation_prompts(n: int = 64, seed: int = 1234, shapes=BASE_SHAPES) -> lis
         background = scene.background if scene.background != colour else "gray"
         text = _describe(rng, obj, rng.random() < 0.4, rng.random() < 0.4)
         if rng.random() < 0.4:
-            text += f" on {_article(background)} {background} background"
+            text += f" on {article(background)} {background} background"
         prompts.append({"prompt": text, "colour": colour, "shape": shape})
     return prompts

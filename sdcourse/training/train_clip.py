@@ -64,7 +64,7 @@ def zero_shot_accuracy(model, n: int = 512, seed: int = 999, batch: int = 256, s
     """
     model.eval()
     pairs = [(c, s) for c in shapes.COLOURS for s in shape_names]
-    ids = torch.from_numpy(tokenize_ids([f"{shapes._article(c)} {c} {s}" for c, s in pairs])).long()
+    ids = torch.from_numpy(tokenize_ids([f"{shapes.article(c)} {c} {s}" for c, s in pairs])).long()
     text = F.normalize(_as_tensor(model.get_text_features(input_ids=ids)), dim=-1)
     images, _, labels = shapes.make_dataset(n, seed=seed, shapes=shape_names, n_objects=1)
     correct = {"colour": 0, "shape": 0, "both": 0}
