@@ -24,20 +24,41 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sdcourse.attention import attention
-from sdcourse.weights import check_state_dict
+from sdcourse.layers import MultiHeadAttention
+from sdcourse.tokenizer import END_TOKEN_ID, MAX_LENGTH, VOCAB_SIZE
+from sdcourse.weights import check_state_dict, read_config
 
-# defaults of transformers' CLIPTextConfig
+# The fields of transformers' CLIPTextConfig that this encoder reads, with transformers' defaults
+# (which are CLIP's own vocabulary, context and end token).
 DEFAULTS = dict(
-    vocab_size=49408,
+    vocab_size=VOCAB_SIZE,
     hidden_size=512,
     intermediate_size=2048,
     num_hidden_layers=12,
     num_attention_heads=8,
-    max_position_embeddings=77,
+    max_position_embeddings=MAX_LENGTH,
     hidden_act="quick_gelu",
     layer_norm_eps=1e-5,
-    eos_token_id=49407,
+    eos_token_id=END_TOKEN_ID,
+)
+# Training-only features the encoder does not implement: accepted at 0 only.
+FIXED_FIELDS = {"attention_dropout": (0.0,), "dropout": (0.0,)}
+# Fields that cannot change the forward pass: CLIP's other token ids and its joint projection
+# width, initialisation, dtypes, names, versions, and the generic fields every transformers
+# config carries (older versions saved generation settings in every config too).
+BOOKKEEPING_FIELDS = (
+    "bos_token_id", "pad_token_id", "projection_dim", "initializer_range", "initializer_factor",
+    "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "name_or_path",
+    "chunk_size_feed_forward", "id2label", "label2id", "is_encoder_decoder", "output_attentions",
+    "output_hidden_states", "problem_type", "return_dict", "torchscript", "use_bfloat16", "pruned_heads",
+    "tie_word_embeddings", "is_decoder", "add_cross_attention", "tie_encoder_decoder", "cross_attention_hidden_size",
+    "tokenizer_class", "prefix", "sep_token_id", "decoder_start_token_id", "task_specific_params",
+    "finetuning_task", "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups",
+    "diversity_penalty", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty",
+    "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences",
+    "output_scores", "return_dict_in_generate", "forced_bos_token_id", "forced_eos_token_id",
+    "remove_invalid_values", "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens",
+    "tf_legacy_loss",
 )
 # older checkpoints (e.g. the SD 1.x text_encoder files) store every key under this prefix
 CHECKPOINT_PREFIX = "text_model."
@@ -68,43 +89,25 @@ class Embeddings(nn.Module):
         return self.token_embedding(input_ids) + self.position_embedding(positions)  # (batch, tokens, width)
 
 
-class SelfAttention(nn.Module):
+class SelfAttention(MultiHeadAttention):
     """Multi-head causal self-attention with CLIP's names (q_proj, k_proj, v_proj, out_proj).
 
-    Set `use_sdpa = False` to use the written-out softmax, `store_probs = True` to keep the last
-    attention probabilities (batch, heads, tokens, tokens) in `.last_probs`.
+    The computation is the one every attention layer of the course shares
+    (`sdcourse.layers.MultiHeadAttention`); this class adds only the projections.
     """
 
     def __init__(self, hidden_size, heads):
-        super().__init__()
         if hidden_size % heads:
             raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({heads})")
-        self.heads = heads
+        super().__init__(heads)
         self.q_proj = nn.Linear(hidden_size, hidden_size)
         self.k_proj = nn.Linear(hidden_size, hidden_size)
         self.v_proj = nn.Linear(hidden_size, hidden_size)
         self.out_proj = nn.Linear(hidden_size, hidden_size)
-        self.use_sdpa = True
-        self.store_probs = False
-        self.last_probs = None
-
-    def split_heads(self, x):  # (batch, tokens, width)
-        batch, tokens, width = x.shape
-        x = x.view(batch, tokens, self.heads, width // self.heads)  # (batch, tokens, heads, head_dim)
-        return x.transpose(1, 2)  # (batch, heads, tokens, head_dim)
 
     def forward(self, x, mask):  # (batch, tokens, width)
-        q = self.split_heads(self.q_proj(x))
-        k = self.split_heads(self.k_proj(x))
-        v = self.split_heads(self.v_proj(x))
-        # softmax(Q K^T / sqrt(head_dim) + causal mask) V
-        if self.store_probs:
-            out, self.last_probs = attention(q, k, v, mask, return_probs=True)
-        else:
-            out = attention(q, k, v, mask, use_sdpa=self.use_sdpa)  # (batch, heads, tokens, head_dim)
-        batch, heads, tokens, head_dim = out.shape
-        out = out.transpose(1, 2).reshape(batch, tokens, heads * head_dim)  # (batch, tokens, width)
-        return self.out_proj(out)
+        # softmax(Q K^T / sqrt(head_dim) + causal mask) V, then the output projection
+        return self.out_proj(self.attend(self.q_proj(x), self.k_proj(x), self.v_proj(x), mask))
 
 
 class MLP(nn.Module):
@@ -187,7 +190,8 @@ class TextEncoder(nn.Module):
     def from_config(cls, config):
         """Build from a transformers `CLIPTextConfig` (or a dict of its fields).
 
-        A full `CLIPConfig` (text + vision) is accepted too: its text part is used.
+        A full `CLIPConfig` (text + vision) is accepted too: its text part is used. The course's
+        one rule for configs applies (`sdcourse.weights.read_config`): an unknown field is an error.
         """
         if isinstance(config, dict):
             config = config.get("text_config", config)
@@ -195,7 +199,8 @@ class TextEncoder(nn.Module):
             config = getattr(config, "text_config", config)
         if not isinstance(config, dict):
             config = config.to_dict()
-        return cls(**{key: config.get(key, default) for key, default in DEFAULTS.items()})
+        return cls(**read_config(config, "text encoder", used=DEFAULTS, fixed=FIXED_FIELDS,
+                                 bookkeeping=BOOKKEEPING_FIELDS))
 
     def check_input_ids(self, input_ids):
         """Return input_ids as (batch, tokens), or raise a ValueError saying what is wrong."""

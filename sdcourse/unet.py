@@ -18,6 +18,11 @@ Layout (SD 1.5, channels per level 320, 640, 1280, 1280):
 The timestep enters every ResNet block (as a per-channel bias), the text enters every
 Transformer block (as the keys and values of cross-attention).
 
+The ResNet blocks, the resampling and the attention core come from `sdcourse.layers`, shared
+with the VAE and the text encoder; this file wires them into the U and adds what only the
+U-Net has: the timestep embedding and the transformer blocks. Every block reads the settings
+it shares with the others from one `BlockConfig`, and each level's own sizes from a `Level`.
+
 Every parameter has the same name as in diffusers' `UNet2DConditionModel`, so
 
     unet = UNet.from_config(diffusers_unet.config)
@@ -29,13 +34,14 @@ works with no conversion.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sdcourse.attention import Attention
-from sdcourse.weights import check_state_dict
+from sdcourse.layers import Attention, BlockConfig, Downsample2D, MultiHeadAttention, ResnetBlock2D, Upsample2D
+from sdcourse.weights import check_state_dict, read_config
 
 # The U-Net of Stable Diffusion 1.5 (the `unet/config.json` of the model repository).
 SD15_UNET_CONFIG = {
@@ -98,44 +104,6 @@ class TimestepEmbedding(nn.Module):
     def forward(self, x):  # (batch, in_dim)
         # emb = W2 SiLU(W1 x + b1) + b2
         return self.linear_2(F.silu(self.linear_1(x)))  # (batch, time_embed_dim)
-
-
-# ----------------------------------------------------------------------------
-# ResNet block
-
-
-class ResnetBlock2D(nn.Module):
-    """Two 3x3 convolutions with a residual connection; the timestep is added in between.
-
-        h = conv1(SiLU(GroupNorm(x)))
-        h = h + Linear(SiLU(temb))          one number per channel, the same at every pixel
-        h = conv2(SiLU(GroupNorm(h)))
-        out = shortcut(x) + h               shortcut is a 1x1 conv when channels change
-    """
-
-    def __init__(self, in_channels, out_channels, temb_channels, groups=32, eps=1e-5):
-        super().__init__()
-        self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
-        self.time_emb_proj = nn.Linear(temb_channels, out_channels)
-        self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
-        self.conv_shortcut = None
-        if in_channels != out_channels:
-            self.conv_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1)
-
-    def forward(self, x, temb):
-        # x: (batch, in_channels, height, width), temb: (batch, temb_channels)
-        # h = conv1(SiLU(GroupNorm(x)))
-        h = self.conv1(F.silu(self.norm1(x)))  # (batch, out_channels, height, width)
-        # h = h + W SiLU(temb) + b, one value per channel, broadcast over height and width
-        h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
-        # h = conv2(SiLU(GroupNorm(h)))   (dropout would sit before conv2; SD uses none)
-        h = self.conv2(F.silu(self.norm2(h)))
-        if self.conv_shortcut is not None:
-            x = self.conv_shortcut(x)  # 1x1 conv: in_channels -> out_channels
-        # out = shortcut(x) + h
-        return x + h  # (batch, out_channels, height, width)
 
 
 # ----------------------------------------------------------------------------
@@ -205,21 +173,21 @@ class Transformer2D(nn.Module):
         out = x + proj_out(h)
     """
 
-    def __init__(self, channels, heads, cross_attention_dim, num_layers=1, groups=32, use_linear_projection=False):
+    def __init__(self, channels, heads, config: BlockConfig, num_layers=1):
         super().__init__()
         head_dim = channels // heads
         inner_dim = heads * head_dim
-        self.use_linear_projection = use_linear_projection
+        self.use_linear_projection = config.use_linear_projection
         # diffusers fixes this GroupNorm's eps at 1e-6, whatever the config's norm_eps.
-        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
-        if use_linear_projection:
+        self.norm = nn.GroupNorm(config.norm_groups, channels, eps=1e-6)
+        if self.use_linear_projection:
             self.proj_in = nn.Linear(channels, inner_dim)
         else:
             self.proj_in = nn.Conv2d(channels, inner_dim, kernel_size=1)
         self.transformer_blocks = nn.ModuleList(
-            [BasicTransformerBlock(inner_dim, heads, head_dim, cross_attention_dim) for _ in range(num_layers)]
+            [BasicTransformerBlock(inner_dim, heads, head_dim, config.cross_attention_dim) for _ in range(num_layers)]
         )
-        if use_linear_projection:
+        if self.use_linear_projection:
             self.proj_out = nn.Linear(inner_dim, channels)
         else:
             self.proj_out = nn.Conv2d(inner_dim, channels, kernel_size=1)
@@ -248,35 +216,36 @@ class Transformer2D(nn.Module):
         return residual + h
 
 
-# ----------------------------------------------------------------------------
-# Resampling
-
-
-class Downsample2D(nn.Module):
-    """Halve height and width with a 3x3 convolution of stride 2."""
-
-    def __init__(self, channels):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=1)
-
-    def forward(self, x):  # (batch, channels, height, width)
-        return self.conv(x)  # (batch, channels, height / 2, width / 2)
-
-
-class Upsample2D(nn.Module):
-    """Double height and width: repeat each pixel 2x2 (nearest), then a 3x3 convolution."""
-
-    def __init__(self, channels):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
-
-    def forward(self, x):  # (batch, channels, height, width)
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")  # (batch, channels, 2 height, 2 width)
-        return self.conv(x)
-
 
 # ----------------------------------------------------------------------------
 # U-Net blocks
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level of the U: what its down block (or its mirror, the up block) is made of.
+
+    in_channels -> out_channels through `num_layers` ResNet blocks, each followed by a
+    Transformer2D of `heads` heads and `transformer_layers` layers when `attention` is set;
+    `resample`: halve (down path) or double (up path) the size at the end of the level.
+    """
+
+    in_channels: int
+    out_channels: int
+    num_layers: int
+    heads: int
+    transformer_layers: int
+    attention: bool
+    resample: bool
+
+
+def transformers_for(level: Level, channels: int, config: BlockConfig):
+    """One Transformer2D per ResNet of a level with attention, else None (a plain level)."""
+    if not level.attention:
+        return None
+    return nn.ModuleList(
+        [Transformer2D(channels, level.heads, config, level.transformer_layers) for _ in range(level.num_layers)]
+    )
 
 
 class DownBlock(nn.Module):
@@ -286,23 +255,16 @@ class DownBlock(nn.Module):
     Returns the output and the list of skip tensors (one per layer, plus one after downsampling).
     """
 
-    def __init__(self, in_channels, out_channels, temb_channels, num_layers, add_downsample,
-                 with_attention, heads, cross_attention_dim, transformer_layers, groups, eps,
-                 use_linear_projection):
+    def __init__(self, level: Level, config: BlockConfig):
         super().__init__()
+        out_channels = level.out_channels
         # (attentions are registered first only so that state_dict keys come in diffusers' order)
-        self.attentions = None
-        if with_attention:
-            self.attentions = nn.ModuleList(
-                [Transformer2D(out_channels, heads, cross_attention_dim, transformer_layers, groups,
-                               use_linear_projection)
-                 for _ in range(num_layers)]
-            )
+        self.attentions = transformers_for(level, out_channels, config)
         self.resnets = nn.ModuleList(
-            [ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, temb_channels, groups, eps)
-             for i in range(num_layers)]
+            [ResnetBlock2D(level.in_channels if i == 0 else out_channels, out_channels, config)
+             for i in range(level.num_layers)]
         )
-        self.downsamplers = nn.ModuleList([Downsample2D(out_channels)]) if add_downsample else None
+        self.downsamplers = nn.ModuleList([Downsample2D(out_channels)]) if level.resample else None
 
     def forward(self, x, temb, context):
         skips = []
@@ -320,13 +282,10 @@ class DownBlock(nn.Module):
 class MidBlock(nn.Module):
     """The bottom of the U: ResNet, Transformer, ResNet (diffusers' UNetMidBlock2DCrossAttn)."""
 
-    def __init__(self, channels, temb_channels, heads, cross_attention_dim, transformer_layers, groups, eps,
-                 use_linear_projection):
+    def __init__(self, channels, heads, transformer_layers, config: BlockConfig):
         super().__init__()
-        self.attentions = nn.ModuleList(
-            [Transformer2D(channels, heads, cross_attention_dim, transformer_layers, groups, use_linear_projection)]
-        )
-        self.resnets = nn.ModuleList([ResnetBlock2D(channels, channels, temb_channels, groups, eps) for _ in range(2)])
+        self.attentions = nn.ModuleList([Transformer2D(channels, heads, config, transformer_layers)])
+        self.resnets = nn.ModuleList([ResnetBlock2D(channels, channels, config) for _ in range(2)])
 
     def forward(self, x, temb, context):
         x = self.resnets[0](x, temb)
@@ -339,28 +298,23 @@ class UpBlock(nn.Module):
 
     With attention this is diffusers' CrossAttnUpBlock2D, without it UpBlock2D. Skips are
     consumed last-in first-out: the last tensor saved on the way down is the first used here.
+    `level.in_channels` is the width of the level above's skips; `prev_channels` the width of
+    what comes up from the level below.
     """
 
-    def __init__(self, in_channels, prev_channels, out_channels, temb_channels, num_layers, add_upsample,
-                 with_attention, heads, cross_attention_dim, transformer_layers, groups, eps,
-                 use_linear_projection):
+    def __init__(self, level: Level, prev_channels, config: BlockConfig):
         super().__init__()
-        self.attentions = None
-        if with_attention:
-            self.attentions = nn.ModuleList(
-                [Transformer2D(out_channels, heads, cross_attention_dim, transformer_layers, groups,
-                               use_linear_projection)
-                 for _ in range(num_layers)]
-            )
+        out_channels = level.out_channels
+        self.attentions = transformers_for(level, out_channels, config)
         resnets = []
-        for i in range(num_layers):
+        for i in range(level.num_layers):
             # channels coming up from below (first layer) or from the previous layer of this block
             resnet_in = prev_channels if i == 0 else out_channels
             # channels of the skip tensor: the last skip of this level comes from the level above
-            skip = in_channels if i == num_layers - 1 else out_channels
-            resnets.append(ResnetBlock2D(resnet_in + skip, out_channels, temb_channels, groups, eps))
+            skip = level.in_channels if i == level.num_layers - 1 else out_channels
+            resnets.append(ResnetBlock2D(resnet_in + skip, out_channels, config))
         self.resnets = nn.ModuleList(resnets)
-        self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
+        self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if level.resample else None
 
     def forward(self, x, skips, temb, context):
         for i, resnet in enumerate(self.resnets):
@@ -372,13 +326,13 @@ class UpBlock(nn.Module):
             x = self.upsamplers[0](x)
         return x
 
-
 # ----------------------------------------------------------------------------
 # Config
 
 
-# Every field of diffusers' UNet2DConditionModel config, with diffusers' default.
-_SUPPORTED = {
+# The fields of diffusers' UNet2DConditionModel config that this U-Net reads, with diffusers'
+# defaults. Config reading follows the course's one rule (see sdcourse.weights.read_config).
+_USED = {
     "sample_size": None,
     "in_channels": 4,
     "out_channels": 4,
@@ -396,40 +350,40 @@ _SUPPORTED = {
     "attention_head_dim": 8,
     "num_attention_heads": None,
     "use_linear_projection": False,
-    "upcast_attention": False,  # only matters in float16; ignored here
+    "upcast_attention": False,  # only matters in float16; read, and ignored here
     "conv_in_kernel": 3,
     "conv_out_kernel": 3,
 }
-# Fields for features Stable Diffusion 1.x and 2.x do not use: only the default is accepted.
-_UNSUPPORTED = {
-    "mid_block_type": "UNetMidBlock2DCrossAttn",
-    "only_cross_attention": False,
-    "downsample_padding": 1,
-    "mid_block_scale_factor": 1,
-    "dropout": 0.0,
-    "act_fn": "silu",
-    "reverse_transformer_layers_per_block": None,
-    "encoder_hid_dim": None,
-    "encoder_hid_dim_type": None,
-    "dual_cross_attention": False,
-    "class_embed_type": None,
-    "addition_embed_type": None,
-    "addition_time_embed_dim": None,
-    "num_class_embeds": None,
-    "resnet_time_scale_shift": "default",
-    "resnet_skip_time_act": False,
-    "resnet_out_scale_factor": 1.0,
-    "time_embedding_type": "positional",
-    "time_embedding_dim": None,
-    "time_embedding_act_fn": None,
-    "timestep_post_act": None,
-    "time_cond_proj_dim": None,
-    "projection_class_embeddings_input_dim": None,
-    "attention_type": "default",
-    "class_embeddings_concat": False,
-    "mid_block_only_cross_attention": None,
-    "cross_attention_norm": None,
-    "addition_embed_type_num_heads": 64,
+# Fields for features Stable Diffusion 1.x and 2.x do not use: only these values are accepted.
+_FIXED = {
+    "mid_block_type": ("UNetMidBlock2DCrossAttn",),
+    "only_cross_attention": (False,),
+    "downsample_padding": (1,),
+    "mid_block_scale_factor": (1,),
+    "dropout": (0.0,),
+    "act_fn": ("silu",),
+    "reverse_transformer_layers_per_block": (None,),
+    "encoder_hid_dim": (None,),
+    "encoder_hid_dim_type": (None,),
+    "dual_cross_attention": (False,),
+    "class_embed_type": (None,),
+    "addition_embed_type": (None,),
+    "addition_time_embed_dim": (None,),
+    "num_class_embeds": (None,),
+    "resnet_time_scale_shift": ("default",),
+    "resnet_skip_time_act": (False,),
+    "resnet_out_scale_factor": (1.0,),
+    "time_embedding_type": ("positional",),
+    "time_embedding_dim": (None,),
+    "time_embedding_act_fn": (None,),
+    "timestep_post_act": (None,),
+    "time_cond_proj_dim": (None,),
+    "projection_class_embeddings_input_dim": (None,),
+    "attention_type": ("default",),
+    "class_embeddings_concat": (False,),
+    "mid_block_only_cross_attention": (None, False),
+    "cross_attention_norm": (None,),
+    "addition_embed_type_num_heads": (64,),
 }
 
 
@@ -462,24 +416,18 @@ class UNet(nn.Module):
         self.out_channels = cfg["out_channels"]
         self.cross_attention_dim = cfg["cross_attention_dim"]
         self.sample_size = cfg["sample_size"]
+        self.flip_sin_to_cos = cfg["flip_sin_to_cos"]
+        self.freq_shift = cfg["freq_shift"]
+        self.center_input_sample = cfg["center_input_sample"]
         channels = list(cfg["block_out_channels"])
         n = len(channels)
-        down_types = list(cfg["down_block_types"])
-        up_types = list(cfg["up_block_types"])
         layers = _per_block(cfg["layers_per_block"], n, "layers_per_block")
         transformer_layers = _per_block(cfg["transformer_layers_per_block"], n, "transformer_layers_per_block")
         # diffusers' naming quirk: in SD configs `attention_head_dim` holds the NUMBER OF HEADS
         # (8 for SD 1.x; [5, 10, 20, 20] for SD 2.x), not the width of a head. Each head is
         # channels // heads wide (320 // 8 = 40 in SD 1.5's first block; 64 everywhere in SD 2.x).
         # The name was a mistake kept for compatibility; `num_attention_heads`, when set, wins.
-        heads_cfg = cfg["num_attention_heads"] or cfg["attention_head_dim"]
-        heads = _per_block(heads_cfg, n, "attention_head_dim")
-        groups, eps = cfg["norm_num_groups"], cfg["norm_eps"]
-        linear = cfg["use_linear_projection"]
-        cross_dim = self.cross_attention_dim
-        self.flip_sin_to_cos = cfg["flip_sin_to_cos"]
-        self.freq_shift = cfg["freq_shift"]
-        self.center_input_sample = cfg["center_input_sample"]
+        heads = _per_block(cfg["num_attention_heads"] or cfg["attention_head_dim"], n, "attention_head_dim")
 
         # input: latents -> first block's channels
         self.conv_in = nn.Conv2d(self.in_channels, channels[0], cfg["conv_in_kernel"],
@@ -489,37 +437,35 @@ class UNet(nn.Module):
         time_embed_dim = channels[0] * 4
         self.time_embedding = TimestepEmbedding(channels[0], time_embed_dim)
 
+        # every block shares these settings
+        blocks = BlockConfig(
+            norm_groups=cfg["norm_num_groups"], norm_eps=cfg["norm_eps"], temb_channels=time_embed_dim,
+            cross_attention_dim=self.cross_attention_dim, use_linear_projection=cfg["use_linear_projection"],
+        )
+
         # down path: level i goes from channels[i-1] to channels[i]; all but the last halve the size
         self.down_blocks = nn.ModuleList()
-        for i, block_type in enumerate(down_types):
-            self.down_blocks.append(DownBlock(
-                in_channels=channels[max(i - 1, 0)], out_channels=channels[i], temb_channels=time_embed_dim,
-                num_layers=layers[i], add_downsample=i < n - 1,
-                with_attention=block_type == "CrossAttnDownBlock2D", heads=heads[i],
-                cross_attention_dim=cross_dim, transformer_layers=transformer_layers[i], groups=groups, eps=eps,
-                use_linear_projection=linear,
-            ))
+        for i, block_type in enumerate(cfg["down_block_types"]):
+            level = Level(channels[max(i - 1, 0)], channels[i], layers[i], heads[i], transformer_layers[i],
+                          attention=block_type == "CrossAttnDownBlock2D", resample=i < n - 1)
+            self.down_blocks.append(DownBlock(level, blocks))
 
         # bottom (up_blocks is registered before it only so that state_dict keys come in diffusers' order)
         self.up_blocks = nn.ModuleList()
-        self.mid_block = MidBlock(channels[-1], time_embed_dim, heads[-1], cross_dim, transformer_layers[-1],
-                                  groups, eps, linear)
+        self.mid_block = MidBlock(channels[-1], heads[-1], transformer_layers[-1], blocks)
 
         # up path: the mirror image, with one more layer per level (to consume the extra skip)
-        rev_channels = channels[::-1]
-        for i, block_type in enumerate(up_types):
-            self.up_blocks.append(UpBlock(
-                in_channels=rev_channels[min(i + 1, n - 1)], prev_channels=rev_channels[max(i - 1, 0)],
-                out_channels=rev_channels[i], temb_channels=time_embed_dim, num_layers=layers[::-1][i] + 1,
-                add_upsample=i < n - 1, with_attention=block_type == "CrossAttnUpBlock2D",
-                heads=heads[::-1][i], cross_attention_dim=cross_dim,
-                transformer_layers=transformer_layers[::-1][i], groups=groups, eps=eps,
-                use_linear_projection=linear,
-            ))
+        rev_channels, rev_layers = channels[::-1], layers[::-1]
+        rev_heads, rev_transformer_layers = heads[::-1], transformer_layers[::-1]
+        for i, block_type in enumerate(cfg["up_block_types"]):
+            level = Level(rev_channels[min(i + 1, n - 1)], rev_channels[i], rev_layers[i] + 1, rev_heads[i],
+                          rev_transformer_layers[i], attention=block_type == "CrossAttnUpBlock2D",
+                          resample=i < n - 1)
+            self.up_blocks.append(UpBlock(level, prev_channels=rev_channels[max(i - 1, 0)], config=blocks))
         self.num_downsamplers = n - 1
 
         # output: back to latent channels
-        self.conv_norm_out = nn.GroupNorm(groups, channels[0], eps=eps)
+        self.conv_norm_out = nn.GroupNorm(blocks.norm_groups, channels[0], eps=blocks.norm_eps)
         self.conv_out = nn.Conv2d(channels[0], self.out_channels, cfg["conv_out_kernel"],
                                   padding=(cfg["conv_out_kernel"] - 1) // 2)
 
@@ -531,22 +477,14 @@ class UNet(nn.Module):
 
         Fields keep diffusers' meaning, including its naming quirk: `attention_head_dim` is the
         number of attention heads per block (an int or one per block), not their width.
-        Fields for features SD 1.x / 2.x do not use must keep their default (ValueError otherwise).
+        Fields for features SD 1.x / 2.x do not use must keep their default, and an unknown
+        field is an error (the rule of `sdcourse.weights.read_config`).
         """
         return cls(dict(config), use_sdpa=use_sdpa)
 
     @staticmethod
     def _read_config(config):
-        config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
-        unknown = sorted(set(config) - set(_SUPPORTED) - set(_UNSUPPORTED))
-        if unknown:
-            raise ValueError(f"unknown U-Net config fields: {unknown}")
-        for key, default in _UNSUPPORTED.items():
-            value = config.get(key, default)
-            same = value == default or (key == "mid_block_only_cross_attention" and value is False)
-            if not same:
-                raise ValueError(f"{key}={value!r} is not supported by this U-Net (only {default!r})")
-        cfg = {**_SUPPORTED, **{k: v for k, v in config.items() if k in _SUPPORTED}}
+        cfg = read_config(config, "U-Net", used=_USED, fixed=_FIXED)
         n = len(cfg["block_out_channels"])
         for key, allowed in (("down_block_types", DOWN_BLOCK_TYPES), ("up_block_types", UP_BLOCK_TYPES)):
             types = list(cfg[key])
@@ -575,7 +513,7 @@ class UNet(nn.Module):
         """True: torch's fused scaled_dot_product_attention. False: the written-out softmax(QK^T/sqrt(d))V."""
         self._use_sdpa = bool(enabled)
         for module in self.modules():
-            if isinstance(module, Attention):
+            if isinstance(module, MultiHeadAttention):
                 module.use_sdpa = self._use_sdpa
 
     def store_attention_probs(self, enabled=True, self_attention=False):
@@ -586,7 +524,7 @@ class UNet(nn.Module):
         Read them with `attention_probs()`.
         """
         for name, module in self.named_modules():
-            if isinstance(module, Attention):
+            if isinstance(module, MultiHeadAttention):
                 is_cross = name.endswith("attn2")
                 module.store_probs = enabled and (is_cross or self_attention)
                 if not module.store_probs:
@@ -603,7 +541,7 @@ class UNet(nn.Module):
         for name, module in self.named_modules():
             if isinstance(module, Transformer2D):
                 for sub_name, sub in module.named_modules():
-                    if isinstance(sub, Attention) and sub.store_probs and sub.last_probs is not None:
+                    if isinstance(sub, MultiHeadAttention) and sub.store_probs and sub.last_probs is not None:
                         p = sub.last_probs
                         if spatial:
                             height, width = module.spatial_size

@@ -10,8 +10,8 @@ The encoder does not output one latent but a diagonal Gaussian: a mean and a log
 per latent value. Training samples z from it (the "V" in VAE, with a small KL penalty
 pulling it towards N(0, 1)); Stable Diffusion mostly uses the mean or one sample.
 
-Both halves are made of the same few parts:
-- ResNet blocks: GroupNorm -> SiLU -> 3x3 conv, twice, plus a skip connection,
+Both halves are wired from the layers of `sdcourse.layers`, the same as the U-Net's:
+- ResNet blocks: GroupNorm -> SiLU -> 3x3 conv, twice, plus a skip connection (no timestep),
 - downsampling (encoder): a stride-2 3x3 conv, after padding one pixel on the right and
   bottom only,
 - upsampling (decoder): nearest-neighbour 2x enlargement, then a 3x3 conv,
@@ -25,31 +25,19 @@ Parameter names are the ones diffusers' `AutoencoderKL` uses, so its weights loa
 
 from __future__ import annotations
 
+import inspect
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from sdcourse.attention import Attention
-from sdcourse.weights import check_state_dict
+from sdcourse.layers import Attention, BlockConfig, Downsample2D, ResnetBlock2D, Upsample2D
+from sdcourse.weights import check_state_dict, read_config
 
-ACTIVATIONS = {"silu": F.silu, "swish": F.silu, "gelu": F.gelu, "relu": F.relu, "mish": F.mish}
-CONFIG_KEYS = (
-    "in_channels",
-    "out_channels",
-    "down_block_types",
-    "up_block_types",
-    "block_out_channels",
-    "layers_per_block",
-    "act_fn",
-    "latent_channels",
-    "norm_num_groups",
-    "sample_size",
-    "scaling_factor",
-    "shift_factor",
-    "use_quant_conv",
-    "use_post_quant_conv",
-    "mid_block_add_attention",
-)
+# AutoencoderKL config fields the course's VAE does not read: `force_upcast` only decides whether
+# diffusers decodes float16 latents in float32; `latents_mean` / `latents_std` normalise the
+# latents of later models (SDXL and on), which SD 1.x / 2.x leave unset.
+BOOKKEEPING_FIELDS = ("force_upcast",)
+FIXED_FIELDS = {"latents_mean": (None,), "latents_std": (None,)}
 GROUP_NORM_EPS = 1e-6
 
 
@@ -108,58 +96,6 @@ class DiagonalGaussian:
         return 0.5 * torch.sum(self.mean.pow(2) + self.var - 1.0 - self.logvar, dim=[1, 2, 3])
 
 
-class ResnetBlock(nn.Module):
-    """Two (GroupNorm -> activation -> 3x3 conv) steps plus a skip connection."""
-
-    def __init__(self, in_channels, out_channels, groups, act_fn="silu"):
-        super().__init__()
-        self.act = ACTIVATIONS[act_fn]
-        self.norm1 = nn.GroupNorm(groups, in_channels, eps=GROUP_NORM_EPS)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = nn.GroupNorm(groups, out_channels, eps=GROUP_NORM_EPS)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        # a 1x1 conv makes the skip connection the right width when the channels change
-        self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
-
-    def forward(self, x):  # (batch, in_channels, h, w)
-        # h = conv1(act(norm1(x)))
-        h = self.conv1(self.act(self.norm1(x)))  # (batch, out_channels, h, w)
-        # h = conv2(act(norm2(h)))
-        h = self.conv2(self.act(self.norm2(h)))
-        skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
-        # out = skip(x) + h
-        return skip + h  # (batch, out_channels, h, w)
-
-
-class Downsample(nn.Module):
-    """Halve height and width with a stride-2 3x3 conv.
-
-    The conv has no padding of its own: one row of zeros is added at the bottom and one column
-    on the right only. (Original Stable Diffusion code; the weights were trained that way.)
-    """
-
-    def __init__(self, channels):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
-
-    def forward(self, x):  # (batch, channels, h, w)
-        # pad (left, right, top, bottom) = (0, 1, 0, 1)
-        x = F.pad(x, (0, 1, 0, 1))  # (batch, channels, h + 1, w + 1)
-        return self.conv(x)  # (batch, channels, h / 2, w / 2)
-
-
-class Upsample(nn.Module):
-    """Double height and width: repeat every pixel 2x2 (nearest neighbour), then a 3x3 conv."""
-
-    def __init__(self, channels):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x):  # (batch, channels, h, w)
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")  # (batch, channels, 2h, 2w)
-        return self.conv(x)
-
-
 class VAEAttention(Attention):
     """Single-head self-attention over all pixels, with a GroupNorm in front and a residual.
 
@@ -167,9 +103,9 @@ class VAEAttention(Attention):
         out = x + to_out(attention(GroupNorm(x)))
     """
 
-    def __init__(self, channels, groups):
+    def __init__(self, channels, config: BlockConfig):
         super().__init__(channels, heads=1, head_dim=channels, bias=True, out_bias=True)
-        self.group_norm = nn.GroupNorm(groups, channels, eps=GROUP_NORM_EPS)
+        self.group_norm = nn.GroupNorm(config.norm_groups, channels, eps=config.norm_eps)
 
     def forward(self, x):  # (batch, channels, h, w)
         batch, channels, height, width = x.shape
@@ -182,49 +118,40 @@ class VAEAttention(Attention):
         return x + out
 
 
-class DownEncoderBlock(nn.Module):
-    """`layers` ResNet blocks, then (except in the last block) a downsampling step."""
+class ResnetStack(nn.Module):
+    """`num_layers` ResNet blocks, then an optional 2x resampling.
 
-    def __init__(self, in_channels, out_channels, layers, groups, act_fn, add_downsample):
+    resample="down" is diffusers' DownEncoderBlock2D (the encoder), "up" its UpDecoderBlock2D
+    (the decoder), None the last block of either, which keeps the size.
+    """
+
+    def __init__(self, in_channels, out_channels, num_layers, config: BlockConfig, resample=None):
         super().__init__()
+        if resample not in (None, "down", "up"):
+            raise ValueError(f"resample must be None, 'down' or 'up', got {resample!r}")
         self.resnets = nn.ModuleList(
-            [ResnetBlock(out_channels if i else in_channels, out_channels, groups, act_fn) for i in range(layers)]
+            [ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, config) for i in range(num_layers)]
         )
-        self.downsamplers = nn.ModuleList([Downsample(out_channels)]) if add_downsample else None
+        # the VAE's downsampling pads on the right and bottom only (padding=0; see Downsample2D)
+        self.downsamplers = nn.ModuleList([Downsample2D(out_channels, padding=0)]) if resample == "down" else None
+        self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if resample == "up" else None
 
     def forward(self, x):
         for resnet in self.resnets:
             x = resnet(x)
-        if self.downsamplers is not None:
-            x = self.downsamplers[0](x)
-        return x
-
-
-class UpDecoderBlock(nn.Module):
-    """`layers` ResNet blocks, then (except in the last block) an upsampling step."""
-
-    def __init__(self, in_channels, out_channels, layers, groups, act_fn, add_upsample):
-        super().__init__()
-        self.resnets = nn.ModuleList(
-            [ResnetBlock(out_channels if i else in_channels, out_channels, groups, act_fn) for i in range(layers)]
-        )
-        self.upsamplers = nn.ModuleList([Upsample(out_channels)]) if add_upsample else None
-
-    def forward(self, x):
-        for resnet in self.resnets:
-            x = resnet(x)
-        if self.upsamplers is not None:
-            x = self.upsamplers[0](x)
+        for resampler in (self.downsamplers, self.upsamplers):
+            if resampler is not None:
+                x = resampler[0](x)
         return x
 
 
 class MidBlock(nn.Module):
     """ResNet -> self-attention -> ResNet, at the lowest resolution."""
 
-    def __init__(self, channels, groups, act_fn, add_attention=True):
+    def __init__(self, channels, config: BlockConfig, add_attention=True):
         super().__init__()
-        self.resnets = nn.ModuleList([ResnetBlock(channels, channels, groups, act_fn) for _ in range(2)])
-        self.attentions = nn.ModuleList([VAEAttention(channels, groups) if add_attention else None])
+        self.resnets = nn.ModuleList([ResnetBlock2D(channels, channels, config) for _ in range(2)])
+        self.attentions = nn.ModuleList([VAEAttention(channels, config) if add_attention else None])
 
     def forward(self, x):  # (batch, channels, h, w)
         x = self.resnets[0](x)
@@ -236,20 +163,19 @@ class MidBlock(nn.Module):
 class Encoder(nn.Module):
     """Image (batch, in_channels, H, W) -> Gaussian parameters (batch, 2 * latent, H/f, W/f)."""
 
-    def __init__(self, in_channels, latent_channels, block_out_channels, layers_per_block, groups, act_fn,
-                 mid_attention):
+    def __init__(self, in_channels, latent_channels, channels, layers_per_block, mid_attention, config: BlockConfig):
         super().__init__()
-        self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels, channels[0], 3, padding=1)
         self.down_blocks = nn.ModuleList()
-        for i, out_ch in enumerate(block_out_channels):
-            in_ch = block_out_channels[max(i - 1, 0)]
-            is_last = i == len(block_out_channels) - 1
-            self.down_blocks.append(DownEncoderBlock(in_ch, out_ch, layers_per_block, groups, act_fn, not is_last))
-        self.mid_block = MidBlock(block_out_channels[-1], groups, act_fn, mid_attention)
-        self.conv_norm_out = nn.GroupNorm(groups, block_out_channels[-1], eps=GROUP_NORM_EPS)
+        for i, out_ch in enumerate(channels):
+            is_last = i == len(channels) - 1
+            self.down_blocks.append(ResnetStack(channels[max(i - 1, 0)], out_ch, layers_per_block, config,
+                                                resample=None if is_last else "down"))
+        self.mid_block = MidBlock(channels[-1], config, mid_attention)
+        self.conv_norm_out = nn.GroupNorm(config.norm_groups, channels[-1], eps=config.norm_eps)
         self.conv_act = nn.SiLU()  # always SiLU here, whatever act_fn says (as in diffusers)
         # twice the latent channels: a mean and a log-variance for each
-        self.conv_out = nn.Conv2d(block_out_channels[-1], 2 * latent_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(channels[-1], 2 * latent_channels, 3, padding=1)
 
     def forward(self, x):  # (batch, in_channels, H, W)
         x = self.conv_in(x)  # (batch, c0, H, W)
@@ -266,20 +192,19 @@ class Decoder(nn.Module):
     Mirrors the encoder, with one more ResNet block per resolution.
     """
 
-    def __init__(self, latent_channels, out_channels, block_out_channels, layers_per_block, groups, act_fn,
-                 mid_attention):
+    def __init__(self, latent_channels, out_channels, channels, layers_per_block, mid_attention, config: BlockConfig):
         super().__init__()
-        reversed_channels = list(reversed(block_out_channels))
+        reversed_channels = list(reversed(channels))
         self.conv_in = nn.Conv2d(latent_channels, reversed_channels[0], 3, padding=1)
-        self.mid_block = MidBlock(reversed_channels[0], groups, act_fn, mid_attention)
+        self.mid_block = MidBlock(reversed_channels[0], config, mid_attention)
         self.up_blocks = nn.ModuleList()
         for i, out_ch in enumerate(reversed_channels):
-            in_ch = reversed_channels[max(i - 1, 0)]
             is_last = i == len(reversed_channels) - 1
-            self.up_blocks.append(UpDecoderBlock(in_ch, out_ch, layers_per_block + 1, groups, act_fn, not is_last))
-        self.conv_norm_out = nn.GroupNorm(groups, block_out_channels[0], eps=GROUP_NORM_EPS)
+            self.up_blocks.append(ResnetStack(reversed_channels[max(i - 1, 0)], out_ch, layers_per_block + 1, config,
+                                              resample=None if is_last else "up"))
+        self.conv_norm_out = nn.GroupNorm(config.norm_groups, channels[0], eps=config.norm_eps)
         self.conv_act = nn.SiLU()
-        self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(channels[0], out_channels, 3, padding=1)
 
     def forward(self, z):  # (batch, latent, h, w)
         x = self.conv_in(z)  # (batch, c_last, h, w)
@@ -340,8 +265,6 @@ class VAE(nn.Module):
                 raise ValueError(
                     f"{kind} has {len(types)} entries but block_out_channels has {len(block_out_channels)}"
                 )
-        if act_fn not in ACTIVATIONS:
-            raise ValueError(f"act_fn must be one of {sorted(ACTIVATIONS)}, got {act_fn!r}")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.latent_channels = latent_channels
@@ -350,14 +273,12 @@ class VAE(nn.Module):
         self.scaling_factor = scaling_factor
         self.shift_factor = shift_factor
 
-        self.encoder = Encoder(
-            in_channels, latent_channels, block_out_channels, layers_per_block, norm_num_groups, act_fn,
-            mid_block_add_attention,
-        )
-        self.decoder = Decoder(
-            latent_channels, out_channels, block_out_channels, layers_per_block, norm_num_groups, act_fn,
-            mid_block_add_attention,
-        )
+        # every block shares these settings; diffusers fixes the VAE's GroupNorm eps at 1e-6
+        blocks = BlockConfig(norm_groups=norm_num_groups, norm_eps=GROUP_NORM_EPS, act_fn=act_fn)
+        self.encoder = Encoder(in_channels, latent_channels, block_out_channels, layers_per_block,
+                               mid_block_add_attention, blocks)
+        self.decoder = Decoder(latent_channels, out_channels, block_out_channels, layers_per_block,
+                               mid_block_add_attention, blocks)
         # 1x1 convs between the encoder/decoder and the latents (kept for weight compatibility)
         self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1) if use_quant_conv else None
         self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
@@ -366,26 +287,29 @@ class VAE(nn.Module):
     def from_config(cls, config):
         """Build from diffusers' `AutoencoderKL.config` (or a plain dict with the same fields).
 
-        Fields that only matter to diffusers (force_upcast, latents_mean, ...) are ignored.
+        The course's one rule for configs applies (`sdcourse.weights.read_config`): every field
+        of the constructor is read, `force_upcast` (float16 only) is ignored, the latent
+        normalisation of later models must stay unset, and an unknown field is an error.
         """
-        config = dict(config)
-        return cls(**{key: config[key] for key in CONFIG_KEYS if key in config})
+        used = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items() if name != "self"}
+        return cls(**read_config(config, "VAE", used=used, fixed=FIXED_FIELDS, bookkeeping=BOOKKEEPING_FIELDS))
 
     @property
     def downsample_factor(self):
         """How many pixels one latent covers along each side: 2 per downsampling step."""
         return 2 ** (len(self.block_out_channels) - 1)
 
+    @staticmethod
+    def _check_batch(x, what, channels):
+        """Raise a ValueError unless x is (batch, channels, height, width)."""
+        if x.ndim != 4:
+            raise ValueError(f"expected {what} of shape (batch, channels, height, width), got shape {tuple(x.shape)}")
+        if x.shape[1] != channels:
+            raise ValueError(f"expected {what} with {channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+
     def encode(self, x):
         """Images (batch, in_channels, H, W) -> DiagonalGaussian over (batch, latent, H/f, W/f)."""
-        if x.ndim != 4:
-            raise ValueError(
-                f"expected images of shape (batch, channels, height, width), got shape {tuple(x.shape)}"
-            )
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"expected images with {self.in_channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})"
-            )
+        self._check_batch(x, "images", self.in_channels)
         f = self.downsample_factor
         height, width = x.shape[-2:]
         if height % f or width % f:
@@ -400,14 +324,7 @@ class VAE(nn.Module):
 
     def decode(self, z):
         """Latents (batch, latent, h, w) -> images (batch, out_channels, h*f, w*f)."""
-        if z.ndim != 4:
-            raise ValueError(
-                f"expected latents of shape (batch, channels, height, width), got shape {tuple(z.shape)}"
-            )
-        if z.shape[1] != self.latent_channels:
-            raise ValueError(
-                f"expected latents with {self.latent_channels} channels, got {z.shape[1]} (shape {tuple(z.shape)})"
-            )
+        self._check_batch(z, "latents", self.latent_channels)
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
         return self.decoder(z)

@@ -1,6 +1,38 @@
-"""Loading library weights into the from-scratch networks, with errors that say what is wrong."""
+"""Loading library configs and weights into the from-scratch networks, with errors that say
+what is wrong.
+
+The one rule for configs, the same for the U-Net, the VAE and the text encoder: every field of
+a diffusers or transformers config is either
+- used: it shapes the network (a missing one takes the library's default);
+- fixed: a feature Stable Diffusion 1.x / 2.x does not use, accepted only at its default value;
+- bookkeeping: it cannot change the forward pass (names, versions, initialisation, dtypes);
+  it is accepted and ignored.
+Any other field stops the build with a ValueError naming it: a field the course does not know
+might change the network, and a silently different network is worse than an error.
+Fields whose names start with "_" (`_class_name`, `_diffusers_version`) are bookkeeping.
+"""
 
 from __future__ import annotations
+
+
+def read_config(config, network: str, used: dict, fixed: dict, bookkeeping=()) -> dict:
+    """Apply the rule above to `config` (a dict or a library config object).
+
+    used: {field: default}; fixed: {field: tuple of accepted values}; bookkeeping: field names.
+    Returns {field: value} for every used field, defaults filled in.
+    """
+    config = {key: value for key, value in dict(config).items() if not key.startswith("_")}
+    unknown = sorted(set(config) - set(used) - set(fixed) - set(bookkeeping))
+    if unknown:
+        raise ValueError(
+            f"{network} config: unknown fields {unknown}. This network reads {sorted(used)}; "
+            f"fields for features it does not implement must keep their defaults: {sorted(fixed)}"
+        )
+    for key, accepted in fixed.items():
+        if key in config and config[key] not in accepted:
+            allowed = " or ".join(repr(value) for value in accepted)
+            raise ValueError(f"{network} config: {key}={config[key]!r} is not supported by this {network} (only {allowed})")
+    return {**used, **{key: value for key, value in config.items() if key in used}}
 
 
 class StateDictMismatch(ValueError, RuntimeError):
