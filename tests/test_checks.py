@@ -1,10 +1,15 @@
-"""Every exercise check can fail: on the blank stub, and on each plausible mistake it lists."""
+"""Every exercise check can fail: on the blank stub, and on each plausible mistake it lists.
+Every exercise has hints, and `hint()` shows them one at a time."""
+
+from pathlib import Path
 
 import pytest
 import torch
 
 import sdcourse.checks as checks
-from sdcourse.checks import ALL_CHECKS, Case, run_check, values_close
+from sdcourse.checks import ALL_CHECKS, Case, core, exercise_check, hint, run_check, values_close
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def stub(*args, **kwargs):
@@ -26,6 +31,22 @@ def test_check_fails_on_the_blank_stub(name):
     result = ALL_CHECKS[name](stub, verbose=False)
     assert not result
     assert "not filled in yet" in result.report
+    assert "to do: fill in this part" in result.report, "the report shows the stub's message"
+    assert "hint()" in result.report, "the report says how to get a hint"
+
+
+@pytest.mark.parametrize("name", sorted(ALL_CHECKS))
+def test_check_has_two_to_four_hints(name):
+    hints = ALL_CHECKS[name].hints
+    assert 2 <= len(hints) <= 4, "a nudge first, something close to the answer last"
+    assert len(set(hints)) == len(hints), "the same hint twice"
+
+
+@pytest.mark.parametrize("name", sorted(ALL_CHECKS))
+def test_check_names_the_solution_notebook_that_uses_it(name):
+    solution = ROOT / ALL_CHECKS[name].solution
+    assert solution.is_file(), f"{name}: no {solution.relative_to(ROOT)}"
+    assert f"check_{name}(" in solution.read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize(
@@ -105,3 +126,56 @@ def test_a_reference_that_raises_expects_the_learner_to_raise_too(capsys):
     printed = capsys.readouterr().out
     assert not result
     assert "expected: raises ValueError" in printed and "got:      8" in printed and "likely cause: rounded down" in printed
+
+
+@pytest.fixture
+def demo_check(monkeypatch):
+    """A check registered on its own, with fresh hint state: the course's checks are left alone."""
+    monkeypatch.setattr(core, "ALL_CHECKS", {})
+    monkeypatch.setattr(core, "_hints_shown", {})
+    monkeypatch.setattr(core, "_last_checked", None)
+    return exercise_check(
+        "double",
+        lambda x: 2 * x,
+        lambda: [Case("x = 3", (3,))],
+        {"tripled": lambda x: 3 * x},
+        hints=["Think of adding x to itself.", "Return x + x."],
+        solution="solutions/99_demo.ipynb",
+    )
+
+
+def test_hint_walks_the_hints_in_order_and_stops_after_the_last(demo_check, capsys):
+    hint()
+    first = capsys.readouterr().out
+    assert "No check has run yet" in first and "Exercises: double" in first
+
+    def blank(x):
+        raise NotImplementedError("Return x, doubled.")
+
+    demo_check(blank)
+    report = capsys.readouterr().out
+    assert "not filled in yet" in report and "to do: Return x, doubled." in report and "hint()" in report
+
+    hint()
+    assert capsys.readouterr().out.strip() == "💡 double, hint 1 of 2: Think of adding x to itself."
+    hint()
+    assert capsys.readouterr().out.strip() == "💡 double, hint 2 of 2: Return x + x."
+    for _ in range(2):
+        hint()
+        last = capsys.readouterr().out
+        assert "last hint" in last and "solutions/99_demo.ipynb" in last
+
+
+def test_hint_by_name_and_for_an_unknown_name(demo_check, capsys):
+    hint("double")
+    assert "hint 1 of 2" in capsys.readouterr().out
+    hint("triple")
+    unknown = capsys.readouterr().out
+    assert "no exercise named 'triple'" in unknown and "Exercises: double" in unknown
+
+
+@pytest.mark.parametrize("hints", [[], "Return x + x.", [""]])
+def test_a_check_needs_hints(monkeypatch, hints):
+    monkeypatch.setattr(core, "ALL_CHECKS", {})
+    with pytest.raises(ValueError, match="hints"):
+        exercise_check("double", lambda x: 2 * x, lambda: [], {"tripled": lambda x: 3 * x}, hints=hints, solution="")

@@ -1,5 +1,6 @@
 """The project's own plumbing: environment files agree, exercises are in sync, notebooks are tidy."""
 
+import ast
 import json
 import re
 import sys
@@ -48,9 +49,37 @@ def test_exercises_are_generated_from_solutions():
     assert solutions, "no solution notebooks found"
 
 
-def test_blank_out_replaces_the_solution_with_the_hint():
-    source = "def f(x):\n    ### BEGIN SOLUTION\n    # HINT: double it\n    return 2 * x\n    ### END SOLUTION\n"
-    assert make_exercises.blank_out(source) == "def f(x):\n    raise NotImplementedError('double it')\n"
+def test_blank_out_turns_the_todo_lines_into_the_stub_message():
+    source = "def f(x):\n    ### BEGIN SOLUTION\n    # TODO: Return x, doubled.\n    return 2 * x\n    ### END SOLUTION\n"
+    assert make_exercises.blank_out(source) == 'def f(x):\n    raise NotImplementedError("Return x, doubled.")\n'
+
+
+def test_several_todo_lines_make_one_message():
+    source = (
+        "def f(x):\n    ### BEGIN SOLUTION\n    # TODO: Return x, doubled,\n    # TODO: as a float.\n"
+        "    return 2.0 * x\n    ### END SOLUTION\n"
+    )
+    stub = make_exercises.blank_out(source)
+    namespace = {}
+    exec(stub, namespace)
+    with pytest.raises(NotImplementedError, match=r"^Return x, doubled, as a float\.$"):
+        namespace["f"](1)
+
+
+@pytest.mark.parametrize(
+    "block, problem",
+    [
+        ("    return 2 * x\n", "no `# TODO: ...` line"),
+        ("    # TODO: Return x, doubled.\n    # HINT: multiply by 2\n    return 2 * x\n", "HINT"),
+        ("    # HINT: multiply by 2\n    return 2 * x\n", "HINT"),
+        ("    y = 2 * x\n    # TODO: Return x, doubled.\n    return y\n", "at the start"),
+    ],
+)
+def test_blank_out_rejects_a_block_without_todo_or_with_a_hint(block, problem):
+    source = "def f(x):\n    ### BEGIN SOLUTION\n" + block + "    ### END SOLUTION\n"
+    with pytest.raises(ValueError, match="solutions/99_demo.ipynb, cell 3, line") as error:
+        make_exercises.blank_out(source, "solutions/99_demo.ipynb, cell 3")
+    assert problem in str(error.value)
 
 
 @pytest.mark.parametrize(
@@ -66,6 +95,49 @@ def test_exercise_notebooks_hold_no_solutions():
         text = path.read_text(encoding="utf-8")
         assert "BEGIN SOLUTION" not in text, path.name
         assert "NotImplementedError" in text, f"{path.name} has nothing to fill in"
+
+
+# Code in a stub message: an operator, a call `name(`, an index `name[`, an attribute `.name`.
+FORMULA = re.compile(r"[=*/+^<>]|\s-\s|\w\(|\w\[|\.\w")
+
+
+def stub_messages(path):
+    """The message of every `raise NotImplementedError("...")` in a notebook's code cells."""
+    messages = []
+    for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        code = "\n".join(line for line in "".join(cell["source"]).split("\n") if not line.startswith(("%", "!")))
+        for node in ast.walk(ast.parse(code)):  # every code cell must parse
+            call = node.exc if isinstance(node, ast.Raise) else None
+            if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "NotImplementedError":
+                messages.append(call.args[0].value if call.args else "")
+    return messages
+
+
+@pytest.mark.parametrize(
+    "message, is_code",
+    [
+        ("snr.clamp(max=gamma) / snr", True),
+        ("x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) noise", True),
+        ("logvar is log(sigma^2)", True),
+        ("keep caption i unless draws[i] < p", True),
+        ("Return a float tensor of shape (batch,): one PSNR in dB per picture, on the [0, 1] scale.", False),
+        ("Return an (n, n) tensor of dtype bool, True where token i may attend to token j.", False),
+    ],
+)
+def test_the_formula_pattern(message, is_code):
+    assert bool(FORMULA.search(message)) is is_code
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "exercises").glob("*.ipynb")), ids=lambda p: p.name)
+def test_stub_messages_say_what_to_write_not_how(path):
+    solution = (ROOT / "solutions" / path.name).read_text(encoding="utf-8")
+    messages = stub_messages(path)
+    assert len(messages) == solution.count("### BEGIN SOLUTION"), "one stub per solution block"
+    for message in messages:
+        assert message.strip(), "an empty stub message"
+        assert not FORMULA.search(message), f"a formula or code in the stub message: {message!r}"
 
 
 def lesson_notebooks():

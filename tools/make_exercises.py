@@ -1,9 +1,11 @@
 """Generate exercises/ from solutions/: every solution block becomes a blank to fill in.
 
 In a solution notebook, code between `### BEGIN SOLUTION` and `### END SOLUTION` is the
-answer. A line `# HINT: ...` right after `### BEGIN SOLUTION` becomes the message of the
-`raise NotImplementedError(...)` that replaces the block. Outputs are cleared, so a learner
-starts from a clean notebook.
+answer. The block starts with one or more `# TODO: ...` lines that say what to write (the
+inputs, the output and its shape), never how. They become the message of the
+`raise NotImplementedError(...)` that replaces the block. Hints do not go here: they live
+beside the exercise's check in sdcourse/checks (`hints=[...]`), and `hint()` shows them.
+Outputs are cleared, so a learner starts from a clean notebook.
 
     python tools/make_exercises.py           # write exercises/
     python tools/make_exercises.py --check   # exit 1 if exercises/ is out of date
@@ -12,6 +14,7 @@ starts from a clean notebook.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -20,32 +23,55 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
-HINT = re.compile(r"^\s*#\s*HINT:\s*(.*)$")
+TODO = re.compile(r"^\s*#\s*TODO:\s*(.*)$")
+HINT = re.compile(r"^\s*#\s*HINT:")
+
+
+def stub(todo: list[str], indent: str) -> list[str]:
+    """The lines of `raise NotImplementedError("...")`, one string piece per TODO line."""
+    texts = [text + " " for text in todo[:-1]] + todo[-1:]  # the pieces join with a space between lines
+    # json.dumps writes a double-quoted string literal that Python reads back unchanged
+    pieces = [json.dumps(text, ensure_ascii=False) for text in texts]
+    if len(pieces) == 1:
+        return [f"{indent}raise NotImplementedError({pieces[0]})"]
+    return [f"{indent}raise NotImplementedError(", *(f"{indent}    {piece}" for piece in pieces), f"{indent})"]
 
 
 def blank_out(source: str, where: str = "cell") -> str:
     """Replace each solution block in a cell's source with a NotImplementedError stub."""
-    lines, out, inside, hint, indent = source.split("\n"), [], False, None, ""
-    for number, line in enumerate(lines, start=1):
+    out, inside, todo, code_seen, indent, start = [], False, [], False, "", 0
+    for number, line in enumerate(source.split("\n"), start=1):
         stripped = line.strip()
         if stripped == BEGIN:
             if inside:
                 raise ValueError(f"{where}, line {number}: {BEGIN} inside another solution block")
-            inside, hint, indent = True, None, line[: len(line) - len(line.lstrip())]
+            inside, todo, code_seen, start = True, [], False, number
+            indent = line[: len(line) - len(line.lstrip())]
             continue
         if stripped == END:
             if not inside:
                 raise ValueError(f"{where}, line {number}: {END} without {BEGIN}")
-            message = hint or "fill in this part"
-            out.append(f"{indent}raise NotImplementedError({message!r})")
+            if not todo:
+                raise ValueError(
+                    f"{where}, line {start}: the solution block has no `# TODO: ...` line; "
+                    "start it with one that says what to write"
+                )
+            out.extend(stub(todo, indent))
             inside = False
             continue
-        if inside:
-            match = HINT.match(line)
-            if match and hint is None:
-                hint = match.group(1).strip()
-            continue
-        out.append(line)
+        if not inside:
+            out.append(line)
+        elif HINT.match(line):
+            raise ValueError(
+                f"{where}, line {number}: a `# HINT:` line in a solution block; say what to write in "
+                "`# TODO:` lines, and put hints in the exercise check's hints=[...] in sdcourse/checks"
+            )
+        elif TODO.match(line):
+            if code_seen:
+                raise ValueError(f"{where}, line {number}: `# TODO:` lines go at the start of the solution block")
+            todo.append(TODO.match(line).group(1).strip())
+        elif stripped:
+            code_seen = True
     if inside:
         raise ValueError(f"{where}: {BEGIN} is never closed by {END}")
     return "\n".join(out)

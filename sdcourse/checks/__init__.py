@@ -1,9 +1,10 @@
 """Exercise checks: `check_<exercise>(your_function)` prints a pass or what went wrong.
 
+`hint()` then shows the next hint for that exercise, one at a time.
 Each lesson's checks live in their own module; this package gathers them all.
 """
 
-from .core import ALL_CHECKS, Case, CheckResult, exercise_check, run_check, values_close  # noqa: F401
+from .core import ALL_CHECKS, Case, CheckResult, exercise_check, hint, run_check, values_close  # noqa: F401
 from .lesson00 import *  # noqa: F401,F403
 from .lesson01 import *  # noqa: F401,F403
 from .lesson02 import *  # noqa: F401,F403

@@ -5,12 +5,16 @@ clear pass, or the first case that failed with expected vs got and the most like
 The likely cause comes from `mistakes`: plausible wrong versions of the function (a missing
 square root, an off-by-one timestep, ...). When the learner's output matches one of them, we
 know what went wrong. Tests use the same mistakes to prove every check can fail.
+
+Each exercise also has hints, from a nudge to something close to the answer. `hint()` shows
+them one at a time, for the exercise whose check ran last.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -129,11 +133,13 @@ def run_check(
     *,
     compare: Callable[[Any, Any], bool] = values_close,
     verbose: bool = True,
+    has_hints: bool = False,
 ) -> CheckResult:
     """Run `learner_fn` and `reference_fn` on every case; report the first disagreement.
 
     mistakes: {likely cause: wrong function}. The first wrong function whose output matches the
     learner's on the failing case names the likely cause.
+    has_hints: end a failure report by saying that `hint()` gives a hint.
     """
     if not callable(learner_fn):
         raise TypeError(f"{name}: expected a function, got {type(learner_fn).__name__}")
@@ -143,8 +149,9 @@ def run_check(
         try:
             got = _call(learner_fn, case)
         except NotImplementedError as error:
-            hint = f" Hint: {error}" if str(error) else ""
-            report = f"❌ {name}: not filled in yet (the function raised NotImplementedError).{hint}"
+            report = f"❌ {name}: not filled in yet (your function raised NotImplementedError)"
+            if str(error):
+                report += "\n" + _wrap(f"to do: {error}", initial_indent="   ", subsequent_indent="          ")
             break
         if _same(got, expected, compare):
             continue
@@ -167,6 +174,8 @@ def run_check(
         break
     if report is None:
         report = f"✅ {name}: passed all {len(cases)} cases."
+    elif has_hints:
+        report += "\n   stuck? hint() gives a hint, one at a time."
     if verbose:
         print(report)
     return CheckResult(name=name, passed=report.startswith("✅"), report=report)
@@ -217,28 +226,67 @@ def _as_array(value) -> np.ndarray:
 
 
 ALL_CHECKS: dict[str, Callable] = {}
+_hints_shown: dict[str, int] = {}  # {exercise name: how many of its hints were shown}
+_last_checked: str | None = None  # the exercise whose check ran last
 
 
-def exercise_check(name, reference_fn, make_cases, mistakes, *, compare=values_close):
+def exercise_check(name, reference_fn, make_cases, mistakes, *, hints, solution, compare=values_close):
     """Build a `check_...(fn)` function for one exercise and register it.
 
     make_cases: a function returning the list of `Case`s (built lazily, so importing the
     checks stays cheap). The returned check keeps `reference`, `mistakes` and `cases` as
     attributes, which is how the tests prove that it passes on the reference and fails on
     every listed mistake.
+    hints: what `hint()` shows, one at a time: a nudge first, something close to the answer last.
+    solution: the notebook with the worked answer, e.g. "solutions/02_noise_schedules.ipynb".
     """
     if not mistakes:
         raise ValueError(f"{name}: a check needs at least one plausible mistake to guard against")
+    if isinstance(hints, str) or not hints or not all(isinstance(h, str) and h.strip() for h in hints):
+        raise ValueError(f"{name}: hints must be a list of one or more non-empty strings")
     if name in ALL_CHECKS:
         raise ValueError(f"name={name!r} is already the name of another exercise check; choose a new one")
 
     def check(learner_fn, verbose=True):
-        return run_check(name, learner_fn, reference_fn, make_cases(), mistakes, compare=compare, verbose=verbose)
+        global _last_checked
+        _last_checked = name
+        return run_check(
+            name, learner_fn, reference_fn, make_cases(), mistakes, compare=compare, verbose=verbose, has_hints=True
+        )
 
     check.__name__ = "check_" + name
     check.__doc__ = f"Check your `{name}` against the reference on several cases."
     check.reference = reference_fn
     check.mistakes = mistakes
     check.cases = make_cases
+    check.hints = list(hints)
+    check.solution = solution
     ALL_CHECKS[name] = check
     return check
+
+
+def hint(name=None) -> None:
+    """Print the next hint for an exercise; with no name, for the exercise whose check ran last."""
+    if name is None and _last_checked is None:
+        print('No check has run yet, so name the exercise, as in hint("add_noise").\n' + _exercises())
+        return
+    name = _last_checked if name is None else name
+    if name not in ALL_CHECKS:
+        print(f"There is no exercise named {name!r}.\n" + _exercises())
+        return
+    check = ALL_CHECKS[name]
+    shown, total = _hints_shown.get(name, 0), len(check.hints)
+    if shown == total:
+        print(f"{name}: that was the last hint ({total} of {total}). The worked answer is in {check.solution}.")
+        return
+    _hints_shown[name] = shown + 1
+    print(_wrap(f"💡 {name}, hint {shown + 1} of {total}: {check.hints[shown]}", subsequent_indent="   "))
+
+
+def _wrap(text, **indents) -> str:
+    """Lines of at most 100 characters that never split a word or a piece of code."""
+    return textwrap.fill(text, 100, break_long_words=False, break_on_hyphens=False, **indents)
+
+
+def _exercises() -> str:
+    return _wrap("Exercises: " + ", ".join(sorted(ALL_CHECKS)), subsequent_indent="   ")

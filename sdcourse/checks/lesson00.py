@@ -6,6 +6,8 @@ from .core import Case, exercise_check
 
 __all__ = ["check_to_uint8_image"]
 
+SOLUTION_NOTEBOOK = "solutions/00_start_here.ipynb"  # hint() points here after the last hint
+
 
 def to_uint8_image_reference(x: torch.Tensor) -> torch.Tensor:
     # (channels, height, width) in [-1, 1]  ->  (height, width, channels) uint8 in [0, 255]
@@ -40,4 +42,13 @@ check_to_uint8_image = exercise_check(
             ((x.clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8).permute(1, 2, 0)
         ),
     },
+    hints=[
+        "Work in steps: bring every value into [-1, 1] first, then map that range onto [0, 255], "
+        "and only at the end change the dtype and the order of the axes.",
+        "x.clamp(-1, 1) limits the values. Adding 1 and halving maps [-1, 1] onto "
+        "[0, 1]; multiplying by 255 gives the pixel scale.",
+        "Round before the cast, because the cast alone drops the fraction: "
+        ".round().to(torch.uint8). Then .permute(1, 2, 0) moves the channels last.",
+    ],
+    solution=SOLUTION_NOTEBOOK,
 )

@@ -8,6 +8,8 @@ from .core import Case, exercise_check
 
 __all__ = ["check_latent_shape", "check_scaling_factor_from_latents", "check_sample_latent", "check_reconstruction_psnr"]
 
+SOLUTION_NOTEBOOK = "solutions/01_latent_space.ipynb"  # hint() points here after the last hint
+
 
 # ---- exercise 1: the latent's shape ------------------------------------------------------
 
@@ -55,6 +57,15 @@ check_latent_shape = exercise_check(
             check="none"
         ),
     },
+    hints=[
+        "The VAE shrinks each side by the same factor. The latent's channels are its "
+        "own: they have nothing to do with the picture's 3 colours.",
+        "A side can be encoded only when dividing it by factor leaves no remainder. Test "
+        "height % factor and width % factor before anything else.",
+        'For a bad side, raise ValueError(f"height={height} is not a multiple of {factor}") (the same for '
+        "width); otherwise return (channels, height // factor, width // factor).",
+    ],
+    solution=SOLUTION_NOTEBOOK,
 )
 
 
@@ -97,6 +108,14 @@ check_scaling_factor_from_latents = exercise_check(
         "1 / mean(|z|) is not 1 / std; use the standard deviation": lambda z: 1.0 / z.abs().mean().item(),
         "1 / max(|z|) squeezes latents into [-1, 1]; the factor is 1 / std": lambda z: 1.0 / z.abs().max().item(),
     },
+    hints=[
+        "Multiplying values by a number s multiplies their standard deviation by s. "
+        "Which s turns the latents' standard deviation into 1?",
+        "Take one standard deviation over every value at once (batch, channels and positions), not one per channel.",
+        "latents.std() is that number as a 0-d tensor, and .item() makes it a "
+        "Python float: return 1.0 / latents.std().item().",
+    ],
+    solution=SOLUTION_NOTEBOOK,
 )
 
 
@@ -136,6 +155,14 @@ check_sample_latent = exercise_check(
         ),
         "a minus sign too many: the std is exp(+logvar / 2)": lambda m, lv, n: m + torch.exp(-0.5 * lv) * n,
     },
+    hints=[
+        "A draw from a Gaussian with mean mu and standard deviation sigma is mu plus sigma times a "
+        "standard normal draw. The standard normal draw is the noise you are given.",
+        "logvar is the log of the variance, not sigma. Undo the log, then "
+        "take the square root; both fit in one exp.",
+        "sigma = torch.exp(0.5 * logvar), and the sample is mean + sigma * noise.",
+    ],
+    solution=SOLUTION_NOTEBOOK,
 )
 
 
@@ -185,4 +212,13 @@ check_reconstruction_psnr = exercise_check(
         "the squared errors were summed, not averaged, over each image": _psnr_with(reduce="sum"),
         "one PSNR for the whole batch; the exercise wants one per image": _psnr_with(per_image=False),
     },
+    hints=[
+        "PSNR compares the mean squared error with the square of the largest possible value. On "
+        "the [0, 1] scale that value is 1, so the PSNR is 10 log10(1 / MSE).",
+        "The pictures are in [-1, 1], a range twice as wide as [0, 1]: halve the differences before squaring them.",
+        "Keep one MSE per picture: after squaring, .flatten(1).mean(1) averages over "
+        "everything but the batch axis and leaves shape (batch,).",
+        "mse = ((reconstruction - original) / 2).pow(2).flatten(1).mean(1), then return 10 * torch.log10(1 / mse).",
+    ],
+    solution=SOLUTION_NOTEBOOK,
 )

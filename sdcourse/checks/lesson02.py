@@ -9,6 +9,8 @@ from .core import Case, exercise_check
 
 __all__ = ["check_add_noise", "check_compare_schedules", "check_predictor_mse_by_bin", "check_vae_compression"]
 
+SOLUTION_NOTEBOOK = "solutions/02_noise_schedules.ipynb"  # hint() points here after the last hint
+
 # The beta range of each named schedule in the exercises: DDPM's for linear, Stable Diffusion's
 # for scaled_linear; the cosine schedule has no beta range.
 SCHEDULE_BETAS = {
@@ -56,6 +58,15 @@ check_add_noise = exercise_check(
         ),
         "the noise was added without its weight sqrt(1 - alpha_bar)": lambda x0, n, a: a.sqrt() * x0 + n,
     },
+    hints=[
+        "x_t is a weighted sum of the image and the noise. The weights keep "
+        "the variance at 1: their squares add up to 1.",
+        "alpha_bar_t is the share of the image's variance that is left, and 1 - alpha_bar_t "
+        "the noise's share. Each weight is the square root of a share.",
+        "alpha_bar_t.sqrt() * x0 + (1 - alpha_bar_t).sqrt() * noise. Broadcasting "
+        "handles an alpha_bar_t of shape (batch, 1, 1, 1).",
+    ],
+    solution=SOLUTION_NOTEBOOK,
 )
 
 
@@ -137,6 +148,15 @@ check_compare_schedules = exercise_check(
         ),
         "T was ignored: the schedules always have 1000 steps": _compare_with(lambda s: _summary(s.alphas_cumprod), 1000),
     },
+    hints=[
+        "Build each schedule with NoiseSchedule(T, name, **SCHEDULE_BETAS[name]). Its "
+        "alphas_cumprod is the alpha-bar curve, one value per t.",
+        "Both timesteps are conditions on that curve: the SNR at or below 1 for t_0db, alpha-bar below "
+        "0.01 for t_1pct. first_t gives the first t where a boolean tensor is True.",
+        "With alpha_bar = schedule.alphas_cumprod.double(): first_t(alpha_bar / (1 - alpha_bar) "
+        "<= 1), float(alpha_bar[T // 2]) and first_t(alpha_bar < 0.01).",
+    ],
+    solution=SOLUTION_NOTEBOOK,
 )
 
 
@@ -214,6 +234,16 @@ check_predictor_mse_by_bin = exercise_check(
         ),
         "the bin index was rounded instead of floored: bin = t * num_bins // T": _mse_variant(bin_rounding=True),
     },
+    hints=[
+        "Make one generator, g = torch.Generator().manual_seed(seed), and draw from it in the order "
+        "given: t, then noise, then guess. Another order gives other numbers.",
+        "Build x_t from x0 and noise, with each sample's alpha-bar reshaped to (n, 1, ..., 1) so that it "
+        "broadcasts. The perfect predictor solves the same equation for the noise.",
+        "Score each predictor with one MSE per sample: ((prediction - noise) ** 2).flatten(1).mean(1), shape (n,).",
+        "bins = t * num_bins // T, and a predictor's list is "
+        "[float(mse[bins == k].mean()) for k in range(num_bins)].",
+    ],
+    solution=SOLUTION_NOTEBOOK,
 )
 
 
@@ -280,4 +310,10 @@ check_vae_compression = exercise_check(
         "latent_channels was ignored: 4 channels were always assumed": _vae_variant(latent_channels_fixed=4),
         "the image was counted with 1 channel; an RGB image has 3": _vae_variant(pixel_channels=1),
     },
+    hints=[
+        "Count values first and turn them into bytes at the end. An s x s RGB picture holds 3 values per pixel.",
+        "The VAE shrinks each side by factor, so the latent holds latent_channels * (s // factor) ** 2 values.",
+        "ratio = pixel_values / latent_values and bytes_saved = (pixel_values - latent_values) * bytes_per_value.",
+    ],
+    solution=SOLUTION_NOTEBOOK,
 )

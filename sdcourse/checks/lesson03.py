@@ -11,6 +11,8 @@ from .core import Case, exercise_check
 
 __all__ = ["check_timestep_embedding", "check_analyze_unet"]
 
+SOLUTION_NOTEBOOK = "solutions/03_unet.ipynb"  # hint() points here after the last hint
+
 
 # ---- warm-up: the sinusoidal timestep embedding ----------------------------------------------
 
@@ -73,6 +75,15 @@ check_timestep_embedding = exercise_check(
             _embedding_variant(interleave=True)
         ),
     },
+    hints=[
+        "Use half = dim // 2 frequencies. One half of the output is the cosine of "
+        "t times each frequency, the other half the sine.",
+        "The frequencies fall from 1 towards 1/10000: f_i = exp(-ln(10000) * i / (half - "
+        "freq_shift)) for i = 0, ..., half - 1. torch.arange and math.log build them.",
+        "angles = t.float()[:, None] * freqs[None, :] has shape (batch, half). "
+        "torch.cat([angles.cos(), angles.sin()], dim=-1) is SD's order; swap the two for the other.",
+    ],
+    solution=SOLUTION_NOTEBOOK,
 )
 
 
@@ -171,4 +182,15 @@ check_analyze_unet = exercise_check(
             _analyzer_variant(downsampled_skip=False)
         ),
     },
+    hints=[
+        "Write a helper resnet_params(a, b) first, with conv_params: two 3x3 convolutions, plus a "
+        "1x1 shortcut when a and b differ. Every count is a sum of these.",
+        "At level i, name the neighbours: c_above is the channels of the level before (c_0 at level "
+        "0), c_below those of the level after (the last level's at the bottom).",
+        "Down: resnet_params(c_above, c) once, then resnet_params(c, c) L - 1 times. Up: L + 1 ResNets from x "
+        "plus skip channels, x = [c_below, c, ..., c] and skip = [c, ..., c, c_above].",
+        "With r = latent_size // 2**i: feature_map_bytes = c * r * r * 4 and skip_bytes = sum(skip) "
+        "* r * r * 4. The mid block is 2 * resnet_params(c_last, c_last).",
+    ],
+    solution=SOLUTION_NOTEBOOK,
 )

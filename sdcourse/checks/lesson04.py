@@ -11,6 +11,8 @@ from .core import Case, exercise_check
 
 __all__ = ["check_diffusion_loss", "check_drop_captions", "check_loss_by_timestep_bin", "check_min_snr_weight"]
 
+SOLUTION_NOTEBOOK = "solutions/04_training.ipynb"  # hint() points here after the last hint
+
 
 # ---- exercise 1: the noise-prediction loss -------------------------------------------------
 
@@ -89,6 +91,15 @@ check_diffusion_loss = exercise_check(
         ),
         "the error was not squared: that is the mean absolute error, not the MSE": _loss_variant(absolute=True),
     },
+    hints=[
+        "Two steps: noise x0 into x_t with the forward equation, then ask the "
+        "model for the noise and measure how far off it is.",
+        "schedule.alphas_cumprod[timesteps] gives one alpha-bar per sample, shape (batch,). "
+        "Reshape it to (batch, 1, 1, 1) so that it broadcasts against x0.",
+        "x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise, and the loss "
+        "is (model_fn(x_t, timesteps) - noise).pow(2).mean().",
+    ],
+    solution=SOLUTION_NOTEBOOK,
 )
 
 
@@ -140,6 +151,13 @@ check_drop_captions = exercise_check(
         ),
         "the list was changed in place and nothing was returned; return a new list": _drop_variant(in_place=True),
     },
+    hints=[
+        "Every caption gets its own random number, and all of them come from the generator you are given.",
+        "draws = torch.rand(len(captions), generator=generator). Caption i is dropped when draws[i] < p.",
+        'Build the new list from zip(captions, draws.tolist()): "" where '
+        "the draw is below p, the caption elsewhere.",
+    ],
+    solution=SOLUTION_NOTEBOOK,
 )
 
 
@@ -196,6 +214,14 @@ check_loss_by_timestep_bin = exercise_check(
         "the losses in a bin were summed; the figure is their mean": _bin_variant(reduce="sum"),
         "t // num_bins is not the bin: it is t * num_bins // T": _bin_variant(wrong_index=True),
     },
+    hints=[
+        "First give every example its bin number, all at once with tensor "
+        "arithmetic; then go through the bins one at a time.",
+        "bins = timesteps * num_bins // T. Integer division puts t in bin k "
+        "when k T / num_bins <= t < (k + 1) T / num_bins.",
+        'For each k, chosen = losses[bins == k]; append float(chosen.mean()) if len(chosen) else float("nan").',
+    ],
+    solution=SOLUTION_NOTEBOOK,
 )
 
 
@@ -236,4 +262,11 @@ check_min_snr_weight = exercise_check(
         "min(SNR, gamma) was not divided by the SNR; the weight is min(SNR, gamma) / SNR": _snr_variant(divide=False),
         "the SNR is alpha_bar / (1 - alpha_bar), not alpha_bar alone": _snr_variant(snr_is_alpha_bar=True),
     },
+    hints=[
+        "Start from the SNR at each timestep. The weight leaves an example alone where its SNR "
+        "is at most gamma, and scales it down where the SNR is larger.",
+        "Look alpha-bar up in float64, alphas_cumprod.double()[timesteps]; then snr = alpha_bar / (1 - alpha_bar).",
+        "min(SNR, gamma) is snr.clamp(max=gamma), and the weight is that divided by snr.",
+    ],
+    solution=SOLUTION_NOTEBOOK,
 )

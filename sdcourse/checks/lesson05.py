@@ -11,6 +11,8 @@ from .core import Case, exercise_check, values_close
 
 __all__ = ["check_count_tokens", "check_causal_mask", "check_cross_attention"]
 
+SOLUTION_NOTEBOOK = "solutions/05_text_conditioning.ipynb"  # hint() points here after the last hint
+
 CONTEXT = MAX_LENGTH  # positions of CLIP's text encoder, start and end tokens included
 
 
@@ -96,6 +98,14 @@ check_count_tokens = exercise_check(
         ),
         "off by one: a prompt of exactly 75 tokens fits (75 + 2 = 77)": _count_fits_below_75,
     },
+    hints=[
+        "tokenizer(prompt).input_ids is the whole list of ids, never cut. Print it for a "
+        "short prompt and look at what sits around the prompt's own ids.",
+        "The list starts with the start token and ends with the end token. Neither "
+        "belongs to the prompt, but each takes one of the 77 positions.",
+        "tokens = len(tokenizer(prompt).input_ids) - 2, and fits = tokens + 2 <= 77.",
+    ],
+    solution=SOLUTION_NOTEBOOK,
 )
 
 
@@ -146,6 +156,14 @@ check_causal_mask = exercise_check(
         "no masking at all: every token sees every other token": lambda n: torch.ones(n, n, dtype=torch.bool),
     },
     compare=_same_mask,
+    hints=[
+        "Draw the 4 x 4 case on paper: row i is the token that looks, column j the "
+        "token looked at. Which part of the square is allowed?",
+        "The allowed part, j <= i, is the lower triangle with its diagonal. "
+        "tril keeps exactly that part of a matrix.",
+        "torch.ones(n, n, dtype=torch.bool).tril(): allow everything, then keep the lower triangle.",
+    ],
+    solution=SOLUTION_NOTEBOOK,
 )
 
 
@@ -206,4 +224,13 @@ check_cross_attention = exercise_check(
             lambda *a: _cross_attention(*a, scale="sqrt_width")
         ),
     },
+    hints=[
+        "The image asks and the text answers: the queries come from "
+        "image_tokens, the keys and values from text_tokens.",
+        "q = image_tokens @ w_q is (batch, pixels, d), k and v are (batch, tokens, d), and the "
+        "scores q @ k.transpose(-2, -1) are (batch, pixels, tokens).",
+        "Divide the scores by math.sqrt(d) with d = w_q.shape[1], take the softmax over the last axis "
+        "(each pixel's weights over the tokens sum to 1), and multiply by v.",
+    ],
+    solution=SOLUTION_NOTEBOOK,
 )
