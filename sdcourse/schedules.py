@@ -9,7 +9,9 @@ A schedule is a list of betas: beta_t is the variance of the noise added at step
 
 Schedules are computed in float64 and stored as float32, the dtype diffusers uses.
 The names and arguments mirror diffusers' `DDPMScheduler`, so `NoiseSchedule.from_config(
-scheduler.config)` works.
+scheduler.config)` works. diffusers computes its schedules in float32, which differs from
+float64 in the last bits; `compute_dtype=torch.float32` reproduces its numbers exactly (the
+samplers use this, so that whole sampling trajectories match diffusers').
 """
 
 from __future__ import annotations
@@ -29,24 +31,28 @@ def cosine_alpha_bar(t: float, offset: float = 0.008) -> float:
     return math.cos((t + offset) / (1 + offset) * math.pi / 2) ** 2
 
 
-def make_betas(num_train_timesteps, beta_schedule, beta_start, beta_end, max_beta=0.999) -> torch.Tensor:
-    """Betas in float64 for one of BETA_SCHEDULES."""
+def make_betas(
+    num_train_timesteps, beta_schedule, beta_start, beta_end, max_beta=0.999, dtype=torch.float64
+) -> torch.Tensor:
+    """Betas for one of BETA_SCHEDULES, computed in `dtype` (float64, or float32 as diffusers does)."""
     T = num_train_timesteps
     if beta_schedule == "linear":
         # beta_t evenly spaced from beta_start to beta_end (DDPM's original schedule)
-        return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+        return torch.linspace(beta_start, beta_end, T, dtype=dtype)
     if beta_schedule == "scaled_linear":
         # sqrt(beta_t) evenly spaced, then squared (Stable Diffusion's schedule)
-        return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
+        return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=dtype) ** 2
     # cosine: beta_t = 1 - alpha_bar(t+1) / alpha_bar(t), clipped at max_beta so the last step is finite
     betas = [min(1 - cosine_alpha_bar((i + 1) / T) / cosine_alpha_bar(i / T), max_beta) for i in range(T)]
-    return torch.tensor(betas, dtype=torch.float64)
+    return torch.tensor(betas, dtype=dtype)
 
 
 class NoiseSchedule:
     """betas, alphas and alphas_cumprod for T training steps, plus add_noise and snr.
 
     The defaults are Stable Diffusion's schedule (`SD_SCHEDULE`), so `NoiseSchedule()` is SD's.
+    compute_dtype: the dtype betas and alpha_bar are computed in before being stored as float32;
+    torch.float32 gives diffusers' numbers bit for bit, float64 (the default) is more accurate.
     """
 
     def __init__(
@@ -55,6 +61,7 @@ class NoiseSchedule:
         beta_schedule=SD_SCHEDULE["beta_schedule"],
         beta_start=SD_SCHEDULE["beta_start"],
         beta_end=SD_SCHEDULE["beta_end"],
+        compute_dtype=torch.float64,
     ):
         if not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps must be an integer >= 2, got {num_train_timesteps!r}")
@@ -67,12 +74,15 @@ class NoiseSchedule:
                 raise ValueError(f"{arg}={value!r} is outside the allowed range (0, 1)")
         if name != "cosine" and beta_start > beta_end:
             raise ValueError(f"beta_start={beta_start} must not exceed beta_end={beta_end}")
+        if compute_dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"compute_dtype must be torch.float32 or torch.float64, got {compute_dtype!r}")
 
         self.num_train_timesteps = num_train_timesteps
         self.beta_schedule = name
         self.beta_start, self.beta_end = beta_start, beta_end
+        self.compute_dtype = compute_dtype
 
-        betas = make_betas(num_train_timesteps, name, beta_start, beta_end)
+        betas = make_betas(num_train_timesteps, name, beta_start, beta_end, dtype=compute_dtype)
         alphas = 1.0 - betas
         self.betas = betas.float()
         self.alphas = alphas.float()
@@ -89,7 +99,8 @@ class NoiseSchedule:
     def __repr__(self):
         return (
             f"NoiseSchedule(num_train_timesteps={self.num_train_timesteps}, beta_schedule={self.beta_schedule!r}, "
-            f"beta_start={self.beta_start}, beta_end={self.beta_end})"
+            f"beta_start={self.beta_start}, beta_end={self.beta_end}"
+            + (")" if self.compute_dtype == torch.float64 else f", compute_dtype={self.compute_dtype})")
         )
 
     def _timesteps(self, timesteps) -> torch.Tensor:

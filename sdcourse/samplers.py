@@ -1,0 +1,615 @@
+"""Samplers: the loop that turns noise into a picture, one step at a time.
+
+Each sampler is written from scratch and reproduces a diffusers scheduler, its "twin":
+
+    DDPMSampler                DDPMScheduler
+    DDIMSampler                DDIMScheduler                     (eta in [0, 1])
+    EulerSampler               EulerDiscreteScheduler
+    EulerAncestralSampler      EulerAncestralDiscreteScheduler
+    DPMSolverMultistepSampler  DPMSolverMultistepScheduler       (DPM-Solver++ 2M)
+
+They all have the interface diffusers' pipelines use:
+
+    sampler = EulerSampler.from_config(pipe.scheduler.config)
+    sampler.set_timesteps(30)
+    x = torch.randn(shape, generator=g) * sampler.init_noise_sigma
+    for t in sampler.timesteps:
+        eps = unet(sampler.scale_model_input(x, t), t, context)
+        x = sampler.step(eps, t, x, generator=g)
+        # sampler.last_x0 is the clean image the model sees at this step
+
+Notation. alpha_bar_t (`alphas_cumprod[t]`) is how much signal is left at training step t:
+
+    x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
+
+The network predicts one of: eps ("epsilon"), x_0 ("sample"), or
+v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 ("v_prediction"). Either way the sampler
+first turns it into a guess of x_0 (`last_x0`), then moves x_t a little towards it.
+Euler and DPM-Solver use the noise level sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t)
+instead of t: x_t / sqrt(alpha_bar_t) = x_0 + sigma_t eps.
+
+Where diffusers does something surprising (DDIM's step size, Euler's starting noise with
+"leading" timesteps), the sampler does the same and says so: to check a sampler against its
+twin, it must match the twin exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+
+import numpy as np
+import torch
+
+from sdcourse.schedules import NoiseSchedule
+from sdcourse.weights import read_config
+
+# Config fields that belong to other diffusers schedulers. diffusers keeps them in the config
+# when it builds one scheduler from another's config (Stable Diffusion ships a PNDMScheduler
+# config, so `EulerDiscreteScheduler.from_config(pipe.scheduler.config).config` still holds
+# them). A twin that does not have such a field ignores it, so it cannot change any result.
+CARRIED_FIELDS = ("skip_prk_steps", "set_alpha_to_one", "clip_sample")
+
+# The schedule fields every twin reads, with diffusers' defaults.
+SCHEDULE_DEFAULTS = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02}
+SPACINGS = ("leading", "trailing", "linspace")
+
+# Fields every twin has, for features the course does not implement: only the default is accepted.
+FIXED_EVERYWHERE = {"trained_betas": (None,), "rescale_betas_zero_snr": (False,)}
+THRESHOLDING = {"thresholding": (False,), "dynamic_thresholding_ratio": (0.995,), "sample_max_value": (1.0,)}
+OTHER_SIGMAS = {  # Euler and DPM-Solver: sigma schedules other than the training one
+    "use_karras_sigmas": (False,),
+    "use_exponential_sigmas": (False,),
+    "use_beta_sigmas": (False,),
+}
+
+
+def check_num_inference_steps(num_inference_steps, num_train_timesteps) -> int:
+    """Return num_inference_steps as an int, or raise a ValueError that says what is wrong."""
+    try:
+        if isinstance(num_inference_steps, bool):
+            raise TypeError
+        steps = operator.index(num_inference_steps)  # any integer type: int, numpy.int64, ...
+    except TypeError:
+        raise ValueError(f"num_inference_steps must be an integer, got {num_inference_steps!r}") from None
+    if steps < 1:
+        raise ValueError(f"num_inference_steps must be at least 1, got {steps}")
+    if steps > num_train_timesteps:
+        raise ValueError(
+            f"num_inference_steps={steps} is more than num_train_timesteps={num_train_timesteps}: "
+            "the model was trained on that many noise levels only"
+        )
+    return steps
+
+
+def spaced_timesteps(n, num_train_timesteps, spacing, steps_offset, round_linspace=True) -> np.ndarray:
+    """n training timesteps to visit, highest first, spaced as diffusers spaces them (float64 numpy).
+
+    With T = num_train_timesteps:
+        linspace: n points evenly spread over [0, T - 1], both ends included (rounded, unless
+                  round_linspace is False as in the Euler samplers),
+        leading:  0, T//n, 2 T//n, ...: starts at 0 and never reaches T - 1; then + steps_offset,
+        trailing: T - 1, T - 1 - T/n, ... (rounded): ends near T - 1, reaches 0 only when n = T.
+    """
+    T = num_train_timesteps
+    if spacing == "linspace":
+        steps = np.linspace(0, T - 1, n)
+        return (steps.round() if round_linspace else steps)[::-1].copy()
+    if spacing == "leading":
+        return (np.arange(n) * (T // n))[::-1].astype(np.float64) + steps_offset
+    return np.round(np.arange(T, 0, -T / n)) - 1
+
+
+def randn_like_diffusers(shape, generator=None, device=None, dtype=None) -> torch.Tensor:
+    """Standard normal noise, drawn the way diffusers' `randn_tensor` draws it.
+
+    The same generator then gives the same numbers as diffusers: a CPU generator draws on the
+    CPU (the noise is then moved to `device`); a list of generators draws one sample of shape
+    (1, ...) from each, in batch order.
+    """
+    device = torch.device(device or "cpu")
+    if isinstance(generator, (list, tuple)) and len(generator) == 1:
+        generator = generator[0]
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}: give one per sample")
+        first = generator[0]
+        draw_on = "cpu" if first.device.type == "cpu" else device
+        noise = [torch.randn((1, *shape[1:]), generator=g, device=draw_on, dtype=dtype) for g in generator]
+        return torch.cat(noise).to(device)
+    draw_on = "cpu" if generator is not None and generator.device.type == "cpu" else device
+    return torch.randn(tuple(shape), generator=generator, device=draw_on, dtype=dtype).to(device)
+
+
+class Sampler:
+    """What all samplers share: reading a config, the training schedule, and the timesteps.
+
+    A subclass sets
+        DEFAULTS: the config fields it reads, with its twin's defaults,
+        CHOICES:  the accepted values of the fields among DEFAULTS that take one of a few,
+        FIXED:    its twin's fields for features it does not implement (only the default works).
+    """
+
+    twin = ""  # the diffusers scheduler this sampler reproduces
+    DEFAULTS: dict = {}
+    CHOICES: dict = {}
+    FIXED: dict = {}
+    init_noise_sigma = 1.0  # the starting noise is init_noise_sigma * N(0, 1)
+
+    def __init__(self, **config):
+        """Keyword arguments are the twin's config fields; missing ones take the twin's defaults."""
+        name = type(self).__name__
+        carried = tuple(f for f in CARRIED_FIELDS if f not in self.DEFAULTS and f not in self.FIXED)
+        self.config = read_config(config, name, used=self.DEFAULTS, fixed=self.FIXED, bookkeeping=carried)
+        for field, accepted in self.CHOICES.items():
+            if self.config[field] not in accepted:
+                allowed = " or ".join(repr(value) for value in accepted)
+                raise ValueError(f"{name} config: {field}={self.config[field]!r} is not supported (only {allowed})")
+        c = self.config
+        self.num_train_timesteps = c["num_train_timesteps"]
+        # The training schedule, computed in float32 like diffusers' schedulers, so every number
+        # below is the twin's to the last bit.
+        self.schedule = NoiseSchedule(
+            c["num_train_timesteps"], c["beta_schedule"], c["beta_start"], c["beta_end"], compute_dtype=torch.float32
+        )
+        self.alphas_cumprod = self.schedule.alphas_cumprod
+        self.num_inference_steps = None
+        self.timesteps = None
+        self.last_x0 = None  # the x_0 predicted by the last step
+
+    @classmethod
+    def from_config(cls, config, **overrides):
+        """Build from the config of the diffusers twin (a dict or `scheduler.config`).
+
+        The course's one rule for configs applies (`sdcourse.weights.read_config`): an unknown
+        field, or a field for a feature this sampler lacks set away from its default, is an error.
+        """
+        return cls(**{**dict(config), **overrides})
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config.items())})"
+
+    def set_timesteps(self, num_inference_steps, device=None):
+        """Choose the num_inference_steps timesteps to visit (`self.timesteps`, highest first)."""
+        steps = check_num_inference_steps(num_inference_steps, self.num_train_timesteps)
+        self.num_inference_steps = steps
+        self.timesteps = self._make_timesteps(steps).to(device)
+        self.last_x0 = None
+        self._start()
+
+    def _make_timesteps(self, n) -> torch.Tensor:
+        """The timesteps for n steps (samplers that work in sigmas also set self.sigmas here)."""
+        c = self.config
+        return torch.from_numpy(spaced_timesteps(n, c["num_train_timesteps"], c["timestep_spacing"], c["steps_offset"]))
+
+    def _start(self):
+        """Reset what a sampler remembers between steps (subclasses that remember something)."""
+
+    def _check_ready(self):
+        if self.timesteps is None:
+            raise RuntimeError(f"call set_timesteps(num_inference_steps) before using the {type(self).__name__}")
+
+    def _position(self, t) -> int:
+        """Where timestep t is in self.timesteps."""
+        self._check_ready()
+        t = t.item() if isinstance(t, torch.Tensor) else t
+        found = (self.timesteps.cpu() == t).nonzero()
+        if len(found) == 0:
+            first, last = self.timesteps[0].item(), self.timesteps[-1].item()
+            raise ValueError(
+                f"timestep {t} is not one of this sampler's {len(self.timesteps)} timesteps ({first} down to {last})"
+            )
+        return int(found[0])
+
+    def scale_model_input(self, sample, t):
+        """The network's input at timestep t: the sample itself (Euler samplers rescale it)."""
+        return sample
+
+
+class DDPMSampler(Sampler):
+    """DDPM (Ho et al., 2020): each step samples x_s from q(x_s | x_t, x_0), the model's x_0 plugged in.
+
+    With s the timestep after t in `timesteps` (alpha_bar_s = 1 after the last one):
+        alpha   = alpha_bar_t / alpha_bar_s,   beta = 1 - alpha       (one jump from s to t)
+        mean    = sqrt(alpha_bar_s) beta / (1 - alpha_bar_t) * x_0
+                + sqrt(alpha) (1 - alpha_bar_s) / (1 - alpha_bar_t) * x_t
+        var     = (1 - alpha_bar_s) / (1 - alpha_bar_t) * beta         ("fixed_small" variance)
+        x_s     = mean + sqrt(var) * noise                             (no noise at t = 0)
+    clip_sample clamps x_0 to [-clip_sample_range, clip_sample_range] first (pixel models).
+    """
+
+    twin = "DDPMScheduler"
+    DEFAULTS = {
+        **SCHEDULE_DEFAULTS,
+        "prediction_type": "epsilon",
+        "timestep_spacing": "leading",
+        "steps_offset": 0,
+        "clip_sample": True,
+        "clip_sample_range": 1.0,
+    }
+    CHOICES = {"prediction_type": ("epsilon", "v_prediction", "sample"), "timestep_spacing": SPACINGS}
+    FIXED = {**FIXED_EVERYWHERE, **THRESHOLDING, "variance_type": ("fixed_small",)}
+
+    def _make_timesteps(self, n):
+        return super()._make_timesteps(n).long()
+
+    def step(self, model_output, t, sample, generator=None):
+        """x_{t} -> x_{s}, the sample at the next timestep. Sets `last_x0`."""
+        i = self._position(t)
+        t = int(self.timesteps[i])
+        s = int(self.timesteps[i + 1]) if i + 1 < len(self.timesteps) else -1
+        alpha_bar_t = self.alphas_cumprod[t]
+        alpha_bar_s = self.alphas_cumprod[s] if s >= 0 else torch.tensor(1.0)
+        x0, _ = predicted_x0_and_eps(self.config["prediction_type"], model_output, sample, alpha_bar_t)
+        if self.config["clip_sample"]:
+            x0 = x0.clamp(-self.config["clip_sample_range"], self.config["clip_sample_range"])
+        self.last_x0 = x0
+
+        alpha = alpha_bar_t / alpha_bar_s
+        beta = 1 - alpha
+        # mean = sqrt(alpha_bar_s) beta / (1 - alpha_bar_t) x_0 + sqrt(alpha) (1 - alpha_bar_s) / (1 - alpha_bar_t) x_t
+        x0_weight = (alpha_bar_s**0.5 * beta) / (1 - alpha_bar_t)
+        xt_weight = alpha**0.5 * (1 - alpha_bar_s) / (1 - alpha_bar_t)
+        mean = x0_weight * x0 + xt_weight * sample
+        if t == 0:
+            return mean
+        # var = (1 - alpha_bar_s) / (1 - alpha_bar_t) beta, kept above 0 for the square root
+        var = torch.clamp((1 - alpha_bar_s) / (1 - alpha_bar_t) * beta, min=1e-20)
+        noise = randn_like_diffusers(model_output.shape, generator, model_output.device, model_output.dtype)
+        return mean + var**0.5 * noise
+
+
+def predicted_x0_and_eps(prediction_type, model_output, sample, alpha_bar):
+    """The model's guess of x_0, and the noise eps that goes with it, from x_t = `sample`.
+
+    From x_t = sqrt(a) x_0 + sqrt(1 - a) eps and v = sqrt(a) eps - sqrt(1 - a) x_0, with a = alpha_bar:
+        epsilon:      x_0 = (x_t - sqrt(1 - a) eps) / sqrt(a)
+        sample:       x_0 is the output;  eps = (x_t - sqrt(a) x_0) / sqrt(1 - a)
+        v_prediction: x_0 = sqrt(a) x_t - sqrt(1 - a) v,   eps = sqrt(a) v + sqrt(1 - a) x_t
+    """
+    if prediction_type == "epsilon":
+        eps = model_output
+        x0 = (sample - (1 - alpha_bar) ** 0.5 * eps) / alpha_bar**0.5
+    elif prediction_type == "sample":
+        x0 = model_output
+        eps = (sample - alpha_bar**0.5 * x0) / (1 - alpha_bar) ** 0.5
+    else:
+        x0 = alpha_bar**0.5 * sample - (1 - alpha_bar) ** 0.5 * model_output
+        eps = alpha_bar**0.5 * model_output + (1 - alpha_bar) ** 0.5 * sample
+    return x0, eps
+
+
+class DDIMSampler(Sampler):
+    """DDIM (Song et al., 2021): jump from x_t straight to x_s, keeping the predicted noise.
+
+        x_0, eps = the model's guesses at t
+        sigma    = eta * sqrt((1 - alpha_bar_s) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_s))
+        x_s      = sqrt(alpha_bar_s) x_0 + sqrt(1 - alpha_bar_s - sigma^2) eps + sigma * noise
+    eta = 0 adds no noise (deterministic); eta = 1 adds as much as DDPM does.
+    After the last timestep alpha_bar_s is 1 (set_alpha_to_one=True) or alpha_bar_0 (False, SD's).
+
+    Like diffusers, s = t - num_train_timesteps // num_inference_steps whatever the spacing:
+    with "linspace" or "trailing" timesteps, s is then not exactly the next timestep.
+    """
+
+    twin = "DDIMScheduler"
+    DEFAULTS = {
+        **SCHEDULE_DEFAULTS,
+        "prediction_type": "epsilon",
+        "timestep_spacing": "leading",
+        "steps_offset": 0,
+        "set_alpha_to_one": True,
+        "clip_sample": True,
+        "clip_sample_range": 1.0,
+    }
+    CHOICES = {"prediction_type": ("epsilon", "v_prediction", "sample"), "timestep_spacing": SPACINGS}
+    FIXED = {**FIXED_EVERYWHERE, **THRESHOLDING}
+
+    def __init__(self, eta=0.0, **config):
+        """eta: the default amount of fresh noise per step (see `step`), 0 for plain DDIM."""
+        super().__init__(**config)
+        self.eta = check_eta(eta)
+        self.final_alpha_bar = torch.tensor(1.0) if self.config["set_alpha_to_one"] else self.alphas_cumprod[0]
+
+    def _make_timesteps(self, n):
+        return super()._make_timesteps(n).long()
+
+    def step(self, model_output, t, sample, eta=None, generator=None):
+        """x_t -> x_s, with eta in [0, 1] (None: the sampler's `eta`). Sets `last_x0`."""
+        self._check_ready()
+        eta = self.eta if eta is None else check_eta(eta)
+        t = int(t)
+        s = t - self.num_train_timesteps // self.num_inference_steps
+        alpha_bar_t = self.alphas_cumprod[t]
+        alpha_bar_s = self.alphas_cumprod[s] if s >= 0 else self.final_alpha_bar
+        x0, eps = predicted_x0_and_eps(self.config["prediction_type"], model_output, sample, alpha_bar_t)
+        if self.config["clip_sample"]:
+            x0 = x0.clamp(-self.config["clip_sample_range"], self.config["clip_sample_range"])
+        self.last_x0 = x0
+
+        # sigma = eta sqrt((1 - alpha_bar_s) / (1 - alpha_bar_t) (1 - alpha_bar_t / alpha_bar_s))
+        sigma = eta * ((1 - alpha_bar_s) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_s)) ** 0.5
+        # x_s = sqrt(alpha_bar_s) x_0 + sqrt(1 - alpha_bar_s - sigma^2) eps  (+ sigma noise)
+        prev = alpha_bar_s**0.5 * x0 + (1 - alpha_bar_s - sigma**2) ** 0.5 * eps
+        if eta > 0:
+            noise = randn_like_diffusers(model_output.shape, generator, model_output.device, model_output.dtype)
+            prev = prev + sigma * noise
+        return prev
+
+
+def check_eta(eta) -> float:
+    """Return eta as a float, or raise a ValueError unless it is a number in [0, 1]."""
+    if not isinstance(eta, numbers.Real) or isinstance(eta, bool) or not 0 <= eta <= 1:
+        raise ValueError(f"eta must be a number in [0, 1] (0: plain DDIM, 1: as much noise as DDPM), got {eta!r}")
+    return float(eta)
+
+
+class EulerSampler(Sampler):
+    """Euler's method on the sampling ODE, in noise levels sigma (Karras et al., 2022).
+
+    Work with x = x_t / sqrt(alpha_bar_t) = x_0 + sigma eps. As sigma falls, x moves along
+        dx / dsigma = (x - x_0) / sigma                  (= eps, the predicted noise)
+    and one Euler step from sigma to the next noise level sigma_next is
+        x_next = x + (sigma_next - sigma) * (x - x_0) / sigma
+    sigmas: sqrt((1 - alpha_bar) / alpha_bar) at the timesteps, interpolated where a timestep is
+    fractional ("linspace" gives fractional ones), then 0 (or the smallest training sigma).
+    The network was trained on x_t = x / sqrt(sigma^2 + 1): `scale_model_input` does that division.
+    The starting noise is sigma_max N(0, 1); for "leading" timesteps diffusers uses
+    sqrt(sigma_max^2 + 1) instead, and so does this sampler.
+    """
+
+    twin = "EulerDiscreteScheduler"
+    DEFAULTS = {
+        **SCHEDULE_DEFAULTS,
+        "prediction_type": "epsilon",
+        "timestep_spacing": "linspace",
+        "steps_offset": 0,
+        "final_sigmas_type": "zero",
+    }
+    CHOICES = {
+        "prediction_type": ("epsilon", "v_prediction", "sample"),
+        "timestep_spacing": SPACINGS,
+        "final_sigmas_type": ("zero", "sigma_min"),
+    }
+    FIXED = {
+        **FIXED_EVERYWHERE,
+        **OTHER_SIGMAS,
+        "interpolation_type": ("linear",),
+        "sigma_min": (None,),
+        "sigma_max": (None,),
+        "timestep_type": ("discrete",),
+    }
+
+    def __init__(self, **config):
+        super().__init__(**config)
+        self.sigmas = None
+        self.step_index = None  # which step comes next; the Euler samplers count their steps
+
+    def _make_timesteps(self, n):
+        c = self.config
+        timesteps = spaced_timesteps(n, c["num_train_timesteps"], c["timestep_spacing"], c["steps_offset"], False)
+        timesteps = timesteps.astype(np.float32)
+        # sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) for every training t, then interpolated at the timesteps
+        all_sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy()
+        sigmas = np.interp(timesteps, np.arange(len(all_sigmas)), all_sigmas)
+        # the last sigma: 0 (the clean image), or the smallest training sigma; Euler ancestral always uses 0
+        last = 0.0 if c.get("final_sigmas_type", "zero") == "zero" else all_sigmas[0]
+        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [last]]).astype(np.float32))
+        return torch.from_numpy(timesteps)
+
+    def _start(self):
+        self.step_index = None
+
+    @property
+    def init_noise_sigma(self):
+        self._check_ready()
+        sigma_max = self.sigmas.max()
+        return sigma_max if self.config["timestep_spacing"] in ("linspace", "trailing") else (sigma_max**2 + 1) ** 0.5
+
+    def _index(self, t) -> int:
+        if self.step_index is None:  # the first step: find t; afterwards count
+            self.step_index = self._position(t)
+        return self.step_index
+
+    def scale_model_input(self, sample, t):
+        """x_t = x / sqrt(sigma^2 + 1): the network sees inputs of the scale it was trained on."""
+        sigma = self.sigmas[self._index(t)]
+        return sample / ((sigma**2 + 1) ** 0.5)
+
+    def _predicted_x0(self, model_output, x, sigma):
+        # epsilon: x = x_0 + sigma eps;  v_prediction: x_0 = x / (sigma^2 + 1) - sigma / sqrt(sigma^2 + 1) v
+        kind = self.config["prediction_type"]
+        if kind == "epsilon":
+            return x - sigma * model_output
+        if kind == "v_prediction":
+            return model_output * (-sigma / (sigma**2 + 1) ** 0.5) + (x / (sigma**2 + 1))
+        return model_output
+
+    def step(self, model_output, t, sample, generator=None):
+        """x at sigma -> x at sigma_next (generator is unused: Euler adds no noise). Sets `last_x0`."""
+        i = self._index(t)
+        sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
+        x = sample.to(torch.float32)  # diffusers steps in float32
+        x0 = self._predicted_x0(model_output, x, sigma)
+        self.last_x0 = x0
+        derivative = (x - x0) / sigma  # dx/dsigma
+        prev = x + derivative * (sigma_next - sigma)
+        self.step_index = i + 1
+        return prev.to(model_output.dtype)
+
+
+class EulerAncestralSampler(EulerSampler):
+    """Euler ancestral: an Euler step down to a lower noise level, then fresh noise back up.
+
+    Going from sigma to sigma_next, split sigma_next^2 = sigma_down^2 + sigma_up^2 with
+        sigma_up   = sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2)
+        sigma_down = sqrt(sigma_next^2 - sigma_up^2)
+        x_next     = x + (sigma_down - sigma) * (x - x_0) / sigma  +  sigma_up * noise
+    It draws noise at every step, the last one too (where sigma_up = 0), as diffusers does.
+    """
+
+    twin = "EulerAncestralDiscreteScheduler"
+    DEFAULTS = {**SCHEDULE_DEFAULTS, "prediction_type": "epsilon", "timestep_spacing": "linspace", "steps_offset": 0}
+    CHOICES = {"prediction_type": ("epsilon", "v_prediction"), "timestep_spacing": SPACINGS}
+    FIXED = FIXED_EVERYWHERE
+
+    def step(self, model_output, t, sample, generator=None):
+        """x at sigma -> x at sigma_next, with fresh noise from `generator`. Sets `last_x0`."""
+        i = self._index(t)
+        sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
+        x = sample.to(torch.float32)
+        x0 = self._predicted_x0(model_output, x, sigma)
+        self.last_x0 = x0
+        sigma_up = (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5
+        sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
+        derivative = (x - x0) / sigma
+        prev = x + derivative * (sigma_down - sigma)
+        noise = randn_like_diffusers(model_output.shape, generator, model_output.device, model_output.dtype)
+        prev = prev + noise * sigma_up
+        self.step_index = i + 1
+        return prev.to(model_output.dtype)
+
+
+class DPMSolverMultistepSampler(Sampler):
+    """DPM-Solver++ 2M (Lu et al., 2022): a second-order solver that reuses the last step's x_0.
+
+    Each noise level sigma gives alpha = 1 / sqrt(sigma^2 + 1), sigma_t = sigma alpha, and the
+    log signal-to-noise ratio lambda = log(alpha) - log(sigma_t). From s (now) to t (next), with
+    h = lambda_t - lambda_s:
+        first order (= DDIM):  x_t = (sigma_t / sigma_s) x_s - alpha_t (e^-h - 1) x_0
+        second order:          x_0 is replaced by D = x_0 + (x_0 - x_0_prev) / (2 r),
+                               r = h_prev / h, x_0_prev the previous step's x_0 and h_prev its h.
+    The first step has no previous x_0 and is first order. So is the last step when
+    final_sigmas_type is "zero" (x_t is then exactly x_0), when euler_at_final is set, or when
+    lower_order_final is set and there are fewer than 15 steps.
+    """
+
+    twin = "DPMSolverMultistepScheduler"
+    DEFAULTS = {
+        **SCHEDULE_DEFAULTS,
+        "prediction_type": "epsilon",
+        "timestep_spacing": "linspace",
+        "steps_offset": 0,
+        "solver_order": 2,
+        "lower_order_final": True,
+        "euler_at_final": False,
+        "final_sigmas_type": "zero",
+    }
+    CHOICES = {
+        "prediction_type": ("epsilon", "v_prediction", "sample"),
+        "timestep_spacing": SPACINGS,
+        "solver_order": (1, 2),
+        "final_sigmas_type": ("zero", "sigma_min"),
+    }
+    FIXED = {
+        **FIXED_EVERYWHERE,
+        **THRESHOLDING,
+        **OTHER_SIGMAS,
+        "algorithm_type": ("dpmsolver++",),
+        "solver_type": ("midpoint",),
+        "use_lu_lambdas": (False,),
+        "use_flow_sigmas": (False,),
+        "flow_shift": (1.0,),
+        "lambda_min_clipped": (-math.inf,),
+        "variance_type": (None,),
+        "use_dynamic_shifting": (False,),
+        "time_shift_type": ("exponential",),
+    }
+
+    def __init__(self, **config):
+        super().__init__(**config)
+        self.sigmas = None
+        self.step_index = None
+        self.previous_x0 = None
+
+    def _make_timesteps(self, n):
+        c = self.config
+        T = c["num_train_timesteps"]
+        # DPM-Solver spaces n + 1 points and drops the last (t = 0) for "linspace" and "leading"
+        if c["timestep_spacing"] == "linspace":
+            timesteps = np.linspace(0, T - 1, n + 1).round()[::-1][:-1]
+        elif c["timestep_spacing"] == "leading":
+            timesteps = (np.arange(n + 1) * (T // (n + 1)))[::-1][:-1] + c["steps_offset"]
+        else:
+            timesteps = spaced_timesteps(n, T, "trailing", 0)
+        all_sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy()
+        sigmas = np.interp(timesteps, np.arange(len(all_sigmas)), all_sigmas)
+        last = 0.0 if c["final_sigmas_type"] == "zero" else all_sigmas[0]
+        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [last]]).astype(np.float32))
+        return torch.from_numpy(timesteps.astype(np.int64))
+
+    def _start(self):
+        self.step_index = None
+        self.previous_x0 = None
+
+    @staticmethod
+    def _alpha_sigma_lambda(sigma):
+        alpha = 1 / ((sigma**2 + 1) ** 0.5)  # sqrt(alpha_bar)
+        sigma_t = sigma * alpha  # sqrt(1 - alpha_bar)
+        return alpha, sigma_t, torch.log(alpha) - torch.log(sigma_t)
+
+    def step(self, model_output, t, sample, generator=None):
+        """x_s -> x_t, the next timestep (generator is unused: no noise). Sets `last_x0`."""
+        self._check_ready()
+        if self.step_index is None:
+            self.step_index = self._position(t)
+        i, n, c = self.step_index, len(self.timesteps), self.config
+
+        alpha_s, sigma_s, lambda_s = self._alpha_sigma_lambda(self.sigmas[i])
+        alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(self.sigmas[i + 1])
+        kind = c["prediction_type"]
+        if kind == "epsilon":  # x_s = alpha_s x_0 + sigma_s eps
+            x0 = (sample - sigma_s * model_output) / alpha_s
+        elif kind == "v_prediction":
+            x0 = alpha_s * sample - sigma_s * model_output
+        else:
+            x0 = model_output
+        self.last_x0 = x0
+
+        x = sample.to(torch.float32)
+        h = lambda_t - lambda_s
+        last_step = i == n - 1
+        first_order = (
+            c["solver_order"] == 1
+            or self.previous_x0 is None
+            or (
+                last_step
+                and (c["euler_at_final"] or (c["lower_order_final"] and n < 15) or c["final_sigmas_type"] == "zero")
+            )
+        )
+        if first_order:
+            # x_t = (sigma_t / sigma_s) x_s - alpha_t (e^-h - 1) x_0
+            prev = (sigma_t / sigma_s) * x - (alpha_t * (torch.exp(-h) - 1.0)) * x0
+        else:
+            _, _, lambda_prev = self._alpha_sigma_lambda(self.sigmas[i - 1])
+            r = (lambda_s - lambda_prev) / h  # h_prev / h
+            D1 = (1.0 / r) * (x0 - self.previous_x0)  # x_0's change per unit of h
+            # x_t = (sigma_t / sigma_s) x_s - alpha_t (e^-h - 1) (x_0 + D1 / 2)
+            prev = (
+                (sigma_t / sigma_s) * x
+                - (alpha_t * (torch.exp(-h) - 1.0)) * x0
+                - 0.5 * (alpha_t * (torch.exp(-h) - 1.0)) * D1
+            )
+        self.previous_x0 = x0
+        self.step_index = i + 1
+        return prev.to(model_output.dtype)
+
+
+SAMPLERS = {
+    "ddpm": DDPMSampler,
+    "ddim": DDIMSampler,
+    "euler": EulerSampler,
+    "euler_a": EulerAncestralSampler,
+    "dpm++2m": DPMSolverMultistepSampler,
+}
+
+
+def make_sampler(name, config=None, **overrides) -> Sampler:
+    """The sampler called `name` (a key of SAMPLERS), built from a diffusers scheduler config.
+
+    config: a dict or `scheduler.config`; None gives the twin's defaults.
+    """
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; known samplers: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name].from_config(config or {}, **overrides)
