@@ -37,15 +37,12 @@ def seconds_per_step(step, repeats: int) -> float:
 
 
 def trainer(model, params, loss_fn):
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    """One step of the build's own training loop (optimizer, clipping), on a fixed batch."""
+    from sdcourse.training.trainer import Trainer, TrainSettings
 
-    def step():
-        loss = loss_fn()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
+    loop = Trainer(model, lambda model, batch: loss_fn(), lambda: None, TrainSettings(steps=1, lr=1e-4),
+                   params=params, progress=False)
+    return lambda: loop.training_step(0)
 
 
 def main():
@@ -56,9 +53,10 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
+    from sdcourse.tokenizer import END_TOKEN_ID, START_TOKEN_ID
     from sdcourse.training.config import full_config
     from sdcourse.training.datasets import build_training_set
-    from sdcourse.training.train_clip import _as_tensor, make_clip
+    from sdcourse.training.train_clip import as_tensor, make_clip
     from sdcourse.training.train_unet import make_unet
     from sdcourse.training.train_vae import make_vae
 
@@ -71,12 +69,12 @@ def main():
 
     clip = make_clip(cfg).train()
     pixels = torch.randn(cfg.clip_batch, 3, 64, 64)
-    ids = torch.randint(0, 49406, (cfg.clip_batch, 16))
-    ids[:, -1] = 49407
+    ids = torch.randint(0, START_TOKEN_ID, (cfg.clip_batch, 16))
+    ids[:, -1] = END_TOKEN_ID
     loss = lambda: clip(input_ids=ids, pixel_values=pixels).logits_per_image.logsumexp(1).mean()
     rows.append(("CLIP", f"batch {cfg.clip_batch}",
                  seconds_per_step(trainer(clip, clip.parameters(), loss), args.repeats), cfg.clip_steps))
-    image_loss = lambda: _as_tensor(clip.get_image_features(pixel_values=pixels)).pow(2).mean()
+    image_loss = lambda: as_tensor(clip.get_image_features(pixel_values=pixels)).pow(2).mean()
     rows.append(("CLIP image encoder", f"batch {cfg.clip_batch}",
                  seconds_per_step(trainer(clip, clip.vision_model.parameters(), image_loss), args.repeats),
                  cfg.clip_image_steps))

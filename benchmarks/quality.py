@@ -87,7 +87,7 @@ def main():
     print(f"VAE PSNR (dB): {figures['vae_psnr']}  (scaling_factor {pipe.vae.config.scaling_factor:.4f})")
 
     # CLIP zero-shot.
-    from sdcourse.training.build_model import load_clip
+    from sdcourse.training.export import load_clip
     from sdcourse.training.train_clip import zero_shot_accuracy
 
     clip_dir = (Path(args.model).parent if args.model else EMBEDDED_MODEL.parent) / "tiny-clip"

@@ -14,7 +14,6 @@ shape, and counts how often the classifier agrees with the prompt.
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -80,9 +79,13 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def train_classifier(steps: int = 800, batch: int = 64, n_train: int = 20_000, seed: int = 7,
-                     progress: bool = True, threads: int | None = None) -> ShapeClassifier:
-    """Train the judge on fresh single-object generator pictures (all four shapes)."""
-    from tqdm.auto import tqdm
+                     progress: bool = True, threads: int | None = None, checkpoint: str | Path | None = None,
+                     mixed_precision: str = "no") -> ShapeClassifier:
+    """Train the judge on fresh single-object generator pictures (all four shapes).
+
+    checkpoint: a file to save progress to, and to resume from (None: no checkpoints).
+    """
+    from .training.trainer import Trainer, TrainSettings
 
     if threads:
         torch.set_num_threads(threads)
@@ -90,22 +93,22 @@ def train_classifier(steps: int = 800, batch: int = 64, n_train: int = 20_000, s
     images, _, labels = shapes.make_dataset(n_train, seed=seed, shapes=shapes.ALL_SHAPES, n_objects=1)
     colour, shape = _labels(labels)
     model = ShapeClassifier()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(seed)
-    model.train()
-    bar = tqdm(range(steps), desc="classifier", disable=not progress, mininterval=2)
-    for step in bar:
+
+    def next_batch():
         idx = torch.randint(0, n_train, (batch,), generator=gen)
-        x = _augment(_to_tensor(images[idx.numpy()]), gen)
+        return _augment(_to_tensor(images[idx.numpy()]), gen), colour[idx], shape[idx]
+
+    def loss(model, batch):
+        x, colour_target, shape_target = batch
         lc, ls = model(x)
-        loss = F.cross_entropy(lc, colour[idx]) + F.cross_entropy(ls, shape[idx])
-        for group in opt.param_groups:
-            group["lr"] = 2e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    return model.eval()
+        return F.cross_entropy(lc, colour_target) + F.cross_entropy(ls, shape_target)
+
+    settings = TrainSettings(steps=steps, lr=2e-3, weight_decay=1e-4, clip_grad_norm=None,
+                             checkpoint_every=max(1, steps // 4), mixed_precision=mixed_precision)
+    trainer = Trainer(model, loss, next_batch, settings, generator=gen, checkpoint=checkpoint, name="classifier",
+                      record={"batch": batch, "n_train": n_train, "seed": seed}, progress=progress)
+    return trainer.fit()
 
 
 def save_classifier(model: ShapeClassifier, path: str | Path = CLASSIFIER_PATH):

@@ -1,13 +1,17 @@
-"""The build's training stages: an interrupted run resumes exactly where it stopped."""
+"""The build's training loop and stages: an interrupted run resumes exactly where it stopped,
+a longer run extends a finished one, and a checkpoint made with other settings is refused."""
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from sdcourse.tokenizer import MAX_LENGTH
 from sdcourse.training.common import EMA, load_checkpoint
 from sdcourse.training.config import fast_config
 from sdcourse.training.datasets import tokenize_ids
 from sdcourse.training.train_unet import train_unet
+from sdcourse.training.trainer import MAY_CHANGE_ON_RESUME, CheckpointError, Trainer, TrainSettings, learning_rate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,7 +34,7 @@ def tiny_unet_run(run_dir, total_steps, frozen_parts, init_unet=None, **override
     rng = np.random.default_rng(0)
     latents = (rng.standard_normal((16, 4, 8, 8)).astype(np.float16),
                np.full((16, 4, 8, 8), 0.1, dtype=np.float16))
-    token_ids = tokenize_ids(["a red circle", "a blue square"] * 16, tokenizer).reshape(16, 2, 77)
+    token_ids = tokenize_ids(["a red circle", "a blue square"] * 16, tokenizer).reshape(16, 2, MAX_LENGTH)
     train_unet(cfg, latents, token_ids, text_encoder, vae, tokenizer, 0.5, run_dir, progress=False,
                total_steps=total_steps, init_unet=init_unet)
     return load_checkpoint(run_dir / "unet_ckpt.pt")
@@ -79,3 +83,103 @@ def test_ema_moves_towards_the_weights():
     ema.update(model)
     after = ema.model.weight
     assert torch.all((after - before) > 0) and torch.all(after < model.weight)
+
+
+def test_unet_training_refuses_a_checkpoint_made_with_other_settings(tmp_path, frozen_parts):
+    tiny_unet_run(tmp_path, 2, frozen_parts)
+    with pytest.raises(CheckpointError, match=r"caption_dropout: the checkpoint has 0\.1, this run asks for 0\.5"):
+        tiny_unet_run(tmp_path, 4, frozen_parts, caption_dropout=0.5)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def toy_run(checkpoint, steps=6, stop_after=None, record=None, **settings):
+    """A small network trained by the Trainer on a fixed regression problem. Its batches come
+    from a numpy generator and its dropout from torch's global one, so both must resume exactly.
+    stop_after: raise Interrupted after that step, as if the run had been killed."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(16, 1))
+    data = np.random.default_rng(1).standard_normal((64, 4)).astype(np.float32)
+    gen = np.random.default_rng(2)
+
+    def next_batch():
+        rows = torch.from_numpy(data[gen.integers(0, len(data), 8)])
+        return rows[:, :3], rows[:, 3:]
+
+    def loss(model, batch):
+        x, y = batch
+        return F.mse_loss(model(x), y)
+
+    def after_step(trainer, step):
+        if step == stop_after:
+            raise Interrupted
+
+    settings = {"steps": steps, "lr": 0.05, "warmup": 2, "ema_decay": 0.9, "checkpoint_every": 2, **settings}
+    trainer = Trainer(model, loss, next_batch, TrainSettings(**settings), generator=gen, checkpoint=checkpoint,
+                      name="toy", record=record, progress=False, after_step=after_step)
+    trainer.fit()
+    return load_checkpoint(checkpoint)
+
+
+def assert_same_weights(a, b):
+    assert a["step"] == b["step"]
+    for part in ("model", "ema"):
+        weights_a = a[part] if part == "model" else a[part]["model"]
+        weights_b = b[part] if part == "model" else b[part]["model"]
+        for key, value in weights_a.items():
+            torch.testing.assert_close(weights_b[key], value, rtol=0, atol=0, msg=f"{part}: {key}")
+
+
+def test_trainer_resumes_exactly_after_an_interrupt(tmp_path):
+    with pytest.raises(Interrupted):
+        toy_run(tmp_path / "interrupted.pt", stop_after=4)
+    assert load_checkpoint(tmp_path / "interrupted.pt")["step"] == 4
+    resumed = toy_run(tmp_path / "interrupted.pt")  # the same command again: picks up at step 4
+    straight = toy_run(tmp_path / "straight.pt")
+    assert_same_weights(resumed, straight)
+    assert resumed["step"] == 6
+
+
+def test_trainer_extends_a_finished_run_with_more_steps(tmp_path):
+    toy_run(tmp_path / "short.pt", steps=4, schedule="constant")
+    longer = toy_run(tmp_path / "short.pt", steps=6, schedule="constant")
+    straight = toy_run(tmp_path / "straight.pt", steps=6, schedule="constant")
+    assert_same_weights(longer, straight)
+
+
+def test_trainer_refuses_a_resume_with_a_changed_setting(tmp_path):
+    toy_run(tmp_path / "ckpt.pt", steps=2, record={"batch": 8})
+    with pytest.raises(CheckpointError, match=r"lr: the checkpoint has 0\.05, this run asks for 0\.1") as error:
+        toy_run(tmp_path / "ckpt.pt", steps=4, lr=0.1, record={"batch": 8})
+    assert str(tmp_path / "ckpt.pt") in str(error.value) and "delete" in str(error.value)
+    with pytest.raises(CheckpointError, match="batch: the checkpoint has 8, this run asks for 16"):
+        toy_run(tmp_path / "ckpt.pt", steps=4, record={"batch": 16})
+    with pytest.raises(CheckpointError, match="ema_decay"):
+        toy_run(tmp_path / "ckpt.pt", steps=4, ema_decay=None, record={"batch": 8})
+
+
+def test_trainer_accepts_a_changed_setting_that_may_change(tmp_path):
+    assert {"steps", "checkpoint_every"} <= set(MAY_CHANGE_ON_RESUME)
+    toy_run(tmp_path / "ckpt.pt", steps=2)
+    assert toy_run(tmp_path / "ckpt.pt", steps=4, checkpoint_every=1, warmup=3)["step"] == 4
+
+
+def test_trainer_refuses_a_damaged_checkpoint_naming_it(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    toy_run(path, steps=2)
+    path.write_bytes(path.read_bytes()[:100])  # cut short, as by a full disk
+    with pytest.raises(CheckpointError, match="damaged") as error:
+        toy_run(path, steps=4)
+    assert str(path) in str(error.value) and "Delete it" in str(error.value)
+
+
+def test_learning_rate_schedules():
+    cosine = TrainSettings(steps=10, lr=1.0, warmup=2, final_lr_fraction=0.1)
+    assert [learning_rate(cosine, s) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
+    assert learning_rate(cosine, 10) == pytest.approx(0.1)
+    constant = TrainSettings(steps=10, lr=1.0, schedule="constant", warmup=4)
+    assert [learning_rate(constant, s) for s in (0, 3, 9, 1000)] == [0.25, 1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="schedule='linear'"):
+        TrainSettings(steps=1, lr=1.0, schedule="linear")

@@ -3,7 +3,7 @@
     python -m sdcourse.training.build_model --out sdcourse/assets/tiny-sd
     SDCOURSE_FAST=1 python -m sdcourse.training.build_model   # the same, in miniature
 
-Stages, each resumable (run the same command again after an interrupt):
+Stages, one function each below, each resumable (run the same command again after an interrupt):
 
 1. draw a fixed training set of shape pictures with several captions each (no stars);
 2. train a tiny CLIP contrastively; keep its text encoder, frozen; then train its image
@@ -18,6 +18,14 @@ Stages, each resumable (run the same command again after an interrupt):
 
 Everything goes to a run folder (default runs/tiny-sd, or runs/tiny-sd-fast): the cached
 data, checkpoints, sample grids (samples/*.png) and build_log.json with the time taken.
+Every network trains with the same loop (trainer.py). A stage that was interrupted resumes
+from its checkpoint. Only the settings in trainer.MAY_CHANGE_ON_RESUME (the step counts among
+them) may differ from the checkpoint's; any other change stops the run with a message that
+names it. So `--unet-steps 5000` trains a finished run on.
+
+On GPUs the same build runs under accelerate, on several of them, in mixed precision if asked:
+
+    accelerate launch --multi_gpu --num_processes 2 -m sdcourse.training.build_model --mixed-precision bf16
 """
 
 from __future__ import annotations
@@ -35,77 +43,207 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
 
+from .. import fast_mode_requested  # noqa: E402
 from ..data import shapes  # noqa: E402
-from ..tokenizer import load_tokenizer
-from . import config as config_mod
-from .common import seed_everything, set_threads
-from .datasets import HELD_OUT_PHOTOS, build_training_set, photo_crops
+from ..tokenizer import load_tokenizer  # noqa: E402
+from . import config as config_mod  # noqa: E402
+from .common import seed_everything, set_threads  # noqa: E402
+from .datasets import HELD_OUT_PHOTOS, build_training_set, photo_crops  # noqa: E402
+from .export import folder_size_mb, save_clip_extras, save_pipeline  # noqa: E402
+from .trainer import PRECISIONS, CheckpointError  # noqa: E402
 
 
 class StageLog:
-    """Times each stage and writes the figures to build_log.json as it goes."""
+    """Times each stage and writes the figures to build_log.json as it goes (from one process only)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, write: bool = True):
         self.path = path
+        self.write = write
         self.data = json.loads(path.read_text()) if path.exists() else {"stages": {}, "figures": {}}
 
     def stage(self, name, seconds):
         self.data["stages"][name] = self.data["stages"].get(name, 0.0) + round(seconds, 1)
         self.save()
 
-    def figure(self, name, value):
+    def figure(self, name, value, message=None):
         self.data["figures"][name] = value
         self.save()
+        if message and self.write:
+            print(f"{message}: {value}", flush=True)
 
     def save(self):
-        self.path.write_text(json.dumps(self.data, indent=2))
+        if self.write:
+            self.path.write_text(json.dumps(self.data, indent=2))
 
 
-def save_clip_extras(clip, folder: Path):
-    """Save the CLIP's image encoder, projections and logit scale (not the text encoder,
-    which the pipeline already holds) so its zero-shot accuracy can be measured later."""
-    from safetensors.torch import save_file
+class Build:
+    """What the stages share: the settings, the folders, the log, and what earlier stages made.
 
-    folder.mkdir(parents=True, exist_ok=True)
-    clip.config.to_json_file(str(folder / "config.json"))
-    weights = {k: v.contiguous() for k, v in clip.state_dict().items() if not k.startswith("text_model.")}
-    save_file(weights, str(folder / "model.safetensors"))
+    Under `accelerate launch` every process runs every stage (the training is shared between
+    them); only the main process writes files and measures figures.
+    """
 
+    def __init__(self, cfg, run_dir: Path, out: Path, progress: bool):
+        self.cfg, self.run_dir, self.out, self.progress = cfg, Path(run_dir), Path(out), progress
+        self.extras_dir = self.out.parent  # classifier + CLIP image half go next to the pipeline folder
+        # This process as accelerate sees it (one of several under `accelerate launch`)
+        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+        self.main = self.accelerator.is_main_process
+        self.log = StageLog(self.run_dir / "build_log.json", write=self.main)
+        self.tokenizer = load_tokenizer()
+        self.eval_n = 256 if cfg.fast else 1000  # pictures for the accuracy figures
+        # Made by the stages, in order:
+        self.data = self.photos = self.clip = self.text_encoder = self.vae = self.latents = self.unet = None
 
-def load_clip(folder: Path, text_encoder):
-    """Rebuild the full CLIPModel from saved extras plus the pipeline's text encoder."""
-    from safetensors.torch import load_file
-    from transformers import CLIPConfig, CLIPModel
-
-    model = CLIPModel(CLIPConfig.from_json_file(str(Path(folder) / "config.json")))
-    model.load_state_dict(load_file(str(Path(folder) / "model.safetensors")), strict=False)
-    model.text_model.load_state_dict(text_encoder.state_dict())
-    return model.eval()
-
-
-def save_pipeline(unet, vae, text_encoder, tokenizer, out: Path):
-    """Write the StableDiffusionPipeline folder. U-Net and VAE weights are stored in float16
-    (diffusers loads them back as float32); the text encoder stays float32."""
-    import copy
-
-    from .train_unet import build_pipeline, make_scheduler
-
-    out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    pipe = build_pipeline(copy.deepcopy(unet).half(), copy.deepcopy(vae).half(), text_encoder, tokenizer,
-                          make_scheduler("ddim"))
-    pipe.save_pretrained(str(tmp), safe_serialization=True)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+    def save(self, model, folder: Path):
+        if self.main:
+            model.save_pretrained(str(folder))
 
 
-def folder_size_mb(folder: Path) -> float:
-    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 1e6
+def data_stage(b: Build):
+    """1. The fixed training set (drawn once, cached in the run folder) and the photo crops."""
+    cfg = b.cfg
+    with b.accelerator.main_process_first():
+        b.data = build_training_set(cfg.n_train, cfg.captions_per_image, cfg.seed, cfg.two_object_prob,
+                                    cache=b.run_dir / "train_set.npz", progress=b.progress)
+    b.photos = photo_crops(cfg.n_photo_crops, cfg.seed)
+
+
+def clip_stage(b: Build):
+    """2. The CLIP, trained contrastively; its text encoder becomes SD's."""
+    from transformers import CLIPModel, CLIPTextModel
+
+    from .train_clip import train_clip, zero_shot_accuracy
+
+    folder = b.run_dir / "clip"
+    if (folder / "config.json").exists():
+        b.clip = CLIPModel.from_pretrained(str(folder), dtype=torch.float32).eval()
+    else:
+        seed_everything(b.cfg.seed + 1)
+        b.clip = train_clip(b.cfg, b.data, b.run_dir, b.progress)
+        b.save(b.clip, folder)
+        if b.main:
+            b.log.figure("clip_zero_shot", zero_shot_accuracy(b.clip, n=b.eval_n),
+                         "CLIP zero-shot accuracy on fresh pictures")
+    b.text_encoder = CLIPTextModel(b.clip.config.text_config)
+    b.text_encoder.load_state_dict(b.clip.text_model.state_dict())
+
+
+def clip_image_stage(b: Build):
+    """2b. The CLIP's image encoder trains on, with the text encoder locked."""
+    from transformers import CLIPModel
+
+    from .train_clip import refine_image_encoder, zero_shot_accuracy
+
+    folder = b.run_dir / "clip_refined"
+    if (folder / "config.json").exists():
+        b.clip = CLIPModel.from_pretrained(str(folder), dtype=torch.float32).eval()
+    elif b.cfg.clip_image_steps > 0:
+        seed_everything(b.cfg.seed + 4)
+        b.clip = refine_image_encoder(b.cfg, b.clip, b.data, b.run_dir, b.progress)
+        b.save(b.clip, folder)
+        if b.main:
+            b.log.figure("clip_zero_shot_after_image_phase", zero_shot_accuracy(b.clip, n=b.eval_n),
+                         "CLIP zero-shot accuracy after the image-encoder phase")
+    b.text_encoder.eval().requires_grad_(False)
+
+
+def vae_psnr(b: Build, vae) -> dict:
+    """The VAE's reconstruction PSNR on fresh shape pictures and on a photo it never saw."""
+    from .train_vae import mean_psnr
+
+    fresh, _, _ = shapes.make_dataset(64 if b.cfg.fast else 512, seed=4242)
+    held_out = photo_crops(64 if b.cfg.fast else 256, seed=4243, names=HELD_OUT_PHOTOS)
+    return {"psnr_fresh_shapes": mean_psnr(vae, fresh), "psnr_held_out_photo": mean_psnr(vae, held_out)}
+
+
+def vae_stage(b: Build):
+    """3. The VAE; then scaling_factor = 1 / std of its latents."""
+    from diffusers import AutoencoderKL
+
+    from .train_vae import latent_scaling_factor, train_vae
+
+    folder = b.run_dir / "vae"
+    if (folder / "config.json").exists():
+        b.vae = AutoencoderKL.from_pretrained(str(folder)).eval()
+        return
+    seed_everything(b.cfg.seed + 2)
+    b.vae = train_vae(b.cfg, b.data["images"], b.photos, b.run_dir, b.progress)
+    scale = latent_scaling_factor(b.vae, b.data["images"][: min(2048, len(b.data["images"]))])
+    b.vae.register_to_config(scaling_factor=scale)
+    b.save(b.vae, folder)
+    if b.main:
+        b.log.figure("vae", {"scaling_factor": scale, **vae_psnr(b, b.vae)}, "VAE")
+
+
+def vae_decoder_stage(b: Build):
+    """3b. Optional: the decoder alone trains on (latents, hence the U-Net, are unaffected)."""
+    from diffusers import AutoencoderKL
+
+    from .train_vae import finetune_decoder
+
+    folder = b.run_dir / "vae_decoder"
+    if (folder / "config.json").exists():
+        b.vae = AutoencoderKL.from_pretrained(str(folder)).eval()
+    elif b.cfg.vae_decoder_steps > 0:
+        b.vae = finetune_decoder(b.cfg, b.vae, b.data["images"], b.photos, b.run_dir, b.progress)
+        b.save(b.vae, folder)
+        if b.main:
+            b.log.figure("vae_after_decoder_phase", vae_psnr(b, b.vae), "VAE after the decoder phase")
+    b.vae.requires_grad_(False)
+
+
+def latents_stage(b: Build):
+    """4. The latent distributions of the training set, encoded once and cached."""
+    from .train_unet import load_or_cache_latents
+
+    with b.accelerator.main_process_first():
+        b.latents = load_or_cache_latents(b.vae, b.data["images"], b.run_dir / "latents.npz", b.progress)
+
+
+def unet_stage(b: Build):
+    """5. The U-Net; always runs, so that a larger --unet-steps trains a finished run on."""
+    from .train_unet import train_unet
+
+    seed_everything(b.cfg.seed + 3)
+    b.unet = train_unet(b.cfg, b.latents, b.data["token_ids"], b.text_encoder, b.vae, b.tokenizer,
+                        b.vae.config.scaling_factor, b.run_dir, b.progress, total_steps=b.cfg.unet_steps)
+    b.save(b.unet, b.run_dir / "unet")
+    b.log.figure("unet_steps", b.cfg.unet_steps)
+
+
+def classifier_stage(b: Build):
+    """6. The evaluator's shape/colour classifier."""
+    from ..evaluate import classifier_accuracy, save_classifier, train_classifier
+
+    cfg = b.cfg
+    if (b.run_dir / "classifier.safetensors").exists():
+        return
+    classifier = train_classifier(cfg.classifier_steps, cfg.classifier_batch, cfg.classifier_n_train,
+                                  seed=cfg.seed + 7, progress=b.progress, checkpoint=b.run_dir / "classifier_ckpt.pt",
+                                  mixed_precision=cfg.mixed_precision)
+    if b.main:
+        save_classifier(classifier, b.run_dir / "classifier.safetensors")
+        b.log.figure("classifier_accuracy", classifier_accuracy(n=b.eval_n, classifier=classifier))
+
+
+def ship_stage(b: Build):
+    """7. The pipeline folder, with the CLIP's image half and the classifier next to it."""
+    from .train_unet import save_samples
+
+    if not b.main:
+        return
+    save_pipeline(b.unet, b.vae, b.text_encoder, b.tokenizer, b.out)
+    save_clip_extras(b.clip, b.extras_dir / "tiny-clip")
+    shutil.copyfile(b.run_dir / "classifier.safetensors", b.extras_dir / "shape_classifier.safetensors")
+    save_samples(b.unet, b.vae, b.text_encoder, b.tokenizer, b.run_dir / "samples" / "final.png")
+
+
+STAGES = (("data", data_stage), ("clip", clip_stage), ("clip_image", clip_image_stage), ("vae", vae_stage),
+          ("vae_decoder", vae_decoder_stage), ("latents", latents_stage), ("unet", unet_stage),
+          ("classifier", classifier_stage), ("ship", ship_stage))
 
 
 def main(argv=None):
@@ -115,12 +253,14 @@ def main(argv=None):
     parser.add_argument("--fast", action="store_true", help="miniature build (also: SDCOURSE_FAST=1)")
     parser.add_argument("--unet-steps", type=int, default=None, help="override the U-Net step count")
     parser.add_argument("--vae-decoder-steps", type=int, default=None, help="override the decoder-only steps")
+    parser.add_argument("--mixed-precision", choices=PRECISIONS, default="no",
+                        help="half-precision arithmetic for training (on GPUs): bf16 or fp16")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
-    fast = args.fast or config_mod.fast_mode_requested()
-    overrides = {"threads": args.threads}
+    fast = args.fast or fast_mode_requested()
+    overrides = {"threads": args.threads, "mixed_precision": args.mixed_precision}
     if args.unet_steps:
         overrides["unet_steps"] = args.unet_steps
     if args.vae_decoder_steps is not None:
@@ -128,137 +268,30 @@ def main(argv=None):
     cfg = config_mod.fast_config(**overrides) if fast else config_mod.full_config(**overrides)
     run_dir = Path(args.run or ("runs/tiny-sd-fast" if fast else "runs/tiny-sd"))
     out = Path(args.out) if args.out else run_dir / "tiny-sd"
-    extras_dir = out.parent  # classifier + CLIP image half go next to the pipeline folder
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    progress = not args.quiet
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
-    log = StageLog(run_dir / "build_log.json")
-    tokenizer = load_tokenizer()
+    b = Build(cfg, run_dir, out, progress=not args.quiet)
+    if b.main:
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     started = time.time()
-
-    # 1. Data.
-    t = time.time()
-    data = build_training_set(cfg.n_train, cfg.captions_per_image, cfg.seed, cfg.two_object_prob,
-                              cache=run_dir / "train_set.npz", progress=progress)
-    photos = photo_crops(cfg.n_photo_crops, cfg.seed)
-    log.stage("data", time.time() - t)
-
-    # 2. CLIP.
-    from transformers import CLIPModel, CLIPTextModel
-
-    from .train_clip import train_clip, zero_shot_accuracy
-
-    t = time.time()
-    if (run_dir / "clip" / "config.json").exists():
-        clip = CLIPModel.from_pretrained(str(run_dir / "clip"), dtype=torch.float32).eval()
-    else:
-        seed_everything(cfg.seed + 1)
-        clip = train_clip(cfg, data, run_dir, progress)
-        clip.save_pretrained(str(run_dir / "clip"))
-        acc = zero_shot_accuracy(clip, n=256 if fast else 1000)
-        log.figure("clip_zero_shot", acc)
-        print(f"CLIP zero-shot accuracy on fresh pictures: {acc}", flush=True)
-    log.stage("clip", time.time() - t)
-    text_encoder = CLIPTextModel(clip.config.text_config)
-    text_encoder.load_state_dict(clip.text_model.state_dict())
-
-    # 2b. CLIP image encoder, trained on with the text encoder locked.
-    from .train_clip import refine_image_encoder
-
-    t = time.time()
-    if (run_dir / "clip_refined" / "config.json").exists():
-        clip = CLIPModel.from_pretrained(str(run_dir / "clip_refined"), dtype=torch.float32).eval()
-    elif cfg.clip_image_steps > 0:
-        seed_everything(cfg.seed + 4)
-        clip = refine_image_encoder(cfg, clip, data, run_dir, progress)
-        clip.save_pretrained(str(run_dir / "clip_refined"))
-        acc = zero_shot_accuracy(clip, n=256 if fast else 1000)
-        log.figure("clip_zero_shot_after_image_phase", acc)
-        print(f"CLIP zero-shot accuracy after the image-encoder phase: {acc}", flush=True)
-    log.stage("clip_image", time.time() - t)
-    text_encoder.eval().requires_grad_(False)
-
-    # 3. VAE.
-    from diffusers import AutoencoderKL
-
-    from .train_vae import latent_scaling_factor, mean_psnr, train_vae
-
-    t = time.time()
-    if (run_dir / "vae" / "config.json").exists():
-        vae = AutoencoderKL.from_pretrained(str(run_dir / "vae")).eval()
-    else:
-        seed_everything(cfg.seed + 2)
-        vae = train_vae(cfg, data["images"], photos, run_dir, progress)
-        scale = latent_scaling_factor(vae, data["images"][: min(2048, len(data["images"]))])
-        vae.register_to_config(scaling_factor=scale)
-        vae.save_pretrained(str(run_dir / "vae"))
-        fresh, _, _ = shapes.make_dataset(64 if fast else 512, seed=4242)
-        held_out = photo_crops(64 if fast else 256, seed=4243, names=HELD_OUT_PHOTOS)
-        log.figure("vae", {"scaling_factor": scale, "psnr_fresh_shapes": mean_psnr(vae, fresh),
-                           "psnr_held_out_photo": mean_psnr(vae, held_out)})
-        print(f"VAE: {log.data['figures']['vae']}", flush=True)
-    log.stage("vae", time.time() - t)
-
-    # 3b. Optional: the decoder alone trains on (latents, hence the U-Net, are unaffected).
-    from .train_vae import finetune_decoder
-
-    t = time.time()
-    if (run_dir / "vae_decoder" / "config.json").exists():
-        vae = AutoencoderKL.from_pretrained(str(run_dir / "vae_decoder")).eval()
-    elif cfg.vae_decoder_steps > 0:
-        vae = finetune_decoder(cfg, vae, data["images"], photos, run_dir, progress)
-        vae.save_pretrained(str(run_dir / "vae_decoder"))
-        fresh, _, _ = shapes.make_dataset(64 if fast else 512, seed=4242)
-        held_out = photo_crops(64 if fast else 256, seed=4243, names=HELD_OUT_PHOTOS)
-        log.figure("vae_after_decoder_phase", {"psnr_fresh_shapes": mean_psnr(vae, fresh),
-                                               "psnr_held_out_photo": mean_psnr(vae, held_out)})
-        print(f"VAE after the decoder phase: {log.data['figures']['vae_after_decoder_phase']}", flush=True)
-    log.stage("vae_decoder", time.time() - t)
-    vae.requires_grad_(False)
-
-    # 4. Latent cache.
-    from .train_unet import load_or_cache_latents, save_samples, train_unet
-
-    t = time.time()
-    latents = load_or_cache_latents(vae, data["images"], run_dir / "latents.npz", progress)
-    log.stage("latents", time.time() - t)
-
-    # 5. U-Net.
-    t = time.time()
-    seed_everything(cfg.seed + 3)
-    unet = train_unet(cfg, latents, data["token_ids"], text_encoder, vae, tokenizer,
-                      vae.config.scaling_factor, run_dir, progress, total_steps=cfg.unet_steps)
-    unet.save_pretrained(str(run_dir / "unet"))
-    log.stage("unet", time.time() - t)
-    log.figure("unet_steps", cfg.unet_steps)
-
-    # 6. Evaluator's classifier.
-    from ..evaluate import classifier_accuracy, save_classifier, train_classifier
-
-    t = time.time()
-    classifier_path = extras_dir / "shape_classifier.safetensors"
-    if not (run_dir / "classifier.safetensors").exists():
-        classifier = train_classifier(cfg.classifier_steps, cfg.classifier_batch, cfg.classifier_n_train,
-                                      seed=cfg.seed + 7, progress=progress)
-        save_classifier(classifier, run_dir / "classifier.safetensors")
-        log.figure("classifier_accuracy", classifier_accuracy(n=256 if fast else 1000, classifier=classifier))
-    log.stage("classifier", time.time() - t)
-
-    # 7. Ship.
-    t = time.time()
-    save_pipeline(unet, vae, text_encoder, tokenizer, out)
-    save_clip_extras(clip, extras_dir / "tiny-clip")
-    shutil.copyfile(run_dir / "classifier.safetensors", classifier_path)
-    save_samples(unet, vae, text_encoder, tokenizer, run_dir / "samples" / "final.png")
-    log.stage("ship", time.time() - t)
-    log.figure("pipeline_mb", round(folder_size_mb(out), 2))
-    log.data["total_minutes_this_invocation"] = round((time.time() - started) / 60, 1)
-    log.save()
-    print(json.dumps(log.data, indent=2))
+    for name, stage in STAGES:
+        t = time.time()
+        stage(b)
+        b.accelerator.wait_for_everyone()
+        b.log.stage(name, time.time() - t)
+    b.accelerator.end_training()  # several processes: they are done working together
+    if not b.main:
+        return
+    b.log.figure("pipeline_mb", round(folder_size_mb(out), 2))
+    b.log.data["total_minutes_this_invocation"] = round((time.time() - started) / 60, 1)
+    b.log.save()
+    print(json.dumps(b.log.data, indent=2))
     print(f"pipeline written to {out} ({folder_size_mb(out):.1f} MB)")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except CheckpointError as error:  # a message to act on; the traceback would not help
+        raise SystemExit(f"error: {error}") from None

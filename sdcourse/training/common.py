@@ -1,4 +1,4 @@
-"""Small pieces shared by the training stages: seeding, EMA, checkpoints, image grids."""
+"""Small pieces shared by the training stages: seeding, EMA, checkpoint files, random states, image grids."""
 
 from __future__ import annotations
 
@@ -68,32 +68,20 @@ def load_checkpoint(path: Path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def resume(ckpt_path: Path, model, opt, ema=None):
-    """Load a stage's checkpoint, if there is one, into its model, optimizer (and EMA), and put
-    the global random states back. Returns (the step to start from, the checkpoint or None)."""
-    state = load_checkpoint(ckpt_path)
-    if state is None:
-        return 0, None
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["opt"])
-    if ema is not None:
-        ema.load_state_dict(state["ema"])
-    set_rng_state(state["rng"])
-    return state["step"], state
-
-
 def rng_state(generator=None):
     """The global random states, plus a stage's own generator (numpy or torch) if given, so a
     resumed run draws exactly the batches an uninterrupted one would."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
     if generator is not None:
         state["generator"] = generator.get_state() if isinstance(generator, torch.Generator) else generator.bit_generator.state
     return state
 
 
 def restore_generator(generator, state):
-    """Put a stage's generator back where a checkpoint left it (no-op for older checkpoints)."""
-    if state is None or "generator" not in state.get("rng", {}):
+    """Put a stage's generator back where a checkpoint left it (no-op without one, or for older checkpoints)."""
+    if generator is None or state is None or "generator" not in state.get("rng", {}):
         return
     saved = state["rng"]["generator"]
     if isinstance(generator, torch.Generator):
@@ -106,6 +94,8 @@ def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

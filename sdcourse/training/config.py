@@ -9,7 +9,6 @@ command, to use it.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field, replace
 
 
@@ -69,11 +68,24 @@ class BuildConfig:
     sample_every: int = 500  # U-Net sample grids every this many steps (0: none)
     checkpoint_every: int = 250
     threads: int = 2
+    mixed_precision: str = "no"  # "bf16" or "fp16": half-precision arithmetic on GPUs (see trainer.py)
     fast: bool = False
     extra: dict = field(default_factory=dict)
 
     def to_dict(self):
         return asdict(self)
+
+    def pick(self, *names) -> dict:
+        """Some settings by name, as a dict: what a stage records in its checkpoints."""
+        return {name: getattr(self, name) for name in names}
+
+
+# Groups of settings that several stages depend on (and record in their checkpoints).
+DATA_SETTINGS = ("seed", "n_train", "captions_per_image", "two_object_prob")
+CLIP_MODEL_SETTINGS = ("clip_text_width", "clip_text_layers", "clip_text_heads", "clip_vision_width",
+                       "clip_vision_layers", "clip_vision_heads", "clip_projection")
+VAE_MODEL_SETTINGS = ("vae_channels", "vae_groups")
+UNET_MODEL_SETTINGS = ("unet_channels", "unet_layers_per_block", "unet_heads", "unet_groups", "clip_text_width")
 
 
 def full_config(**overrides) -> BuildConfig:
@@ -93,7 +105,3 @@ def fast_config(**overrides) -> BuildConfig:
     small.update(overrides)
     return replace(BuildConfig(), **small)
 
-
-def fast_mode_requested() -> bool:
-    """True when the environment variable SDCOURSE_FAST is set (to anything but "", "0", "false")."""
-    return os.environ.get("SDCOURSE_FAST", "0").strip().lower() not in ("", "0", "false")

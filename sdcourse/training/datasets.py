@@ -12,7 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data import shapes
-from ..tokenizer import load_tokenizer
+from ..tokenizer import MAX_LENGTH, load_tokenizer
 
 TRAIN_PHOTOS = ("astronaut", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
                 "colorwheel")
@@ -20,9 +20,9 @@ HELD_OUT_PHOTOS = ("chelsea",)  # never used in training; for measuring reconstr
 
 
 def tokenize_ids(captions, tokenizer=None) -> np.ndarray:
-    """Token ids (N, 77) int32, padded as Stable Diffusion does."""
+    """Token ids (N, MAX_LENGTH) int32, padded as Stable Diffusion does."""
     tokenizer = tokenizer or load_tokenizer()
-    ids = tokenizer(list(captions), padding="max_length", max_length=77, truncation=True).input_ids
+    ids = tokenizer(list(captions), padding="max_length", max_length=MAX_LENGTH, truncation=True).input_ids
     return np.asarray(ids, dtype=np.int32)
 
 
@@ -30,7 +30,7 @@ def build_training_set(n: int, captions_per_image: int, seed: int, two_object_pr
                        cache: Path | None = None, progress: bool = True) -> dict:
     """`n` base-shape pictures (no stars), each with `captions_per_image` different captions.
 
-    Returns a dict: images uint8 (n, 64, 64, 3), token_ids int32 (n, k, 77),
+    Returns a dict: images uint8 (n, 64, 64, 3), token_ids int32 (n, k, MAX_LENGTH),
     captions (n, k) str array.
     """
     if cache is not None and Path(cache).exists():
@@ -44,7 +44,7 @@ def build_training_set(n: int, captions_per_image: int, seed: int, two_object_pr
         rng = np.random.default_rng([seed, i, 1])
         captions.append([scene.caption] + [shapes.recaption(scene, rng) for _ in range(captions_per_image - 1)])
     flat = [c for row in captions for c in row]
-    token_ids = tokenize_ids(flat).reshape(n, captions_per_image, 77)
+    token_ids = tokenize_ids(flat).reshape(n, captions_per_image, MAX_LENGTH)
     data = {"images": images, "token_ids": token_ids, "captions": np.array(captions)}
     if cache is not None:
         Path(cache).parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,6 @@ token embedding table is kept narrow (32 numbers per token) to keep the model sm
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import shapes
-from .common import images_to_tensor, restore_generator, resume, rng_state, save_checkpoint
+from ..tokenizer import END_TOKEN_ID, MAX_LENGTH, START_TOKEN_ID, VOCAB_SIZE
+from .common import images_to_tensor
+from .config import CLIP_MODEL_SETTINGS, DATA_SETTINGS
 from .datasets import tokenize_ids
+from .trainer import Trainer, TrainSettings
 
 
 def make_clip(cfg):
@@ -28,10 +30,10 @@ def make_clip(cfg):
     from transformers import CLIPConfig, CLIPModel
 
     text = dict(
-        vocab_size=49408, hidden_size=cfg.clip_text_width, intermediate_size=4 * cfg.clip_text_width,
+        vocab_size=VOCAB_SIZE, hidden_size=cfg.clip_text_width, intermediate_size=4 * cfg.clip_text_width,
         num_hidden_layers=cfg.clip_text_layers, num_attention_heads=cfg.clip_text_heads,
-        max_position_embeddings=77, hidden_act="quick_gelu",
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+        max_position_embeddings=MAX_LENGTH, hidden_act="quick_gelu",
+        bos_token_id=START_TOKEN_ID, eos_token_id=END_TOKEN_ID, pad_token_id=END_TOKEN_ID,
     )
     vision = dict(
         image_size=64, patch_size=8, num_channels=3, hidden_size=cfg.clip_vision_width,
@@ -64,13 +66,13 @@ def zero_shot_accuracy(model, n: int = 512, seed: int = 999, batch: int = 256, s
     """
     model.eval()
     pairs = [(c, s) for c in shapes.COLOURS for s in shape_names]
-    ids = torch.from_numpy(tokenize_ids([f"{shapes.article(c)} {c} {s}" for c, s in pairs])).long()
-    text = F.normalize(_as_tensor(model.get_text_features(input_ids=ids)), dim=-1)
+    ids = torch.from_numpy(tokenize_ids([f"{shapes.article(c)} {c} {s}" for c, s in pairs])).long().to(model.device)
+    text = F.normalize(as_tensor(model.get_text_features(input_ids=ids)), dim=-1)
     images, _, labels = shapes.make_dataset(n, seed=seed, shapes=shape_names, n_objects=1)
     correct = {"colour": 0, "shape": 0, "both": 0}
     for start in range(0, n, batch):
-        pixels = images_to_tensor(images[start : start + batch])
-        emb = F.normalize(_as_tensor(model.get_image_features(pixel_values=pixels)), dim=-1)
+        pixels = images_to_tensor(images[start : start + batch]).to(model.device)
+        emb = F.normalize(as_tensor(model.get_image_features(pixel_values=pixels)), dim=-1)
         guesses = (emb @ text.t()).argmax(1).tolist()
         for guess, label in zip(guesses, labels[start : start + batch]):
             colour, shape = pairs[guess]
@@ -81,69 +83,80 @@ def zero_shot_accuracy(model, n: int = 512, seed: int = 999, batch: int = 256, s
     return {k: 100.0 * v / n for k, v in correct.items()}
 
 
-def _as_tensor(output):
+def as_tensor(output):
     """transformers 5 may return a model output instead of a tensor from get_*_features."""
     return output if torch.is_tensor(output) else output.pooler_output
 
 
+def trim_padding(ids: torch.Tensor) -> torch.Tensor:
+    """Drop the padding columns beyond the longest caption in a batch. The pooled output (at
+    the first <|endoftext|>) does not look at them, and short captions run ~3x faster."""
+    return ids[:, : int((ids != END_TOKEN_ID).sum(1).max()) + 1]
+
+
+def clip_settings(cfg, steps: int, lr: float, warmup_share: int, weight_decay: float) -> TrainSettings:
+    """Both CLIP phases: warm-up over 1/warmup_share of the steps, then a cosine down to 2% of lr."""
+    return TrainSettings(steps=steps, lr=lr, warmup=max(1, steps // warmup_share), final_lr_fraction=0.02,
+                         weight_decay=weight_decay, betas=(0.9, 0.98), clip_grad_norm=1.0,
+                         checkpoint_every=cfg.checkpoint_every, mixed_precision=cfg.mixed_precision)
+
+
+def caption_sampler(cfg, data: dict, generator):
+    """next_batch for both CLIP phases: random pictures, each with one of its captions.
+    Returns (picture indices, caption indices, token ids trimmed of padding)."""
+    token_ids = data["token_ids"]
+    n, k = token_ids.shape[:2]
+
+    def next_batch():
+        idx = generator.integers(0, n, cfg.clip_batch)
+        which = generator.integers(0, k, cfg.clip_batch)
+        return idx, which, trim_padding(torch.from_numpy(token_ids[idx, which]).long())
+
+    return next_batch
+
+
+def report_accuracy(cfg, steps: int, label: str):
+    """after_step for both CLIP phases: zero-shot accuracy every 2 * sample_every steps."""
+
+    def after_step(trainer, done):
+        if cfg.sample_every and done % (2 * cfg.sample_every) == 0 and done < steps:
+            acc = zero_shot_accuracy(trainer.model, n=256)
+            tqdm.write(f"{label} step {done}: zero-shot accuracy {acc}")
+            trainer.train_mode()
+
+    return after_step
+
+
 def train_clip(cfg, data: dict, run_dir: Path, progress: bool = True):
     """Train the CLIP on the training set; resumes from run_dir/clip_ckpt.pt. Returns the model."""
-    run_dir = Path(run_dir)
-    ckpt_path = run_dir / "clip_ckpt.pt"
-    model = make_clip(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.clip_lr, weight_decay=0.1, betas=(0.9, 0.98))
-    start, state = resume(ckpt_path, model, opt)
-    warmup = max(1, cfg.clip_steps // 15)
+    images = data["images"]
+    gen = np.random.default_rng([cfg.seed, 11, 0])
+    next_caption = caption_sampler(cfg, data, gen)
 
-    def lr_at(step):
-        if step < warmup:
-            return cfg.clip_lr * (step + 1) / warmup
-        t = (step - warmup) / max(1, cfg.clip_steps - warmup)
-        return cfg.clip_lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
+    def next_batch():
+        idx, _, ids = next_caption()
+        return images_to_tensor(images[idx]), ids
 
-    images, token_ids = data["images"], data["token_ids"]
-    n, k = token_ids.shape[:2]
-    gen = np.random.default_rng([cfg.seed, 11, start])
-    restore_generator(gen, state)
-    bar = tqdm(range(start, cfg.clip_steps), desc="CLIP", disable=not progress, initial=start,
-               total=cfg.clip_steps, mininterval=2)
-    model.train()
-    for step in bar:
-        idx = gen.integers(0, n, cfg.clip_batch)
-        which = gen.integers(0, k, cfg.clip_batch)
-        pixels = images_to_tensor(images[idx])
-        ids = torch.from_numpy(token_ids[idx, which]).long()
-        # Captions are short: drop the padding columns beyond the longest one in the batch
-        # (the pooled output at <|endoftext|> does not look at them), which is ~3x cheaper.
-        ids = ids[:, : int((ids != 49407).sum(1).max()) + 1]
+    def loss(model, batch):
+        pixels, ids = batch
         out = model(input_ids=ids, pixel_values=pixels)
-        loss = contrastive_loss(out.image_embeds, out.text_embeds, model.logit_scale, ids)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        done = step + 1
-        if done % cfg.checkpoint_every == 0 or done == cfg.clip_steps:
-            save_checkpoint(ckpt_path, model=model.state_dict(), opt=opt.state_dict(), step=done, rng=rng_state(gen))
-        if done % (2 * cfg.sample_every) == 0 and done < cfg.clip_steps:
-            acc = zero_shot_accuracy(model, n=256)
-            bar.write(f"CLIP step {done}: zero-shot accuracy {acc}")
-            model.train()
-    model.eval()
-    return model
+        return contrastive_loss(out.image_embeds, out.text_embeds, model.logit_scale, ids)
+
+    trainer = Trainer(make_clip(cfg), loss, next_batch,
+                      clip_settings(cfg, cfg.clip_steps, cfg.clip_lr, warmup_share=15, weight_decay=0.1),
+                      generator=gen, checkpoint=Path(run_dir) / "clip_ckpt.pt", name="CLIP",
+                      record=cfg.pick(*DATA_SETTINGS, *CLIP_MODEL_SETTINGS, "clip_batch"), progress=progress,
+                      after_step=report_accuracy(cfg, cfg.clip_steps, "CLIP"))
+    return trainer.fit()
 
 
 @torch.no_grad()
-def _pooled_text(model, token_ids: np.ndarray, batch: int = 512) -> torch.Tensor:
+def pooled_text(model, token_ids: np.ndarray, batch: int = 512) -> torch.Tensor:
     """The text encoder's pooled output (at <|endoftext|>) for many captions: (N, width)."""
     model.eval()
     out = []
     for start in range(0, len(token_ids), batch):
-        ids = torch.from_numpy(token_ids[start : start + batch]).long()
-        ids = ids[:, : int((ids != 49407).sum(1).max()) + 1]
+        ids = trim_padding(torch.from_numpy(token_ids[start : start + batch]).long())
         out.append(model.text_model(input_ids=ids).pooler_output)
     return torch.cat(out)
 
@@ -157,58 +170,30 @@ def refine_image_encoder(cfg, model, data: dict, run_dir: Path, progress: bool =
     temperature train on, cheaply: the text encoder's outputs are computed once.
     Resumes from run_dir/clip_image_ckpt.pt. Returns the model.
     """
-    run_dir = Path(run_dir)
-    ckpt_path = run_dir / "clip_image_ckpt.pt"
-    steps = cfg.clip_image_steps
     vision_params = (list(model.vision_model.parameters()) + list(model.visual_projection.parameters())
                      + list(model.text_projection.parameters()) + [model.logit_scale])
     model.requires_grad_(False)
     for p in vision_params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(vision_params, lr=cfg.clip_image_lr, weight_decay=0.05, betas=(0.9, 0.98))
-    start, state = resume(ckpt_path, model, opt)
     images, token_ids = data["images"], data["token_ids"]
     n, k = token_ids.shape[:2]
-    flat_ids = token_ids.reshape(n * k, -1)
-    pooled = _pooled_text(model, flat_ids).reshape(n, k, -1)
-    warmup = max(1, steps // 20)
+    pooled = pooled_text(model, token_ids.reshape(n * k, -1)).reshape(n, k, -1)
+    gen = np.random.default_rng([cfg.seed, 12, 0])
+    next_caption = caption_sampler(cfg, data, gen)
 
-    def lr_at(step):
-        if step < warmup:
-            return cfg.clip_image_lr * (step + 1) / warmup
-        t = (step - warmup) / max(1, steps - warmup)
-        return cfg.clip_image_lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
+    def next_batch():
+        idx, which, ids = next_caption()
+        return images_to_tensor(images[idx]), pooled[idx, which], ids
 
-    gen = np.random.default_rng([cfg.seed, 12, start])
-    restore_generator(gen, state)
-    bar = tqdm(range(start, steps), desc="CLIP image encoder", disable=not progress, initial=start,
-               total=steps, mininterval=2)
-    model.vision_model.train()
-    for step in bar:
-        idx = gen.integers(0, n, cfg.clip_batch)
-        which = gen.integers(0, k, cfg.clip_batch)
-        ids = torch.from_numpy(token_ids[idx, which]).long()
-        t_emb = F.normalize(model.text_projection(pooled[idx, which]), dim=-1)
-        scale = model.logit_scale.exp().clamp(max=100)
-        i_emb = F.normalize(_as_tensor(model.get_image_features(pixel_values=images_to_tensor(images[idx]))), dim=-1)
-        logits = scale * i_emb @ t_emb.t()
-        same = (ids[:, None, :] == ids[None, :, :]).all(-1).float()
-        targets = same / same.sum(1, keepdim=True)
-        loss = (-(targets * logits.log_softmax(1)).sum(1).mean() - (targets * logits.t().log_softmax(1)).sum(1).mean()) / 2
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vision_params, 1.0)
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        done = step + 1
-        if done % cfg.checkpoint_every == 0 or done == steps:
-            save_checkpoint(ckpt_path, model=model.state_dict(), opt=opt.state_dict(), step=done, rng=rng_state(gen))
-        if done % (2 * cfg.sample_every) == 0 and done < steps:
-            acc = zero_shot_accuracy(model, n=256)
-            bar.write(f"CLIP image encoder step {done}: zero-shot accuracy {acc}")
-            model.vision_model.train()
-    model.requires_grad_(False)
-    model.eval()
-    return model
+    def loss(model, batch):
+        pixels, text_pooled, ids = batch
+        image_emb = as_tensor(model.get_image_features(pixel_values=pixels))
+        return contrastive_loss(image_emb, model.text_projection(text_pooled), model.logit_scale, ids)
+
+    steps = cfg.clip_image_steps
+    trainer = Trainer(model, loss, next_batch,
+                      clip_settings(cfg, steps, cfg.clip_image_lr, warmup_share=20, weight_decay=0.05),
+                      params=vision_params, generator=gen, checkpoint=Path(run_dir) / "clip_image_ckpt.pt",
+                      name="CLIP image encoder", record=cfg.pick(*DATA_SETTINGS, *CLIP_MODEL_SETTINGS, "clip_batch"),
+                      progress=progress, after_step=report_accuracy(cfg, steps, "CLIP image encoder"))
+    return trainer.fit().requires_grad_(False)

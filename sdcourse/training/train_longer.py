@@ -9,9 +9,10 @@ This continues from a finished pipeline folder instead of rebuilding all three n
 
 1. the same fixed training set as the build (same seed, same captions);
 2. its latents, encoded once with the folder's VAE;
-3. `--steps` more U-Net steps with the build's recipe (warm-up, EMA, caption dropout),
-   starting from the folder's U-Net. Checkpoints go to the run folder, so running the
-   same command again resumes, and a larger `--steps` trains on from where it stopped;
+3. `--steps` more U-Net steps with the build's recipe and training loop (trainer.py:
+   warm-up, EMA, caption dropout), starting from the folder's U-Net. Checkpoints go to the
+   run folder, so running the same command again resumes, and a larger `--steps` trains on
+   from where it stopped (any other change of settings is refused);
 4. a new pipeline folder: the folder's VAE, text encoder and tokenizer, the new U-Net.
 
 The CLIP image half and the evaluator's classifier next to the folder are left as they are.
@@ -28,9 +29,12 @@ import json  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from accelerate import Accelerator  # noqa: E402
+
 from . import config as config_mod  # noqa: E402
 from .common import seed_everything, set_threads  # noqa: E402
 from .datasets import build_training_set  # noqa: E402
+from .trainer import PRECISIONS, CheckpointError  # noqa: E402
 
 
 def main(argv=None):
@@ -39,6 +43,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, required=True, help="how many more U-Net steps in total")
     parser.add_argument("--run", default="runs/tiny-sd-longer", help="run folder for caches and checkpoints")
     parser.add_argument("--out", default=None, help="pipeline folder to write (default: <run>/tiny-sd)")
+    parser.add_argument("--mixed-precision", choices=PRECISIONS, default="no",
+                        help="half-precision arithmetic for training (on GPUs): bf16 or fp16")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -46,10 +52,11 @@ def main(argv=None):
         parser.error(f"--steps must be a positive number of steps; got {args.steps}")
 
     from ..pipeline import load_pipeline
-    from .build_model import save_pipeline
+    from .export import save_pipeline
     from .train_unet import load_or_cache_latents, save_samples, train_unet
 
-    cfg = config_mod.full_config(threads=args.threads, unet_steps=args.steps, sample_every=0)
+    cfg = config_mod.full_config(threads=args.threads, unet_steps=args.steps, sample_every=0,
+                                 mixed_precision=args.mixed_precision)
     run_dir = Path(args.run)
     out = Path(args.out) if args.out else run_dir / "tiny-sd"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -57,14 +64,21 @@ def main(argv=None):
     set_threads(cfg.threads)
     started = time.time()
 
+    # This process, as accelerate sees it (one of several under `accelerate launch`): only the main one writes files.
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     pipe = load_pipeline(args.source)  # validated, float32; loaded before `out` may overwrite it
-    data = build_training_set(cfg.n_train, cfg.captions_per_image, cfg.seed, cfg.two_object_prob,
-                              cache=run_dir / "train_set.npz", progress=progress)
-    latents = load_or_cache_latents(pipe.vae, data["images"], run_dir / "latents.npz", progress)
+    with accelerator.main_process_first():  # the others then read the caches it wrote
+        data = build_training_set(cfg.n_train, cfg.captions_per_image, cfg.seed, cfg.two_object_prob,
+                                  cache=run_dir / "train_set.npz", progress=progress)
+        latents = load_or_cache_latents(pipe.vae, data["images"], run_dir / "latents.npz", progress)
 
     seed_everything(cfg.seed + 3)
     unet = train_unet(cfg, latents, data["token_ids"], pipe.text_encoder, pipe.vae, pipe.tokenizer,
-                      pipe.vae.config.scaling_factor, run_dir, progress, init_unet=pipe.unet)
+                      pipe.vae.config.scaling_factor, run_dir, progress, init_unet=pipe.unet,
+                      record={"from": str(Path(args.source).resolve())})
+    accelerator.end_training()  # several processes: they are done working together
+    if not accelerator.is_main_process:
+        return
     save_pipeline(unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, out)
     save_samples(unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, run_dir / "samples" / "final.png")
     minutes = round((time.time() - started) / 60, 1)
@@ -74,4 +88,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except CheckpointError as error:  # a message to act on; the traceback would not help
+        raise SystemExit(f"error: {error}") from None

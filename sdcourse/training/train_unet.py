@@ -27,9 +27,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .common import EMA, images_to_tensor, restore_generator, resume, rng_state, save_checkpoint, save_grid
+from ..schedules import SD_SCHEDULE
+from ..tokenizer import MAX_LENGTH
+from .common import images_to_tensor, save_grid
+from .config import DATA_SETTINGS, UNET_MODEL_SETTINGS
+from .trainer import Trainer, TrainSettings
 
-SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 SAMPLE_PROMPTS = [
     "a red circle", "a blue square", "a green triangle", "a yellow circle on a black background",
     "a small purple square in the top left", "a large orange triangle in the bottom right",
@@ -112,23 +115,21 @@ def build_pipeline(unet, vae, text_encoder, tokenizer, scheduler=None):
 
 
 def train_unet(cfg, latents: tuple, token_ids: np.ndarray, text_encoder, vae, tokenizer, scaling_factor: float,
-               run_dir: Path, progress: bool = True, total_steps: int | None = None, init_unet=None):
+               run_dir: Path, progress: bool = True, total_steps: int | None = None, init_unet=None,
+               record: dict | None = None):
     """Train the U-Net on cached latents; resumes from run_dir/unet_ckpt.pt.
 
     total_steps (default cfg.unet_steps) may be raised on a resumed run to train longer:
     the learning rate is constant after warm-up, so training simply continues.
     init_unet: a trained UNet2DConditionModel to start from (and to seed the EMA) instead
-    of fresh weights; see train_longer.py. Returns the EMA model.
+    of fresh weights; see train_longer.py. record: more settings a resumed run must share.
+    Returns the EMA model.
     """
     from diffusers import DDPMScheduler
 
     total_steps = total_steps or cfg.unet_steps
     run_dir = Path(run_dir)
-    ckpt_path = run_dir / "unet_ckpt.pt"
     unet = make_unet(cfg) if init_unet is None else copy.deepcopy(init_unet).train().requires_grad_(True)
-    ema = EMA(unet, cfg.unet_ema_decay)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.01)
-    start, state = resume(ckpt_path, unet, opt, ema=ema)
     noise_schedule = DDPMScheduler(**SD_SCHEDULE)
     snr = noise_schedule.alphas_cumprod / (1 - noise_schedule.alphas_cumprod)
     snr_weight = snr.clamp(max=cfg.min_snr_gamma or 1.0) / snr
@@ -136,15 +137,12 @@ def train_unet(cfg, latents: tuple, token_ids: np.ndarray, text_encoder, vae, to
     mean, std = (torch.from_numpy(a) for a in latents)
     token_ids = torch.from_numpy(token_ids).long()
     n, k = token_ids.shape[:2]
-    empty_ids = torch.from_numpy(np.asarray(tokenizer("", padding="max_length", max_length=77).input_ids)).long()
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 33 + start)
-    restore_generator(gen, state)
+    empty_ids = tokenizer("", padding="max_length", max_length=MAX_LENGTH).input_ids
+    empty_ids = torch.from_numpy(np.asarray(empty_ids)).long()
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 33)
 
-    bar = tqdm(range(start, total_steps), desc="U-Net", disable=not progress, initial=start,
-               total=total_steps, mininterval=2)
-    unet.train()
-    running = None
-    for step in bar:
+    def next_batch():
+        """Noisy latents of random pictures, the noise added, its timestep, and the captions' encoding."""
         idx = torch.randint(0, n, (cfg.unet_batch,), generator=gen)
         which = torch.randint(0, k, (cfg.unet_batch,), generator=gen)
         ids = token_ids[idx, which]
@@ -154,34 +152,37 @@ def train_unet(cfg, latents: tuple, token_ids: np.ndarray, text_encoder, vae, to
         z0 = (mean[idx].float() + std[idx].float() * torch.randn(mean[idx].shape, generator=gen)) * scaling_factor
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, noise_schedule.config.num_train_timesteps, (cfg.unet_batch,), generator=gen)
-        zt = noise_schedule.add_noise(z0, noise, t)
+        return noise_schedule.add_noise(z0, noise, t), noise, t, context
+
+    def loss(unet, batch):
+        zt, noise, t, context = batch
         pred = unet(zt, t, encoder_hidden_states=context).sample
         loss = (pred - noise).pow(2).mean((1, 2, 3))
         if cfg.min_snr_gamma:
-            loss = loss * snr_weight[t]
-        loss = loss.mean()
-        lr = cfg.unet_lr * min(1.0, (step + 1) / cfg.unet_warmup)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        ema.update(unet)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        bar.set_postfix(loss=f"{running:.4f}")
-        done = step + 1
-        if done % cfg.checkpoint_every == 0 or done == total_steps:
-            save_checkpoint(ckpt_path, model=unet.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(),
-                            step=done, rng=rng_state(gen))
-        if cfg.sample_every and (done % cfg.sample_every == 0 or done == total_steps):
-            save_samples(ema.model, vae, text_encoder, tokenizer, run_dir / "samples" / f"unet_{done:06d}.png")
-    return ema.model.eval()
+            loss = loss * snr_weight.to(t.device)[t]
+        return loss.mean()
+
+    def after_step(trainer, done):
+        if done % cfg.sample_every == 0 or done == total_steps:
+            save_samples(trainer.ema.model, vae, text_encoder, tokenizer, run_dir / "samples" / f"unet_{done:06d}.png")
+
+    settings = TrainSettings(steps=total_steps, lr=cfg.unet_lr, schedule="constant", warmup=cfg.unet_warmup,
+                             weight_decay=0.01, clip_grad_norm=1.0, ema_decay=cfg.unet_ema_decay,
+                             checkpoint_every=cfg.checkpoint_every, mixed_precision=cfg.mixed_precision)
+    recorded = {**cfg.pick(*DATA_SETTINGS, *UNET_MODEL_SETTINGS, "unet_batch", "caption_dropout", "min_snr_gamma"),
+                "scaling_factor": float(scaling_factor), **(record or {})}
+    trainer = Trainer(unet, loss, next_batch, settings, generator=gen, checkpoint=run_dir / "unet_ckpt.pt",
+                      name="U-Net", record=recorded, progress=progress,
+                      after_step=after_step if cfg.sample_every else None)
+    trainer.fit()
+    return trainer.ema.model.eval()
 
 
 @torch.no_grad()
 def save_samples(unet, vae, text_encoder, tokenizer, path: Path, guidance_scale: float = 7.5):
     """A grid: each sample prompt at guidance 7.5 (top row) and 1.0 (bottom row), 25 DDIM steps."""
+    if unet.device != vae.device:  # while training on a GPU: sample with a copy, next to the VAE
+        unet = copy.deepcopy(unet).to(vae.device)
     was_training = unet.training
     unet.eval()
     pipe = build_pipeline(unet, vae, text_encoder, tokenizer)

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from .common import images_to_tensor, restore_generator, resume, rng_state, save_checkpoint, save_grid, to_uint8
+from .common import images_to_tensor, save_grid, to_uint8
+from .config import DATA_SETTINGS, VAE_MODEL_SETTINGS
+from .trainer import Trainer, TrainSettings
 
 
 def make_vae(cfg):
@@ -49,11 +50,11 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def reconstruct(vae, images_uint8: np.ndarray, batch: int = 64) -> torch.Tensor:
-    """Encode (posterior mean) and decode; returns the reconstructions in [-1, 1]."""
+    """Encode (posterior mean) and decode; returns the reconstructions in [-1, 1], on the CPU."""
     out = []
     for start in range(0, len(images_uint8), batch):
-        x = images_to_tensor(images_uint8[start : start + batch])
-        out.append(vae.decode(vae.encode(x).latent_dist.mode()).sample)
+        x = images_to_tensor(images_uint8[start : start + batch]).to(vae.device)
+        out.append(vae.decode(vae.encode(x).latent_dist.mode()).sample.cpu())
     return torch.cat(out)
 
 
@@ -72,57 +73,59 @@ def latent_scaling_factor(vae, images_uint8: np.ndarray, batch: int = 128) -> fl
     return float(1.0 / torch.cat(samples).std())
 
 
+def reconstruction_loss(recon, x):
+    """Squared error + a little absolute error + the edge term; returns (loss, mse)."""
+    mse = F.mse_loss(recon, x)
+    return mse + 0.1 * F.l1_loss(recon, x) + 0.5 * edge_loss(recon, x), mse
+
+
+def psnr_shown(mse) -> dict:
+    """The batch's PSNR for the progress bar (pictures in [-1, 1], so the peak-to-peak range is 2)."""
+    return {"psnr": 10 * math.log10(4 / max(mse.item(), 1e-10))}
+
+
+def picture_sampler(cfg, shape_images: np.ndarray, photo_images: np.ndarray, generator):
+    """next_batch for both VAE phases: shape pictures plus a share of photo crops, in [-1, 1]."""
+    n_photo = int(round(cfg.vae_batch * cfg.vae_photo_fraction))
+    n_shape = cfg.vae_batch - n_photo
+
+    def next_batch():
+        return images_to_tensor(np.concatenate([
+            shape_images[generator.integers(0, len(shape_images), n_shape)],
+            photo_images[generator.integers(0, len(photo_images), n_photo)],
+        ]))
+
+    return next_batch
+
+
+VAE_DATA_SETTINGS = (*DATA_SETTINGS, *VAE_MODEL_SETTINGS, "n_photo_crops", "vae_batch", "vae_photo_fraction")
+
+
 def train_vae(cfg, shape_images: np.ndarray, photo_images: np.ndarray, run_dir: Path, progress: bool = True):
     """Train the VAE on a mix of shape pictures and photo crops; resumes from run_dir/vae_ckpt.pt."""
     run_dir = Path(run_dir)
-    ckpt_path = run_dir / "vae_ckpt.pt"
-    vae = make_vae(cfg)
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    start, state = resume(ckpt_path, vae, opt)
-    warmup = max(1, cfg.vae_steps // 30)
-
-    def lr_at(step):
-        if step < warmup:
-            return cfg.vae_lr * (step + 1) / warmup
-        t = (step - warmup) / max(1, cfg.vae_steps - warmup)
-        return cfg.vae_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
-
-    n_photo = int(round(cfg.vae_batch * cfg.vae_photo_fraction))
-    n_shape = cfg.vae_batch - n_photo
-    gen = np.random.default_rng([cfg.seed, 22, start])
-    restore_generator(gen, state)
+    gen = np.random.default_rng([cfg.seed, 22, 0])
     preview = np.concatenate([shape_images[:6], photo_images[:2]])
-    bar = tqdm(range(start, cfg.vae_steps), desc="VAE", disable=not progress, initial=start,
-               total=cfg.vae_steps, mininterval=2)
-    vae.train()
-    for step in bar:
-        batch = np.concatenate([
-            shape_images[gen.integers(0, len(shape_images), n_shape)],
-            photo_images[gen.integers(0, len(photo_images), n_photo)],
-        ])
-        x = images_to_tensor(batch)
+
+    def loss(vae, x):
         posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample()).sample
-        mse = F.mse_loss(recon, x)
-        loss = mse + 0.1 * F.l1_loss(recon, x) + 0.5 * edge_loss(recon, x)
-        loss = loss + cfg.vae_kl_weight * posterior.kl().mean()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        bar.set_postfix(psnr=f"{10 * math.log10(4 / max(mse.item(), 1e-10)):.1f}dB")
-        done = step + 1
-        if done % cfg.checkpoint_every == 0 or done == cfg.vae_steps:
-            save_checkpoint(ckpt_path, model=vae.state_dict(), opt=opt.state_dict(), step=done, rng=rng_state(gen))
+        loss, mse = reconstruction_loss(vae.decode(posterior.sample()).sample, x)
+        return loss + cfg.vae_kl_weight * posterior.kl().mean(), psnr_shown(mse)
+
+    def after_step(trainer, done):
         if done % cfg.sample_every == 0 or done == cfg.vae_steps:
-            vae.eval()
-            recon = reconstruct(vae, preview)
+            recon = reconstruct(trainer.model.eval(), preview)
             save_grid(np.concatenate([preview, to_uint8(recon)]), run_dir / "samples" / f"vae_{done:06d}.png")
-            vae.train()
-    vae.eval()
-    return vae
+            trainer.train_mode()
+
+    settings = TrainSettings(steps=cfg.vae_steps, lr=cfg.vae_lr, warmup=max(1, cfg.vae_steps // 30),
+                             final_lr_fraction=0.01, weight_decay=0.0, clip_grad_norm=1.0,
+                             checkpoint_every=cfg.checkpoint_every, mixed_precision=cfg.mixed_precision)
+    trainer = Trainer(make_vae(cfg), loss, picture_sampler(cfg, shape_images, photo_images, gen), settings,
+                      generator=gen, checkpoint=run_dir / "vae_ckpt.pt", name="VAE",
+                      record=cfg.pick(*VAE_DATA_SETTINGS, "vae_kl_weight"), progress=progress,
+                      after_step=after_step if cfg.sample_every else None)
+    return trainer.fit()
 
 
 def finetune_decoder(cfg, vae, shape_images: np.ndarray, photo_images: np.ndarray, run_dir: Path,
@@ -130,43 +133,22 @@ def finetune_decoder(cfg, vae, shape_images: np.ndarray, photo_images: np.ndarra
     """Train only the decoder further, with the encoder frozen (what SD did for its improved
     "ft-MSE" VAE). Latents do not change, so a U-Net trained on them stays valid.
     Resumes from run_dir/vae_decoder_ckpt.pt. Returns the VAE."""
-    run_dir = Path(run_dir)
-    ckpt_path = run_dir / "vae_decoder_ckpt.pt"
-    steps = cfg.vae_decoder_steps
     vae.requires_grad_(False)
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=cfg.vae_decoder_lr, weight_decay=0.0)
-    start, state = resume(ckpt_path, vae, opt)
-    n_photo = int(round(cfg.vae_batch * cfg.vae_photo_fraction))
-    n_shape = cfg.vae_batch - n_photo
-    gen = np.random.default_rng([cfg.seed, 23, start])
-    restore_generator(gen, state)
-    bar = tqdm(range(start, steps), desc="VAE decoder", disable=not progress, initial=start, total=steps,
-               mininterval=2)
-    vae.decoder.train()
-    for step in bar:
-        batch = np.concatenate([
-            shape_images[gen.integers(0, len(shape_images), n_shape)],
-            photo_images[gen.integers(0, len(photo_images), n_photo)],
-        ])
-        x = images_to_tensor(batch)
+    gen = np.random.default_rng([cfg.seed, 23, 0])
+
+    def loss(vae, x):
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample()
-        recon = vae.decode(z).sample
-        mse = F.mse_loss(recon, x)
-        loss = mse + 0.1 * F.l1_loss(recon, x) + 0.5 * edge_loss(recon, x)
-        for group in opt.param_groups:
-            group["lr"] = cfg.vae_decoder_lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        bar.set_postfix(psnr=f"{10 * math.log10(4 / max(mse.item(), 1e-10)):.1f}dB")
-        done = step + 1
-        if done % cfg.checkpoint_every == 0 or done == steps:
-            save_checkpoint(ckpt_path, model=vae.state_dict(), opt=opt.state_dict(), step=done, rng=rng_state(gen))
-    vae.requires_grad_(False)
-    vae.eval()
-    return vae
+        loss, mse = reconstruction_loss(vae.decode(z).sample, x)
+        return loss, psnr_shown(mse)
+
+    settings = TrainSettings(steps=cfg.vae_decoder_steps, lr=cfg.vae_decoder_lr, weight_decay=0.0,
+                             clip_grad_norm=1.0, checkpoint_every=cfg.checkpoint_every,
+                             mixed_precision=cfg.mixed_precision)
+    trainer = Trainer(vae, loss, picture_sampler(cfg, shape_images, photo_images, gen), settings, params=params,
+                      generator=gen, checkpoint=Path(run_dir) / "vae_decoder_ckpt.pt", name="VAE decoder",
+                      record=cfg.pick(*VAE_DATA_SETTINGS), progress=progress)
+    return trainer.fit().requires_grad_(False)
