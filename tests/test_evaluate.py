@@ -1,12 +1,25 @@
-"""The evaluator: its classifier is accurate, and prompt adherence is measured sensibly."""
+"""The evaluator: its classifier is accurate, its measures are right on clean pictures and
+catch wrong ones, pictures in the wrong form are refused, and the judge stays fixed."""
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
+from sdcourse import evaluate as ev
 from sdcourse.data import shapes
 from sdcourse.evaluate import classifier_accuracy, classify, parse_prompt, prompt_adherence
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def picture(*objects, background="white"):
+    """One uint8 picture (1, 64, 64, 3) of objects given as (colour, shape, size, position)."""
+    specs = [dict(zip(("colour", "shape", "size", "position"), o)) for o in objects]
+    return shapes.render(shapes.make_scene(specs, background, np.random.default_rng(0)))[None]
+
+
+# ----------------------------------------------------------------------------- the judge
 
 
 def test_classifier_is_accurate_on_fresh_pictures():
@@ -20,9 +33,210 @@ def test_classifier_knows_the_star():
     assert guess == {"colour": "purple", "shape": "star"}
 
 
-def test_classify_accepts_uint8_and_float():
+def test_the_fixed_judge_is_the_shipped_file_and_the_default():
+    assert ev.FIXED_JUDGE == ev.CLASSIFIER_PATH and ev.CLASSIFIER_PATH.exists()
+    assert ev.load_classifier() is ev.load_classifier(ev.CLASSIFIER_PATH)
+    images, _, _ = shapes.make_dataset(8, seed=3, shapes=shapes.ALL_SHAPES, n_objects=1)
+    assert classify(images) == classify(images, ev.load_classifier(ev.CLASSIFIER_PATH))
+
+
+def test_the_fixed_judge_is_never_overwritten():
+    with pytest.raises(ValueError, match="fixed judge"):
+        ev.save_classifier(ev.ShapeClassifier(), ev.CLASSIFIER_PATH)
+
+
+def test_another_classifier_by_file_or_run_folder(tmp_path):
+    other = ev.ShapeClassifier().eval()
+    ev.save_classifier(other, tmp_path / ev.CLASSIFIER_FILE)
+    for where in (tmp_path, tmp_path / ev.CLASSIFIER_FILE):
+        loaded = ev.load_classifier(where)
+        assert loaded is not ev.load_classifier()
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), other.state_dict().values()))
+    images = picture(("red", "circle", "large", "center"))
+    assert classify(images, tmp_path) == classify(images, other)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no shape_classifier.safetensors"):
+        ev.load_classifier(tmp_path / "empty")
+
+
+# ----------------------------------------------------------------------------- pictures in
+
+
+def test_classify_accepts_uint8_float_and_pil():
     images, _, _ = shapes.make_dataset(4, seed=1, n_objects=1)
-    assert classify(images) == classify(images.astype(np.float32) / 255)
+    expected = classify(images)
+    assert classify(images.astype(np.float32) / 255) == expected
+    assert classify([Image.fromarray(im) for im in images]) == expected
+    assert classify(images[:0]) == [] and classify([]) == []
+
+
+@pytest.mark.parametrize("bad, said", [
+    (lambda x: x.astype(np.float32), r"float32 array with values in \[35, 245\] \(pictures in \[0, 255\]\?"),
+    (lambda x: x.astype(np.float32) / 127.5 - 1,
+     r"float32 array with values in \[-0.\d+, 0.\d+\] \(pictures in \[-1, 1\]\?"),
+    (lambda x: x.transpose(0, 3, 1, 2), r"shape \(2, 3, 64, 64\) \(channels first"),
+    (lambda x: x[0], r"shape \(64, 64, 3\) \(one picture"),
+    (lambda x: x[:, :32, :32], r"shape \(2, 32, 32, 3\)"),
+    (lambda x: x.astype(np.int64), "dtype int64"),
+    (lambda x: np.full(x.shape, np.nan, np.float32), "NaN"),
+    (lambda x: torch.from_numpy(x), "a Tensor"),
+    (lambda x: list(x), "a list holding ndarray"),
+    (lambda x: [Image.fromarray(x[0]).resize((32, 32))], "PIL images of size 32x32"),
+])
+def test_pictures_in_the_wrong_form_are_refused(bad, said):
+    images, _, _ = shapes.make_dataset(2, seed=1, n_objects=1)
+    with pytest.raises(ValueError, match=said) as error:
+        classify(bad(images))
+    message = str(error.value)
+    assert message.startswith("images:") and "allowed: a uint8 array (N, 64, 64, 3)" in message
+
+
+def test_every_function_that_takes_pictures_checks_them():
+    images = picture(("red", "circle", "large", "center")).astype(np.float32) / 127.5 - 1
+    for call in (lambda: ev.locate(images), lambda: ev.score_positions(images, ["center"]),
+                 lambda: ev.classify_objects(images),
+                 lambda: ev.score_two_objects(images, [[{"colour": "red", "shape": "circle"}] * 2]),
+                 lambda: ev.psnr(images, images)):
+        with pytest.raises(ValueError, match=r"images: a float32 array with values in \[-0.\d+, 0.\d+\]"):
+            call()
+    good = picture(("red", "circle", "large", "center"))
+    with pytest.raises(ValueError, match="reference: a float32"):
+        ev.psnr(good, images)
+
+
+# ----------------------------------------------------------------------------- position
+
+
+def test_position_measure_is_right_on_clean_pictures():
+    assert ev.position_measure_accuracy(n=300, seed=5)["position"] == 100.0
+
+
+@pytest.mark.parametrize("position", list(shapes.POSITIONS))
+def test_position_measure_finds_each_position_and_catches_a_wrong_one(position):
+    images = picture(("blue", "triangle", "small", position), background="orange")
+    assert ev.locate(images)[0]["position"] == position
+    wrong = "center" if position != "center" else "top left"
+    assert ev.score_positions(images, [position])["position_correct"] == 100.0
+    assert ev.score_positions(images, [wrong])["position_correct"] == 0.0
+
+
+def test_the_centre_zone_is_the_diamond_nearest_the_middle():
+    def at(x, y):
+        scene = shapes.make_scene([{"colour": "black", "shape": "circle", "size": "small"}], "white")
+        scene.objects[0].center, scene.objects[0].radius = (x, y), 6.0
+        return ev.locate(shapes.render(scene)[None])[0]
+
+    assert at(42, 32)["position"] == "center"           # |dx| + |dy| = 10 < 16
+    assert at(38, 38)["position"] == "center"           # 12
+    assert at(42, 42)["position"] == "bottom right"     # 20
+    assert at(22, 20)["position"] == "top left"         # 22
+    assert at(42, 32)["centroid"] == pytest.approx((42, 32), abs=0.3)
+
+
+def test_a_blank_picture_has_no_position():
+    blank = np.full((1, 64, 64, 3), 128, np.uint8)
+    assert ev.locate(blank)[0] == {"position": None, "centroid": None, "pixels": 0}
+    assert ev.score_positions(blank, ["center"])["position_correct"] == 0.0
+
+
+def test_position_prompts_say_what_their_labels_say():
+    prompts = ev.position_prompts(20, seed=3)
+    assert {p["position"] for p in prompts} == set(shapes.POSITIONS)
+    for p in prompts:
+        assert ev.parse_position(p["prompt"]) == p["position"]
+        assert parse_prompt(p["prompt"]) == {"colour": p["colour"], "shape": p["shape"]}
+        assert p["shape"] in shapes.BASE_SHAPES
+    with pytest.raises(ValueError, match="names 0 positions"):
+        ev.parse_position("a red circle")
+
+
+# ----------------------------------------------------------------------------- two objects
+
+
+def test_two_object_measure_is_right_on_clean_pictures():
+    result = ev.two_object_measure_accuracy(n=300, seed=5)
+    assert result["both_correct"] >= 95  # misses: the generator lets two objects touch now and then
+    assert result["two_found"] >= result["both_correct"] - 1
+
+
+def test_two_objects_in_any_order_and_a_swapped_binding_is_caught():
+    images = picture(("red", "circle", "large", "top left"), ("blue", "square", "large", "bottom right"),
+                     background="gray")
+    red_circle, blue_square = {"colour": "red", "shape": "circle"}, {"colour": "blue", "shape": "square"}
+    for order in ([red_circle, blue_square], [blue_square, red_circle]):
+        assert ev.score_two_objects(images, [order])["both_correct"] == 100.0
+    swapped = [{"colour": "red", "shape": "square"}, {"colour": "blue", "shape": "circle"}]
+    result = ev.score_two_objects(images, [swapped])
+    assert result["both_correct"] == 0.0
+    assert result["colours_correct"] == 100.0 and result["shapes_correct"] == 100.0
+
+
+def test_one_object_where_two_were_asked_for_is_wrong():
+    images = picture(("red", "circle", "large", "center"))
+    result = ev.score_two_objects(images, [[{"colour": "red", "shape": "circle"}] * 2])
+    assert result["both_correct"] == 0.0 and result["two_found"] == 0.0
+
+
+def test_split_objects_paints_each_alone_on_the_background():
+    images = picture(("yellow", "star", "large", "top right"), ("black", "triangle", "small", "bottom left"),
+                     background="purple")
+    pieces = ev.split_objects(images[0])
+    assert len(pieces) == 2
+    assert classify(np.stack(pieces)) == [{"colour": "yellow", "shape": "star"},
+                                          {"colour": "black", "shape": "triangle"}]  # larger first
+    for piece in pieces:
+        assert ev.locate(piece[None])[0]["pixels"] < ev.locate(images)[0]["pixels"]
+
+
+def test_two_object_prompts_say_what_their_labels_say():
+    prompts = ev.two_object_prompts(20, seed=3)
+    for p in prompts:
+        assert ev.parse_two_objects(p["prompt"]) == p["objects"]
+        (a, b) = p["objects"]
+        assert a["colour"] != b["colour"] and a["shape"] != b["shape"]
+    with pytest.raises(ValueError, match="two objects"):
+        ev.parse_two_objects("a red circle")
+
+
+# ----------------------------------------------------------------------------- the VAE
+
+
+class IdentityVAE(torch.nn.Module):
+    """Encode and decode give back the input: nothing is lost."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def encode(self, x):
+        class Posterior:
+            def mode(self):
+                return x
+
+        return type("Out", (), {"latent_dist": Posterior()})()
+
+    def decode(self, z):
+        return type("Out", (), {"sample": z})()
+
+
+def test_vae_round_trip_through_a_lossless_vae_keeps_everything():
+    result = ev.vae_round_trip(IdentityVAE(), n_per_cell=6, n_psnr=4)
+    assert set(result["shape_kept"]) == set(shapes.ALL_SHAPES)
+    for shape in shapes.ALL_SHAPES:
+        assert set(result["shape_kept"][shape]) == set(shapes.SIZES)
+        assert result["shape_kept"][shape] == result["shape_clean"][shape]
+    assert result["psnr_fresh_shapes"] == pytest.approx(100.0)
+    assert result["psnr_held_out_photo_crops"] == pytest.approx(100.0)
+
+
+def test_round_trip_pictures_are_of_the_asked_shape_and_size():
+    images = ev.round_trip_pictures("star", "small", 8)
+    assert images.shape == (8, 64, 64, 3)
+    assert all(g["shape"] == "star" for g in classify(images))
+    assert max(ev.locate(images), key=lambda f: f["pixels"])["pixels"] < 250  # small: under ~20 px wide
+
+
+# ----------------------------------------------------------------------------- on the shipped model
 
 
 def test_parse_prompt():
@@ -43,3 +257,57 @@ def test_prompt_adherence_runs_on_the_embedded_model():
         assert 0 <= result[key] <= 100
     assert result["both_correct"] <= min(result["colour_correct"], result["shape_correct"])
     assert result["diversity"] > 0
+
+
+def test_position_and_two_object_adherence_run_on_the_embedded_model():
+    from sdcourse.pipeline import load_pipeline
+
+    pipe = load_pipeline()
+    where = ev.position_adherence(pipe, ["a red circle in the top left", ev.position_prompts(1)[0]],
+                                  seeds=[0], num_inference_steps=5)
+    assert where["n_images"] == 2 and 0 <= where["all_correct"] <= where["position_correct"] <= 100
+    two = ev.two_object_adherence(pipe, ["a red circle and a blue square"], seeds=[0, 1], num_inference_steps=5)
+    assert two["n_images"] == 2
+    assert two["both_correct"] <= min(two["colours_correct"], two["shapes_correct"])
+
+
+# ----------------------------------------------------------------------------- the build's folders
+
+
+def _listing(folder):
+    """Every file and folder under `folder`, with size and modification time of files."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else None
+            for p in folder.rglob("*")}
+
+
+def test_a_build_writes_only_inside_its_run_and_out_folders(tmp_path):
+    """A fast build (about 1.5 minutes) leaves its folder's parent, its working folder and
+    the package's assets (the fixed judge, the shipped CLIP image half) as they were."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(ev.__file__).resolve().parent.parent
+    assets = root / "sdcourse" / "assets"
+    parent = tmp_path / "builds"
+    parent.mkdir()
+    (parent / "someone_elses.txt").write_text("untouched")
+    before, assets_before = _listing(parent), _listing(assets)
+    env = {**os.environ, "SDCOURSE_FAST": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-m", "sdcourse.training.build_model", "--run", "run", "--out", "out",
+                           "--quiet", "--threads", "2"], cwd=parent, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    after = _listing(parent)
+    outside = {p: v for p, v in after.items() if p.split(os.sep)[0] not in ("run", "out")}
+    assert outside == before
+    assert _listing(assets) == assets_before
+    assert (parent / "out" / "model_index.json").exists()
+    assert (parent / "run" / "tiny-clip" / "config.json").exists()
+    assert (parent / "run" / ev.CLASSIFIER_FILE).exists()
+    assert not [p for p in after if p.endswith(".partial")]
+    assert ev.clip_image_folder(parent / "out", parent / "run") == parent / "run" / "tiny-clip"

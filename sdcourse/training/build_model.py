@@ -12,12 +12,14 @@ Stages, one function each below, each resumable (run the same command again afte
    optionally train its decoder on alone (encoder frozen, as SD's ft-MSE VAE);
 4. encode the training set once, caching the latent distributions;
 5. train the U-Net (epsilon prediction, SD schedule, 10% empty captions, EMA weights);
-6. train the evaluator's shape/colour classifier;
-7. save one StableDiffusionPipeline folder (safetensors) + the CLIP's image half and the
-   classifier next to it.
+6. train a shape/colour classifier with the evaluator's recipe (a figure about the recipe:
+   comparisons keep using the fixed judge, sdcourse/assets/shape_classifier.safetensors);
+7. save one StableDiffusionPipeline folder (safetensors) to --out.
 
-Everything goes to a run folder (default runs/tiny-sd, or runs/tiny-sd-fast): the cached
-data, checkpoints, sample grids (samples/*.png) and build_log.json with the time taken.
+Everything else goes to the run folder (default runs/tiny-sd, or runs/tiny-sd-fast): the
+cached data, checkpoints, sample grids (samples/*.png), build_log.json with the time taken,
+the CLIP's image half (tiny-clip/), the classifier (shape_classifier.safetensors) and the
+pipeline folder while it is being written. Nothing is written outside --run and --out.
 Every network trains with the same loop (trainer.py). A stage that was interrupted resumes
 from its checkpoint. Only the settings in trainer.MAY_CHANGE_ON_RESUME (the step counts among
 them) may differ from the checkpoint's; any other change stops the run with a message that
@@ -38,7 +40,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import shutil  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -87,7 +88,6 @@ class Build:
 
     def __init__(self, cfg, run_dir: Path, out: Path, progress: bool):
         self.cfg, self.run_dir, self.out, self.progress = cfg, Path(run_dir), Path(out), progress
-        self.extras_dir = self.out.parent  # classifier + CLIP image half go next to the pipeline folder
         # This process as accelerate sees it (one of several under `accelerate launch`)
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
         self.main = self.accelerator.is_main_process
@@ -215,29 +215,30 @@ def unet_stage(b: Build):
 
 
 def classifier_stage(b: Build):
-    """6. The evaluator's shape/colour classifier."""
-    from ..evaluate import classifier_accuracy, save_classifier, train_classifier
+    """6. A shape/colour classifier trained by the evaluator's recipe, kept in the run folder
+    (the fixed judge in the package is never replaced)."""
+    from ..evaluate import CLASSIFIER_FILE, classifier_accuracy, save_classifier, train_classifier
 
     cfg = b.cfg
-    if (b.run_dir / "classifier.safetensors").exists():
-        return
+    if any((b.run_dir / name).exists() for name in (CLASSIFIER_FILE, "classifier.safetensors")):
+        return  # "classifier.safetensors": its name in runs made before
     classifier = train_classifier(cfg.classifier_steps, cfg.classifier_batch, cfg.classifier_n_train,
                                   seed=cfg.seed + 7, progress=b.progress, checkpoint=b.run_dir / "classifier_ckpt.pt",
                                   mixed_precision=cfg.mixed_precision)
     if b.main:
-        save_classifier(classifier, b.run_dir / "classifier.safetensors")
+        save_classifier(classifier, b.run_dir / CLASSIFIER_FILE)
         b.log.figure("classifier_accuracy", classifier_accuracy(n=b.eval_n, classifier=classifier))
 
 
 def ship_stage(b: Build):
-    """7. The pipeline folder, with the CLIP's image half and the classifier next to it."""
+    """7. The pipeline folder (written in the run folder, then moved to --out), and the CLIP's
+    image half in the run folder (benchmarks/quality.py --run finds it there)."""
     from .train_unet import save_samples
 
     if not b.main:
         return
-    save_pipeline(b.unet, b.vae, b.text_encoder, b.tokenizer, b.out)
-    save_clip_extras(b.clip, b.extras_dir / "tiny-clip")
-    shutil.copyfile(b.run_dir / "classifier.safetensors", b.extras_dir / "shape_classifier.safetensors")
+    save_pipeline(b.unet, b.vae, b.text_encoder, b.tokenizer, b.out, partial=b.run_dir / "pipeline.partial")
+    save_clip_extras(b.clip, b.run_dir / "tiny-clip")
     save_samples(b.unet, b.vae, b.text_encoder, b.tokenizer, b.run_dir / "samples" / "final.png")
 
 
@@ -268,6 +269,8 @@ def main(argv=None):
     cfg = config_mod.fast_config(**overrides) if fast else config_mod.full_config(**overrides)
     run_dir = Path(args.run or ("runs/tiny-sd-fast" if fast else "runs/tiny-sd"))
     out = Path(args.out) if args.out else run_dir / "tiny-sd"
+    if run_dir.resolve() == out.resolve() or out.resolve() in run_dir.resolve().parents:
+        parser.error(f"--run {run_dir} must not be --out {out} or inside it: writing the pipeline replaces --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     set_threads(cfg.threads)
     seed_everything(cfg.seed)

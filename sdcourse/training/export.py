@@ -12,12 +12,12 @@ from pathlib import Path
 from .train_unet import build_pipeline, make_scheduler
 
 
-def save_pipeline(unet, vae, text_encoder, tokenizer, out: Path):
+def save_pipeline(unet, vae, text_encoder, tokenizer, out: Path, partial: Path):
     """Write the StableDiffusionPipeline folder. U-Net and VAE weights are stored in float16
     (diffusers loads them back as float32); the text encoder stays float32. The folder is
-    written next to `out` first and renamed at the end, so an interrupt never leaves half of it."""
-    out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
+    written to `partial` first (a folder inside the run folder) and moved to `out` at the end,
+    so an interrupt never leaves half of it and nothing is written beside `out`."""
+    out, tmp = Path(out), Path(partial)
     if tmp.exists():
         shutil.rmtree(tmp)
     pipe = build_pipeline(copy.deepcopy(unet).half(), copy.deepcopy(vae).half(), text_encoder, tokenizer,
@@ -25,7 +25,8 @@ def save_pipeline(unet, vae, text_encoder, tokenizer, out: Path):
     pipe.save_pretrained(str(tmp), safe_serialization=True)
     if out.exists():
         shutil.rmtree(out)
-    tmp.rename(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(tmp), str(out))  # a rename, or a copy when the two are on different disks
     return out
 
 

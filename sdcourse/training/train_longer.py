@@ -79,7 +79,7 @@ def main(argv=None):
     accelerator.end_training()  # several processes: they are done working together
     if not accelerator.is_main_process:
         return
-    save_pipeline(unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, out)
+    save_pipeline(unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, out, partial=run_dir / "pipeline.partial")
     save_samples(unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, run_dir / "samples" / "final.png")
     minutes = round((time.time() - started) / 60, 1)
     (run_dir / "train_longer_log.json").write_text(json.dumps(
