@@ -132,3 +132,30 @@ def test_evaluation_prompts_name_colour_and_shape():
     for p in prompts:
         assert p["colour"] in p["prompt"] and p["shape"] in p["prompt"]
         assert "star" not in p["prompt"]
+
+
+def test_rgb_takes_a_name_or_a_tuple_and_refuses_anything_else():
+    assert shapes.rgb("red") == shapes.COLOURS["red"]
+    assert shapes.rgb("gray") == shapes.BACKGROUNDS["gray"]
+    assert shapes.rgb((1, 2, 3)) == (1, 2, 3)
+    with pytest.raises(ValueError, match="colour='pink'"):
+        shapes.rgb("pink")
+    with pytest.raises(ValueError, match=r"\(r, g, b\) tuple of numbers in \[0, 255\]"):
+        shapes.rgb((0, 300, 0))
+
+
+def test_the_vae_world_has_every_shape_and_colours_beyond_the_palette():
+    rng = np.random.default_rng(0)
+    scenes = [shapes.sample_any_scene(rng) for _ in range(300)]
+    objects = [o for s in scenes for o in s.objects]
+    assert {o.shape for o in objects} == set(shapes.ALL_SHAPES)
+    assert any(isinstance(o.colour, tuple) for o in objects) and any(isinstance(o.colour, str) for o in objects)
+    radii = [o.radius for o in objects]
+    assert min(radii) < shapes.RADIUS["small"][0] and max(radii) > shapes.RADIUS["large"][1]
+    for scene in scenes:  # every object stands out from its background, and is drawn
+        for obj in scene.objects:
+            assert np.abs(np.subtract(shapes.rgb(obj.colour), shapes.rgb(scene.background))).sum() > 120
+        picture = shapes.render(scene)
+        assert (np.abs(picture.astype(int) - shapes.rgb(scene.background)).sum(-1) > 60).any()
+    again = shapes.sample_any_scene(np.random.default_rng(0))
+    assert shapes.render(again).tobytes() == shapes.render(scenes[0]).tobytes()

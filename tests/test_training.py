@@ -183,3 +183,22 @@ def test_learning_rate_schedules():
     assert [learning_rate(constant, s) for s in (0, 3, 9, 1000)] == [0.25, 1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="schedule='linear'"):
         TrainSettings(steps=1, lr=1.0, schedule="linear")
+
+
+def test_foreground_weights_count_the_shape_and_its_outline_more():
+    from sdcourse.data import shapes
+    from sdcourse.training.train_vae import foreground_weights, reconstruction_loss
+
+    scene = shapes.make_scene([{"colour": "red", "shape": "square", "size": "small", "position": "center"}], "white")
+    picture = shapes.render(scene)[None]
+    weights = foreground_weights(picture, 4.0)
+    assert weights.shape == (1, 1, 64, 64)
+    assert weights[0, 0, 0, 0] == 1 and weights[0, 0, 32, 32] == 5
+    shape_pixels = (np.abs(picture[0].astype(int) - 245).sum(-1) > 30).sum()
+    assert (weights == 5).sum() > shape_pixels  # the ring around the outline counts too
+    x = torch.zeros(1, 3, 64, 64)
+    error = torch.zeros_like(x)
+    error[..., 32, 32] = 1.0  # one wrong pixel on the shape, then one on the background
+    on_shape = reconstruction_loss(x + error, x, weights)[0]
+    on_background = reconstruction_loss(x + error.roll(30, dims=-1), x, weights)[0]
+    assert on_shape > 2 * on_background

@@ -245,19 +245,65 @@ def _grid(size: int, factor: int):
     return _GRID_CACHE[key]
 
 
+def rgb(colour) -> tuple:
+    """The (r, g, b) of a colour: a name from BACKGROUNDS (the palette and gray), or (r, g, b) itself."""
+    if isinstance(colour, str):
+        _check_choice("colour", colour, BACKGROUNDS)
+        return BACKGROUNDS[colour]
+    if len(colour) != 3 or not all(0 <= c <= 255 for c in colour):
+        raise ValueError(f"colour={colour!r}: give a colour name or an (r, g, b) tuple of numbers in [0, 255]")
+    return tuple(colour)
+
+
 def render(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
     """Draw a scene: uint8 array (size, size, 3). Shapes are drawn in order, last on top."""
     factor = SUPERSAMPLE
     xs, ys = _grid(size, factor)
     scale = size / IMAGE_SIZE
     canvas = np.empty((size * factor, size * factor, 3), dtype=np.float32)
-    canvas[:] = BACKGROUNDS[scene.background]
+    canvas[:] = rgb(scene.background)
     for obj in scene.objects:
         scaled = ShapeObject(obj.colour, obj.shape, obj.size, obj.position,
                              (obj.center[0] * scale, obj.center[1] * scale), obj.radius * scale)
-        canvas[_shape_mask(scaled, xs, ys)] = COLOURS[obj.colour]
+        canvas[_shape_mask(scaled, xs, ys)] = rgb(obj.colour)
     image = canvas.reshape(size, factor, size, factor, 3).mean(axis=(1, 3))
     return np.round(image).astype(np.uint8)
+
+
+def sample_any_scene(rng, palette_share: float = 0.5, two_object_prob: float = 0.35) -> Scene:
+    """A scene from a wider world than the captioned training set, for the VAE.
+
+    Stable Diffusion's autoencoder is generic: it reconstructs things the U-Net was never
+    taught. So the VAE sees every shape (the held-out star too), sizes between and around the
+    named ones, positions anywhere, and colours beyond the palette (an (r, g, b) tuple in
+    `colour` or `background`), on top of the named ones. There is no caption.
+    """
+
+    def any_colour(avoid=None):
+        """A palette colour or a random (r, g, b), clearly different from `avoid`."""
+        while True:
+            if rng.random() < palette_share:
+                colour = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
+            else:
+                colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+            if avoid is None or np.abs(np.subtract(rgb(colour), rgb(avoid))).sum() > 120:
+                return colour
+
+    background = any_colour()
+    objects = []
+    for _ in range(2 if rng.random() < two_object_prob else 1):
+        shape = ALL_SHAPES[rng.integers(len(ALL_SHAPES))]
+        size = SIZES[rng.integers(len(SIZES))]
+        if rng.random() < 0.5:  # a named position and size, as in the captioned set
+            position = list(POSITIONS)[rng.integers(len(POSITIONS))]
+            center, radius = _place(rng, size, position)
+        else:  # anywhere, at any size from a little below "small" to a little above "large"
+            radius = float(rng.uniform(RADIUS["small"][0] - 1, RADIUS["large"][1] + 2))
+            center = tuple(float(rng.uniform(radius + 1, IMAGE_SIZE - radius - 1)) for _ in range(2))
+            size = "small" if radius < (RADIUS["small"][1] + RADIUS["large"][0]) / 2 else "large"
+            position = min(POSITIONS, key=lambda p: np.hypot(*np.subtract(POSITIONS[p], center)))
+        objects.append(ShapeObject(any_colour(avoid=background), shape, size, position, center, radius))
+    return Scene(objects, background)
 
 
 def scene_at(index: int, seed: int = 0, shapes=BASE_SHAPES, n_objects=None, two_object_prob=0.3) -> Scene:

@@ -43,6 +43,7 @@ class BuildConfig:
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
     vae_photo_fraction: float = 0.15
+    vae_foreground_weight: float = 0.0  # extra weight of the shapes' pixels in the loss (0: plain)
     vae_decoder_steps: int = 1000  # extra decoder-only training, encoder frozen (SD's ft-MSE VAE)
     vae_decoder_lr: float = 5e-4
 
