@@ -298,9 +298,17 @@ def test_a_build_writes_only_inside_its_run_and_out_folders(tmp_path):
     (parent / "someone_elses.txt").write_text("untouched")
     before, assets_before = _listing(parent), _listing(assets)
     env = {**os.environ, "SDCOURSE_FAST": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
-    done = subprocess.run([sys.executable, "-m", "sdcourse.training.build_model", "--run", "run", "--out", "out",
-                           "--quiet", "--threads", "2"], cwd=parent, env=env, capture_output=True, text=True)
+    command = [sys.executable, "-m", "sdcourse.training.build_model", "--run", "run", "--out", "out", "--quiet",
+               "--threads", "2"]
+    # The VAE alone first (it needs no captions), then the rest: the second call resumes
+    done = subprocess.run([*command, "--stop-after", "vae_decoder"], cwd=parent, env=env, capture_output=True,
+                          text=True)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert (parent / "run" / "vae_decoder" / "config.json").exists()
+    assert not (parent / "run" / "clip").exists() and not (parent / "out").exists()
+    done = subprocess.run(command, cwd=parent, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "VAE" not in done.stdout  # its figures print only when it trains: it was not retrained
 
     after = _listing(parent)
     outside = {p: v for p, v in after.items() if p.split(os.sep)[0] not in ("run", "out")}

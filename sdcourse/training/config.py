@@ -35,15 +35,15 @@ class BuildConfig:
     clip_image_steps: int = 5000  # phase 2: image encoder alone, text locked
     clip_image_lr: float = 1e-3
 
-    # VAE: f=8, 4 latent channels (64x64x3 -> 8x8x4).
-    vae_channels: tuple = (24, 48, 64, 64)
+    # VAE: f=8, 4 latent channels (64x64x3 -> 8x8x4), trained on fresh pictures of every shape.
+    vae_channels: tuple = (32, 64, 128, 128)
     vae_groups: int = 8
-    vae_steps: int = 1200
+    vae_steps: int = 4000
     vae_batch: int = 32
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
     vae_photo_fraction: float = 0.15
-    vae_foreground_weight: float = 0.0  # extra weight of the shapes' pixels in the loss (0: plain)
+    vae_foreground_weight: float = 4.0  # extra weight of the shapes' pixels in the loss (0: plain)
     vae_decoder_steps: int = 1000  # extra decoder-only training, encoder frozen (SD's ft-MSE VAE)
     vae_decoder_lr: float = 5e-4
 

@@ -1,7 +1,10 @@
-"""Stage 2: the VAE (diffusers AutoencoderKL), f=8 with 4 latent channels.
+"""The build's first network: the VAE (diffusers AutoencoderKL), f=8 with 4 latent channels.
 
 64x64x3 pictures become 8x8x4 latents: the same 48x compression as Stable Diffusion's
-512x512x3 -> 64x64x4. The loss is SD's recipe without the parts that need big pretrained
+512x512x3 -> 64x64x4. Like SD's autoencoder it is generic: it trains on the whole shapes
+world (every shape, the star the U-Net never learns included, any size, place and colour)
+and on photo crops, never on captions. The shapes' pixels can count more in the loss
+(`vae_foreground_weight`), so that small shapes keep their outlines. The loss is SD's recipe without the parts that need big pretrained
 networks: reconstruction (squared + absolute error, plus an edge term that keeps shape
 outlines sharp) and a very small KL term that keeps the latent space smooth.
 
@@ -18,8 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data import shapes
 from .common import images_to_tensor, save_grid, to_uint8
-from .config import DATA_SETTINGS, VAE_MODEL_SETTINGS
+from .config import VAE_MODEL_SETTINGS
 from .trainer import Trainer, TrainSettings
 
 
@@ -109,19 +113,27 @@ def psnr_shown(mse) -> dict:
     return {"psnr": 10 * math.log10(4 / max(mse.item(), 1e-10))}
 
 
-def picture_sampler(cfg, shape_images: np.ndarray, photo_images: np.ndarray, generator):
-    """next_batch for both VAE phases: shape pictures plus a share of photo crops, in [-1, 1],
-    and with `cfg.vae_foreground_weight` the per-pixel weights of the loss (photos: all 1)."""
+def fresh_pictures(n: int, generator) -> np.ndarray:
+    """`n` new pictures (uint8) of the whole shapes world, `shapes.sample_any_scene`: every
+    shape (the star too), any size, place and colour. The VAE never sees the same one twice."""
+    return np.stack([shapes.render(shapes.sample_any_scene(generator)) for _ in range(n)])
+
+
+def picture_sampler(cfg, photo_images: np.ndarray, generator):
+    """next_batch for both VAE phases: fresh shape pictures (`fresh_pictures`) plus a share of
+    photo crops, in [-1, 1], and with `cfg.vae_foreground_weight` the per-pixel weights of the
+    loss (photos: all 1)."""
     n_photo = int(round(cfg.vae_batch * cfg.vae_photo_fraction))
     n_shape = cfg.vae_batch - n_photo
 
     def next_batch():
-        shapes = shape_images[generator.integers(0, len(shape_images), n_shape)]
+        pictures = fresh_pictures(n_shape, generator)
         photos = photo_images[generator.integers(0, len(photo_images), n_photo)]
-        x = images_to_tensor(np.concatenate([shapes, photos]))
+        x = images_to_tensor(np.concatenate([pictures, photos]))
         if not cfg.vae_foreground_weight:
             return x
-        weights = torch.cat([foreground_weights(shapes, cfg.vae_foreground_weight), torch.ones(n_photo, 1, *x.shape[2:])])
+        weights = torch.cat([foreground_weights(pictures, cfg.vae_foreground_weight),
+                             torch.ones(n_photo, 1, *x.shape[2:])])
         return x, weights
 
     return next_batch
@@ -132,15 +144,16 @@ def split_batch(batch):
     return batch if isinstance(batch, (tuple, list)) else (batch, None)
 
 
-VAE_DATA_SETTINGS = (*DATA_SETTINGS, *VAE_MODEL_SETTINGS, "n_photo_crops", "vae_batch", "vae_photo_fraction",
+VAE_SETTINGS = ("seed", *VAE_MODEL_SETTINGS, "n_photo_crops", "vae_batch", "vae_photo_fraction",
                      "vae_foreground_weight")
 
 
-def train_vae(cfg, shape_images: np.ndarray, photo_images: np.ndarray, run_dir: Path, progress: bool = True):
-    """Train the VAE on a mix of shape pictures and photo crops; resumes from run_dir/vae_ckpt.pt."""
+def train_vae(cfg, photo_images: np.ndarray, run_dir: Path, progress: bool = True):
+    """Train the VAE on fresh pictures of the whole shapes world and photo crops; resumes
+    from run_dir/vae_ckpt.pt."""
     run_dir = Path(run_dir)
     gen = np.random.default_rng([cfg.seed, 22, 0])
-    preview = np.concatenate([shape_images[:6], photo_images[:2]])
+    preview = np.concatenate([fresh_pictures(6, np.random.default_rng([cfg.seed, 22, 1])), photo_images[:2]])
 
     def loss(vae, batch):
         x, weights = split_batch(batch)
@@ -157,15 +170,14 @@ def train_vae(cfg, shape_images: np.ndarray, photo_images: np.ndarray, run_dir: 
     settings = TrainSettings(steps=cfg.vae_steps, lr=cfg.vae_lr, warmup=max(1, cfg.vae_steps // 30),
                              final_lr_fraction=0.01, weight_decay=0.0, clip_grad_norm=1.0,
                              checkpoint_every=cfg.checkpoint_every, mixed_precision=cfg.mixed_precision)
-    trainer = Trainer(make_vae(cfg), loss, picture_sampler(cfg, shape_images, photo_images, gen), settings,
+    trainer = Trainer(make_vae(cfg), loss, picture_sampler(cfg, photo_images, gen), settings,
                       generator=gen, checkpoint=run_dir / "vae_ckpt.pt", name="VAE",
-                      record=cfg.pick(*VAE_DATA_SETTINGS, "vae_kl_weight"), progress=progress,
+                      record=cfg.pick(*VAE_SETTINGS, "vae_kl_weight"), progress=progress,
                       after_step=after_step if cfg.sample_every else None)
     return trainer.fit()
 
 
-def finetune_decoder(cfg, vae, shape_images: np.ndarray, photo_images: np.ndarray, run_dir: Path,
-                     progress: bool = True):
+def finetune_decoder(cfg, vae, photo_images: np.ndarray, run_dir: Path, progress: bool = True):
     """Train only the decoder further, with the encoder frozen (what SD did for its improved
     "ft-MSE" VAE). Latents do not change, so a U-Net trained on them stays valid.
     Resumes from run_dir/vae_decoder_ckpt.pt. Returns the VAE."""
@@ -185,7 +197,7 @@ def finetune_decoder(cfg, vae, shape_images: np.ndarray, photo_images: np.ndarra
     settings = TrainSettings(steps=cfg.vae_decoder_steps, lr=cfg.vae_decoder_lr, weight_decay=0.0,
                              clip_grad_norm=1.0, checkpoint_every=cfg.checkpoint_every,
                              mixed_precision=cfg.mixed_precision)
-    trainer = Trainer(vae, loss, picture_sampler(cfg, shape_images, photo_images, gen), settings, params=params,
+    trainer = Trainer(vae, loss, picture_sampler(cfg, photo_images, gen), settings, params=params,
                       generator=gen, checkpoint=Path(run_dir) / "vae_decoder_ckpt.pt", name="VAE decoder",
-                      record=cfg.pick(*VAE_DATA_SETTINGS), progress=progress)
+                      record=cfg.pick(*VAE_SETTINGS), progress=progress)
     return trainer.fit().requires_grad_(False)

@@ -141,11 +141,13 @@ class Trainer:
         must share, stored in each checkpoint next to `settings`.
     after_step(trainer, step): called on the main process after each step (step counts from 1),
         e.g. to save sample pictures.
+    save_trained_only: checkpoints hold only the trained parameters (a LoRA adapter's few
+        thousand numbers, not the billion of the model it adapts).
     """
 
     def __init__(self, model, loss, next_batch, settings: TrainSettings, *, params=None, generator=None,
                  checkpoint=None, name: str = "training", record: dict | None = None, progress: bool = True,
-                 after_step=None):
+                 after_step=None, save_trained_only: bool = False):
         self.settings = settings
         self.name = name
         self.next_batch = next_batch
@@ -154,6 +156,7 @@ class Trainer:
         self.record = {**asdict(settings), **(record or {})}
         self.progress = progress
         self.after_step = after_step
+        self.save_trained_only = save_trained_only
         self.accelerator = Accelerator(mixed_precision=settings.mixed_precision)
         self.params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(self.params, lr=settings.lr, weight_decay=settings.weight_decay,
@@ -233,13 +236,32 @@ class Trainer:
         """Write the checkpoint (main process only; atomically, so an interrupt never leaves half a file)."""
         if self.checkpoint is None or not self.accelerator.is_main_process:
             return
-        state = {"model": self.model.state_dict(), "opt": self.optimizer.state_dict(), "step": self.step,
+        state = {"model": self.model_state(), "opt": self.optimizer.state_dict(), "step": self.step,
                  "rng": rng_state(self.generator), "settings": self.record}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         if self.accelerator.scaler is not None:
             state["scaler"] = self.accelerator.scaler.state_dict()
         save_checkpoint(self.checkpoint, **state)
+
+    def model_state(self) -> dict:
+        """What a checkpoint keeps of the model: everything, or with save_trained_only the trained part."""
+        if not self.save_trained_only:
+            return self.model.state_dict()
+        trained = {id(p) for p in self.params}
+        return {name: p.detach().clone() for name, p in self.model.named_parameters() if id(p) in trained}
+
+    def load_model_state(self, state: dict):
+        if not self.save_trained_only:
+            self.model.load_state_dict(state)
+            return
+        mine = dict(self.model.named_parameters())
+        expected = {name for name, p in mine.items() if any(p is q for q in self.params)}
+        if set(state) != expected:
+            raise KeyError(f"the checkpoint trains other parameters ({len(state)} saved, {len(expected)} here)")
+        with torch.no_grad():
+            for name, value in state.items():
+                mine[name].copy_(value)
 
     def resume(self) -> int:
         """Load the checkpoint, if there is one; returns the step it reached (0 without one)."""
@@ -252,7 +274,7 @@ class Trainer:
             raise self._damaged(error) from error
         check_resumable(saved_settings, self.record, self.checkpoint, self.name)
         try:
-            self.model.load_state_dict(state["model"])
+            self.load_model_state(state["model"])
             self.optimizer.load_state_dict(state["opt"])
             if self.ema is not None:
                 self.ema.load_state_dict(state["ema"])

@@ -1,0 +1,273 @@
+"""LoRA from scratch: a small trainable update beside a frozen Linear layer.
+
+A Linear layer computes y = W x with W of shape (d_out, d_in). LoRA leaves W frozen and
+learns a low-rank change to it:
+
+    y = W x + (alpha / r) * B A x        A: (r, d_in), random;  B: (d_out, r), zero at first
+
+With r = 4 on a 768 x 768 matrix that is 4 * (768 + 768) = 6,144 trainable numbers instead of
+589,824. B starts at zero, so B A = 0 and training starts exactly at the base model; A starts
+random, so the gradient of B is not zero and training can move.
+
+    names = inject_lora(unet, rank=4, alpha=4)   # wraps to_q, to_k, to_v, to_out.0
+    ... train the parameters with "lora" in their names ...
+    merge_lora(unet)                             # W <- W + (alpha / r) B A: no extra cost
+    save_lora(unet, "my-lora")                   # diffusers loads it: pipe.load_lora_weights("my-lora")
+
+The layer names are diffusers' (the course's own U-Net uses the same names), and the
+adapter is saved in the format diffusers' `save_lora_weights` writes, so one adapter works
+with the from-scratch U-Net, with diffusers and with peft.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers writes and looks for
+
+
+class LoRALinear(nn.Module):
+    """A frozen `nn.Linear` plus the low-rank update (alpha / rank) * scale * B A.
+
+    base: the layer to adapt (frozen here). rank: r, from 1 to min(d_in, d_out).
+    alpha: the update is multiplied by alpha / rank (default alpha = rank, a factor of 1).
+    `scale` (default 1) multiplies the update once more, at run time: 0 switches it off.
+    A starts as peft's does (Kaiming-uniform), B at zero.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int = 4, alpha: float | None = None):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"base must be an nn.Linear, got {type(base).__name__}")
+        d_out, d_in = base.weight.shape
+        check_rank(rank, d_in, d_out)
+        alpha = rank if alpha is None else alpha
+        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha > 0:
+            raise ValueError(f"alpha={alpha!r}; it must be a number above 0 (the update is scaled by alpha / rank)")
+        self.base = base.requires_grad_(False)
+        self.rank, self.alpha, self.scale, self.merged = rank, float(alpha), 1.0, False
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.lora_A = nn.Parameter(torch.empty(rank, d_in, **factory))
+        self.lora_B = nn.Parameter(torch.zeros(d_out, rank, **factory))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's own initialisation, as peft
+
+    @property
+    def scaling(self) -> float:
+        """The factor in front of B A: (alpha / rank) * scale."""
+        return self.alpha / self.rank * self.scale
+
+    def delta_weight(self) -> torch.Tensor:
+        """The change LoRA makes to W, (d_out, d_in): scaling * B A."""
+        return self.scaling * (self.lora_B @ self.lora_A)
+
+    def forward(self, x):
+        y = self.base(x)
+        if self.merged or self.scaling == 0:
+            return y
+        # x A^T B^T: two thin matrix products, never the full d_out x d_in matrix
+        return y + self.scaling * ((x @ self.lora_A.T) @ self.lora_B.T)
+
+    @torch.no_grad()
+    def merge(self):
+        """W <- W + scaling * B A: the same outputs, with no extra work per call."""
+        if not self.merged:
+            self.base.weight += self.delta_weight()
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self):
+        """Undo `merge`: W <- W - scaling * B A."""
+        if self.merged:
+            self.base.weight -= self.delta_weight()
+            self.merged = False
+
+    def extra_repr(self):
+        return f"rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:g}, merged={self.merged}"
+
+
+def check_rank(rank, d_in: int, d_out: int):
+    if not isinstance(rank, int) or isinstance(rank, bool):
+        raise TypeError(f"rank must be a whole number, got {rank!r}")
+    if not 1 <= rank <= min(d_in, d_out):
+        raise ValueError(f"rank={rank}; for a {d_out} x {d_in} layer it must be from 1 to {min(d_in, d_out)} "
+                         "(a larger rank is no longer low-rank: train the layer itself)")
+
+
+def _matches(name: str, target: str) -> bool:
+    """peft's rule: a target names a layer by the end of its full name ("to_q" matches
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q")."""
+    return name == target or name.endswith("." + target)
+
+
+def lora_layers(module: nn.Module) -> dict[str, LoRALinear]:
+    """The LoRA layers in `module`, by name."""
+    return {name: layer for name, layer in module.named_modules() if isinstance(layer, LoRALinear)}
+
+
+def _replace(module: nn.Module, name: str, new: nn.Module):
+    parent_name, _, child = name.rpartition(".")
+    setattr(module.get_submodule(parent_name) if parent_name else module, child, new)
+
+
+def inject_lora(module: nn.Module, target_modules=DEFAULT_TARGETS, rank: int = 4, alpha: float | None = 4) -> list[str]:
+    """Wrap every Linear layer of `module` whose name ends with one of `target_modules` in a
+    `LoRALinear`. Everything else in `module` is frozen; only the LoRA parameters (named
+    "...lora_A", "...lora_B") train. Returns the names of the wrapped layers.
+
+    Works on diffusers' UNet2DConditionModel and on the course's U-Net (the same names).
+    """
+    if isinstance(target_modules, str):
+        target_modules = (target_modules,)
+    _refuse_second_adapter(module)
+    linear = {name: layer for name, layer in module.named_modules() if isinstance(layer, nn.Linear)}
+    chosen = {name: layer for name, layer in module.named_modules()
+              if name and any(_matches(name, target) for target in target_modules)}
+    not_linear = sorted(name for name, layer in chosen.items() if not isinstance(layer, nn.Linear))
+    if not_linear:
+        raise ValueError(f"target_modules {list(target_modules)} also match layers that are not nn.Linear, "
+                         f"e.g. {not_linear[0]} ({type(chosen[not_linear[0]]).__name__}); LoRA here adapts "
+                         "Linear layers only")
+    missing = [t for t in target_modules if not any(_matches(name, t) for name in chosen)]
+    if missing:
+        endings = sorted({name.split(".")[-1] if not name.split(".")[-1].isdigit() else ".".join(name.split(".")[-2:])
+                          for name in linear})
+        raise ValueError(f"target_modules {missing} match no layer of this {type(module).__name__}; its Linear "
+                         f"layers end in: {', '.join(endings)}")
+    for p in module.parameters():
+        p.requires_grad_(False)
+    for name, layer in chosen.items():
+        _replace(module, name, LoRALinear(layer, rank, alpha))
+    return sorted(chosen)
+
+
+def _existing_lora_layers(module) -> dict[str, LoRALinear]:
+    layers = lora_layers(module)
+    if not layers:
+        raise ValueError(f"this {type(module).__name__} has no LoRA layers; add them with inject_lora or load_lora")
+    return layers
+
+
+def _refuse_second_adapter(module):
+    if lora_layers(module):
+        raise ValueError(f"this {type(module).__name__} already has LoRA layers ({len(lora_layers(module))}); "
+                         "load a fresh model to add another adapter")
+
+
+def merge_lora(module: nn.Module):
+    """Fold every LoRA update into its base weight (W <- W + scaling * B A)."""
+    for layer in _existing_lora_layers(module).values():
+        layer.merge()
+
+
+def unmerge_lora(module: nn.Module):
+    """Take every merged LoRA update out of its base weight again."""
+    for layer in _existing_lora_layers(module).values():
+        layer.unmerge()
+
+
+def set_lora_scale(module: nn.Module, scale: float):
+    """Multiply every LoRA update by `scale` (0: the base model; 1: the trained adapter).
+    Merged layers are re-merged at the new scale."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale={scale!r}; it must be a finite number (0 switches LoRA off, 1 is as trained)")
+    for layer in _existing_lora_layers(module).values():
+        merged = layer.merged
+        layer.unmerge()
+        layer.scale = float(scale)
+        if merged:
+            layer.merge()
+
+
+def export_lora(module: nn.Module, prefix: str = "unet") -> dict[str, torch.Tensor]:
+    """The adapter as diffusers' `save_lora_weights` writes it: "unet.<layer>.lora_A.weight" (r, d_in)
+    and "unet.<layer>.lora_B.weight" (d_out, r).
+
+    A state dict carries no alpha, and diffusers then takes alpha = rank (a factor of 1). So
+    alpha / rank is folded into B here: the loaded adapter gives exactly this model's outputs,
+    whatever alpha it trained with. The run-time `scale` is not folded in.
+    """
+    adapter = {}
+    for name, layer in _existing_lora_layers(module).items():
+        adapter[f"{prefix}.{name}.lora_A.weight"] = layer.lora_A.detach().clone().contiguous()
+        adapter[f"{prefix}.{name}.lora_B.weight"] = (layer.lora_B.detach() * (layer.alpha / layer.rank)).contiguous()
+    return adapter
+
+
+def save_lora(module: nn.Module, folder: str | os.PathLike) -> Path:
+    """Write `export_lora(module)` to folder/pytorch_lora_weights.safetensors (created if need be);
+    `pipe.load_lora_weights(folder)` loads it. Returns the file's path."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"folder={str(folder)!r} is a file; give a folder to write {LORA_FILE} into")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LORA_FILE
+    save_file(export_lora(module), str(path), metadata={"format": "pt"})
+    return path
+
+
+def read_adapter(source) -> dict[str, torch.Tensor]:
+    """An adapter state dict from a dict, a .safetensors file, or a folder holding LORA_FILE."""
+    from safetensors.torch import load_file
+
+    if isinstance(source, dict):
+        return source
+    path = Path(source)
+    if path.is_dir():
+        path = path / LORA_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no LoRA adapter at {str(path)!r}: expected a folder holding {LORA_FILE}, "
+                                "or the .safetensors file itself")
+    return load_file(str(path))
+
+
+def load_lora(module: nn.Module, source, prefix: str = "unet") -> list[str]:
+    """Add the adapter in `source` (a folder, a file, or a state dict as `export_lora` gives)
+    to `module`: each named layer becomes a LoRALinear with the adapter's A and B. The
+    adapter's alpha is already folded in (alpha = rank). Returns the adapted layers' names.
+
+    An adapter made for another model is refused, naming the first layer that does not fit.
+    """
+    _refuse_second_adapter(module)
+    adapter = read_adapter(source)
+    pairs = {}
+    for key, value in adapter.items():
+        name, _, kind = key.removeprefix(prefix + ".").rpartition(".lora_")
+        if kind not in ("A.weight", "B.weight") or not key.startswith(prefix + "."):
+            raise ValueError(f"adapter key {key!r} is not '{prefix}.<layer>.lora_A.weight' or '.lora_B.weight'")
+        pairs.setdefault(name, {})[kind[0]] = value
+    layers = dict(module.named_modules())
+    for name, pair in sorted(pairs.items()):
+        if set(pair) != {"A", "B"}:
+            raise ValueError(f"the adapter has lora_{next(iter(pair))} but not both A and B for layer {name}")
+        base = layers.get(name)
+        if not isinstance(base, nn.Linear):
+            found = "is missing" if base is None else f"is a {type(base).__name__}, not a Linear layer"
+            raise ValueError(f"the adapter was made for another model: layer {name} {found} in this "
+                             f"{type(module).__name__}")
+        d_out, d_in = base.weight.shape
+        rank = pair["A"].shape[0]
+        if pair["A"].shape != (rank, d_in) or pair["B"].shape != (d_out, rank):
+            raise ValueError(f"the adapter was made for another model: layer {name} is {d_out} x {d_in} here, but "
+                             f"the adapter's A is {tuple(pair['A'].shape)} and B {tuple(pair['B'].shape)}")
+    for p in module.parameters():
+        p.requires_grad_(False)
+    for name, pair in pairs.items():
+        layer = LoRALinear(layers[name], rank=pair["A"].shape[0])
+        with torch.no_grad():
+            layer.lora_A.copy_(pair["A"])
+            layer.lora_B.copy_(pair["B"])
+        _replace(module, name, layer)
+    return sorted(pairs)
+
+
+def lora_parameter_count(module: nn.Module) -> int:
+    """How many numbers the LoRA layers train."""
+    return sum(layer.lora_A.numel() + layer.lora_B.numel() for layer in lora_layers(module).values())

@@ -1,0 +1,327 @@
+"""Teach a Stable Diffusion model a new concept with a LoRA adapter (peft + diffusers).
+
+    python -m sdcourse.training.train_lora --concept star --out runs/star-lora
+    python -m sdcourse.training.train_lora --images my-pictures --model path/to/sd15 --out runs/my-lora
+
+The U-Net gets a rank-r adapter on its attention projections (peft's `add_adapter`, as
+diffusers' own LoRA scripts do); only the adapter trains. Everything else (the text encoder,
+the VAE, the U-Net's own weights) stays frozen. The result is
+`--out/pytorch_lora_weights.safetensors`, which `pipe.load_lora_weights(out)` loads.
+
+Data:
+- `--concept star`: pictures of the shape the embedded model never saw, with captions such
+  as "a small red star in the top left", from the course's shapes generator. `--token sks`
+  writes a rare word in place of "star" (the DreamBooth idea: a new word for a new thing).
+- `--images FOLDER`: your own pictures, each with a caption: a `metadata.jsonl` with lines
+  {"file_name": "cat1.png", "text": "a photo of sks cat"}, or a `.txt` beside each picture.
+  They are resized and centre-cropped to the model's resolution (64 px for the embedded
+  model, 512 for SD 1.x).
+
+It runs on the course's training loop (trainer.py): tqdm progress, a checkpoint every
+`--checkpoint-every` steps in --out, and a resumed run continues where the last one stopped.
+Only the settings in trainer.MAY_CHANGE_ON_RESUME (the step count among them) may differ;
+any other change is refused by name. On GPUs, the same script under accelerate:
+
+    accelerate launch -m sdcourse.training.train_lora --images my-pictures --model sd15 \\
+        --out runs/my-lora --mixed-precision fp16 --batch 4 --lr 1e-4
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see build_model.py
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ..data import shapes  # noqa: E402
+from ..lora import DEFAULT_TARGETS, LORA_FILE, check_rank  # noqa: E402
+from .common import images_to_tensor, save_grid, set_threads  # noqa: E402
+from .trainer import PRECISIONS, CheckpointError, Trainer, TrainSettings  # noqa: E402
+
+CONCEPTS = shapes.HELD_OUT_SHAPES  # what the embedded model was never taught: ("star",)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+CHECKPOINT = "lora_ckpt.pt"
+
+
+@dataclass
+class LoRASettings:
+    """What a LoRA run is made of. The defaults teach the embedded model "star" on a laptop CPU."""
+
+    rank: int = 4
+    alpha: float = 4.0
+    steps: int = 300
+    batch: int = 16
+    lr: float = 1e-3  # the tiny model's; 1e-4 is usual for SD 1.x
+    targets: tuple = DEFAULT_TARGETS
+    n_pictures: int = 256  # --concept only: how many pictures to draw
+    token: str | None = None  # --concept only: the word written instead of the concept's name
+    seed: int = 0
+    checkpoint_every: int = 50
+    mixed_precision: str = "no"
+
+    def __post_init__(self):
+        for name in ("steps", "batch", "n_pictures", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "checkpoint_every" else 1):
+                raise ValueError(f"{name}={value!r}; it must be a whole number, "
+                                 f"{0 if name == 'checkpoint_every' else 1} or more")
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
+            raise ValueError(f"rank={self.rank!r}; it must be a whole number, 1 or more")
+        for name in ("alpha", "lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+                raise ValueError(f"{name}={value!r}; it must be a number above 0")
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"mixed_precision={self.mixed_precision!r}; allowed: {', '.join(PRECISIONS)}")
+        if self.token is not None and (not self.token.strip() or " " in self.token.strip()):
+            raise ValueError(f"token={self.token!r}; it must be one word, such as 'sks'")
+        self.targets = tuple(self.targets)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def concept_pictures(concept: str, n: int, seed: int = 0, token: str | None = None):
+    """`n` one-object pictures of a held-out shape, uint8 (n, 64, 64, 3), and their captions,
+    the concept's name replaced by `token` if given."""
+    shapes._check_choice("concept", concept, CONCEPTS)
+    images, captions, _ = shapes.make_dataset(n, seed=seed, shapes=(concept,), n_objects=1)
+    if token:
+        captions = [caption.replace(concept, token) for caption in captions]
+    return images, captions
+
+
+def _caption_table(folder: Path) -> dict[str, str]:
+    """file name -> caption, from metadata.jsonl, or else from a .txt beside each picture."""
+    table = {}
+    metadata = folder / "metadata.jsonl"
+    if metadata.exists():
+        for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                table[entry["file_name"]] = str(entry["text"])
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise ValueError(f"{metadata}, line {number}: expected {{\"file_name\": ..., \"text\": ...}}, "
+                                 f"got {line.strip()[:80]!r} ({error})") from None
+    return table
+
+
+def folder_pictures(folder, resolution: int):
+    """The pictures of `folder` (resized so the short side is `resolution`, centre-cropped to a
+    square) and their captions. A picture without a caption, a caption without a picture, or
+    an unreadable picture stops the run, naming the file: nothing is skipped silently."""
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"--images {str(folder)!r} is not a folder of pictures")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"--images {folder}: no pictures ({', '.join(IMAGE_SUFFIXES)}) in it")
+    table = _caption_table(folder)
+    unknown = sorted(set(table) - {p.name for p in files})
+    if unknown:
+        raise FileNotFoundError(f"{folder / 'metadata.jsonl'} names {unknown[0]}, which is not a picture in {folder}")
+    images, captions = [], []
+    for path in files:
+        if path.name in table:
+            caption = table[path.name]
+        elif path.with_suffix(".txt").exists():
+            caption = path.with_suffix(".txt").read_text(encoding="utf-8").strip()
+        else:
+            raise FileNotFoundError(f"{path} has no caption: add a line for it to metadata.jsonl, or write it "
+                                    f"in {path.with_suffix('.txt').name}")
+        if not caption:
+            raise ValueError(f"the caption of {path} is empty")
+        try:
+            with Image.open(path) as picture:
+                picture = picture.convert("RGB")
+        except (UnidentifiedImageError, OSError) as error:
+            raise ValueError(f"{path} cannot be read as a picture ({error})") from None
+        scale = resolution / min(picture.size)
+        w, h = max(resolution, round(picture.width * scale)), max(resolution, round(picture.height * scale))
+        picture = picture.resize((w, h), Image.Resampling.BICUBIC)
+        left, top = (w - resolution) // 2, (h - resolution) // 2
+        images.append(np.asarray(picture.crop((left, top, left + resolution, top + resolution))))
+        captions.append(caption)
+    return np.stack(images), captions
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@torch.no_grad()
+def _encode(pipe, images: np.ndarray, captions: list[str], batch: int = 16):
+    """Latent distributions (mean, std) and text embeddings, computed once: the VAE and the
+    text encoder are frozen, so every step would compute the same."""
+    device, dtype = pipe.unet.device, pipe.unet.dtype
+    means, stds, texts = [], [], []
+    for start in range(0, len(images), batch):
+        x = images_to_tensor(images[start : start + batch]).to(device, pipe.vae.dtype)
+        dist = pipe.vae.encode(x).latent_dist
+        means.append(dist.mean.float().cpu())
+        stds.append(dist.std.float().cpu())
+        ids = pipe.tokenizer(captions[start : start + batch], padding="max_length", truncation=True,
+                             max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+        texts.append(pipe.text_encoder(ids.to(device))[0].to(dtype).cpu())
+    return torch.cat(means), torch.cat(stds), torch.cat(texts)
+
+
+def add_peft_adapter(unet, settings: LoRASettings) -> list:
+    """peft's LoRA on the U-Net's attention projections; returns the adapter's parameters."""
+    from peft import LoraConfig
+
+    names = [name for name, module in unet.named_modules() if isinstance(module, torch.nn.Linear)]
+    for target in settings.targets:
+        matched = [n for n in names if n == target or n.endswith("." + target)]
+        if not matched:
+            raise ValueError(f"targets: {target!r} matches no Linear layer of the U-Net; its attention "
+                             "projections are to_q, to_k, to_v and to_out.0")
+        d_out, d_in = unet.get_submodule(matched[0]).weight.shape
+        check_rank(settings.rank, d_in, d_out)
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=settings.rank, lora_alpha=settings.alpha, init_lora_weights="gaussian",
+                                target_modules=list(settings.targets)))
+    return [p for p in unet.parameters() if p.requires_grad]
+
+
+def train_lora(pipe, images: np.ndarray, captions: list[str], settings: LoRASettings, out, progress: bool = True,
+               data_record: dict | None = None):
+    """Train a LoRA adapter on `pipe.unet` (in place) and write it to out/pytorch_lora_weights.safetensors.
+
+    images: uint8 (N, H, W, 3) at the model's resolution; captions: one per picture.
+    data_record: what describes the data (a resumed run must use the same). Returns the path.
+    """
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} pictures but {len(captions)} captions; give one caption per picture")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    unet = pipe.unet
+    params = add_peft_adapter(unet, settings)
+    mean, std, text = _encode(pipe, images, captions)
+    noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
+    prediction = noise_schedule.config.prediction_type
+    scaling = pipe.vae.config.scaling_factor
+    gen = torch.Generator().manual_seed(settings.seed)
+
+    def next_batch():
+        """Noisy latents of random pictures, their timesteps, what the U-Net must predict, and the captions."""
+        idx = torch.randint(0, len(mean), (settings.batch,), generator=gen)
+        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scaling
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, noise_schedule.config.num_train_timesteps, (settings.batch,), generator=gen)
+        target = noise if prediction == "epsilon" else noise_schedule.get_velocity(z0, noise, t)
+        return noise_schedule.add_noise(z0, noise, t), t, text[idx], target
+
+    def loss(unet, batch):
+        zt, t, context, target = batch
+        return (unet(zt.to(unet.dtype), t, encoder_hidden_states=context).sample.float() - target).pow(2).mean()
+
+    train = TrainSettings(steps=settings.steps, lr=settings.lr, schedule="constant", warmup=min(20, settings.steps),
+                          weight_decay=0.0, clip_grad_norm=1.0, checkpoint_every=settings.checkpoint_every,
+                          mixed_precision=settings.mixed_precision)
+    record = {**asdict(settings), **(data_record or {})}
+    record.pop("steps")
+    record.pop("checkpoint_every")
+    record.pop("mixed_precision")
+    trainer = Trainer(unet, loss, next_batch, train, params=params, generator=gen, checkpoint=out / CHECKPOINT,
+                      name="LoRA", record=record, progress=progress, save_trained_only=True)
+    trainer.fit()
+    if trainer.accelerator.is_main_process:
+        # A saved adapter carries no alpha, and loaders then take alpha = rank: fold alpha / rank
+        # into B, so that the file gives exactly the trained model (sdcourse.lora.export_lora does the same).
+        fold = settings.alpha / settings.rank
+        adapter = {k: (v * fold if ".lora_B." in k else v).contiguous()  # save_lora_weights adds "unet."
+                   for k, v in get_peft_model_state_dict(unet).items()}
+        StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=adapter, weight_name=LORA_FILE,
+                                                  safe_serialization=True)
+    return out / LORA_FILE
+
+
+def sample_grid(pipe, prompts, path, seed: int = 100):
+    """One picture per prompt (25 DDIM steps, guidance 7.5), saved as a grid with titles."""
+    images = pipe(prompts, num_inference_steps=25, guidance_scale=7.5, output_type="np",
+                  generator=torch.Generator().manual_seed(seed)).images
+    save_grid((images * 255).round().astype(np.uint8), path, titles=prompts, columns=min(8, len(prompts)))
+
+
+def main(argv=None):
+    from ..pipeline import load_pipeline
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--concept", choices=CONCEPTS, help="a shape the embedded model never learned")
+    data.add_argument("--images", help="a folder of pictures with captions (metadata.jsonl or .txt files)")
+    parser.add_argument("--out", required=True, help="folder for the adapter, its checkpoint and sample grids")
+    parser.add_argument("--model", default=None, help="a diffusers SD 1.x/2.x folder (default: the embedded model)")
+    defaults = LoRASettings()
+    parser.add_argument("--rank", type=int, default=defaults.rank)
+    parser.add_argument("--alpha", type=float, default=defaults.alpha, help="the update is scaled by alpha / rank")
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--batch", type=int, default=defaults.batch)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--targets", nargs="+", default=list(defaults.targets), help="Linear layers to adapt")
+    parser.add_argument("--n-pictures", type=int, default=defaults.n_pictures, help="--concept: pictures to draw")
+    parser.add_argument("--token", default=None, help="--concept: a rare word to use instead of the concept's name")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    parser.add_argument("--mixed-precision", choices=PRECISIONS, default="no", help="bf16 or fp16 on GPUs")
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: cuda if there is one)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.token is not None and args.images:
+        parser.error("--token goes with --concept; with --images, write the rare word in your captions")
+    try:
+        settings = LoRASettings(rank=args.rank, alpha=args.alpha, steps=args.steps, batch=args.batch, lr=args.lr,
+                                targets=tuple(args.targets), n_pictures=args.n_pictures, token=args.token,
+                                seed=args.seed, checkpoint_every=args.checkpoint_every,
+                                mixed_precision=args.mixed_precision)
+    except ValueError as error:
+        parser.error(str(error))
+    set_threads(args.threads)
+    started = time.time()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = load_pipeline(args.model, device=device)
+    pipe.set_progress_bar_config(disable=True)
+    resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    if args.concept:
+        images, captions = concept_pictures(args.concept, settings.n_pictures, settings.seed, settings.token)
+        data_record = {"data": f"concept {args.concept}"}
+    else:
+        images, captions = folder_pictures(args.images, resolution)
+        data_record = {"data": str(Path(args.images).resolve()), "n_images": len(images)}
+        if not args.quiet:
+            print(f"{len(images)} pictures from {args.images}, {resolution} px")
+    data_record["model"] = str(args.model or "embedded")
+    out = Path(args.out)
+    path = train_lora(pipe, images, captions, settings, out, progress=not args.quiet, data_record=data_record)
+    word = settings.token or args.concept
+    prompts = ([f"a {colour} {word}" for colour in ("red", "blue", "green", "yellow")] if args.concept
+               else captions[:4])
+    sample_grid(pipe.to("cpu") if device == "cpu" else pipe, prompts, out / "samples.png")
+    minutes = (time.time() - started) / 60
+    (out / "train_lora.json").write_text(json.dumps({**asdict(settings), **data_record, "minutes": round(minutes, 2),
+                                                    "pictures": len(images)}, indent=2))
+    print(f"adapter written to {path} ({path.stat().st_size / 1e6:.2f} MB) in {minutes:.1f} min; "
+          f"samples in {out / 'samples.png'}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except CheckpointError as error:
+        raise SystemExit(f"error: {error}") from None

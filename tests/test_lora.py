@@ -1,0 +1,352 @@
+"""LoRA from scratch (sdcourse.lora) against peft and diffusers' LoRA loaders: same A and B,
+same numbers; and every bad input refused by name."""
+
+import copy
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from torch import nn
+
+from sdcourse.lora import (
+    LORA_FILE,
+    LoRALinear,
+    export_lora,
+    inject_lora,
+    load_lora,
+    lora_layers,
+    lora_parameter_count,
+    merge_lora,
+    save_lora,
+    set_lora_scale,
+    unmerge_lora,
+)
+from sdcourse.training.trainer import CheckpointError
+from sdcourse.unet import UNet
+
+from test_unet import TINY, inputs, make_pair
+
+TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def random_lora(module, seed=0):
+    """Give every LoRA layer random A and B (B starts at zero, which would hide mistakes)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in lora_layers(module).values():
+            layer.lora_A.copy_(torch.randn(layer.lora_A.shape, generator=g) * 0.3)
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=g) * 0.3)
+
+
+def peft_twin(reference, ours_with_lora, rank, alpha):
+    """diffusers' U-Net with a peft adapter holding the same A and B as `ours_with_lora`."""
+    from peft import LoraConfig
+
+    twin = copy.deepcopy(reference)
+    twin.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=TARGETS))
+    layers = lora_layers(ours_with_lora)
+    with torch.no_grad():
+        for name, module in twin.named_modules():
+            if name in layers:
+                module.lora_A["default"].weight.copy_(layers[name].lora_A)
+                module.lora_B["default"].weight.copy_(layers[name].lora_B)
+    return twin.eval()
+
+
+def test_lora_linear_starts_at_the_base_layer_and_has_the_right_shapes():
+    torch.manual_seed(0)
+    base = nn.Linear(768, 768)
+    layer = LoRALinear(copy.deepcopy(base), rank=4)
+    assert layer.lora_A.shape == (4, 768) and layer.lora_B.shape == (768, 4)
+    assert layer.lora_A.abs().sum() > 0 and layer.lora_B.abs().sum() == 0
+    assert layer.lora_A.numel() + layer.lora_B.numel() == 6144  # against 589,824 in W
+    x = torch.randn(3, 768)
+    assert torch.equal(layer(x), base(x))
+    assert not any(p.requires_grad for p in layer.base.parameters())
+    assert layer.lora_A.requires_grad and layer.lora_B.requires_grad
+
+
+def test_lora_linear_computes_the_low_rank_update():
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(6, 5), rank=2, alpha=3)
+    nn.init.normal_(layer.lora_B)
+    x = torch.randn(4, 6)
+    expected = layer.base(x) + (3 / 2) * x @ (layer.lora_B @ layer.lora_A).T
+    assert (layer(x) - expected).abs().max() <= 1e-6
+
+
+def test_merge_and_unmerge_are_exact():
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(32, 16), rank=4, alpha=8)
+    nn.init.normal_(layer.lora_B, std=0.1)  # a trained adapter's size: outputs of order 1
+    original = layer.base.weight.clone()
+    x = torch.randn(5, 32)
+    unmerged = layer(x)
+    layer.merge()
+    assert layer.merged and (layer(x) - unmerged).abs().max() <= 1e-6
+    layer.merge()  # a second merge does nothing
+    layer.unmerge()
+    assert not layer.merged and (layer.base.weight - original).abs().max() <= 1e-6
+
+
+def test_scale_zero_is_the_base_model_and_half_is_half_the_update():
+    reference, ours = make_pair(TINY, seed=0)
+    sample, t, text = inputs(TINY)
+    with torch.no_grad():
+        base = ours(sample, t, text)
+        inject_lora(ours, rank=2, alpha=2)
+        random_lora(ours)
+        full = ours(sample, t, text)
+        set_lora_scale(ours, 0)
+        assert (ours(sample, t, text) - base).abs().max() == 0
+        merge_lora(ours)
+        set_lora_scale(ours, 1.0)  # merged layers are re-merged at the new scale
+        assert (ours(sample, t, text) - full).abs().max() <= 1e-5
+        unmerge_lora(ours)
+        assert (ours(sample, t, text) - full).abs().max() <= 1e-5
+    layer = next(iter(lora_layers(ours).values()))
+    half = copy.deepcopy(layer)
+    half.scale = 0.5
+    assert (half.delta_weight() - 0.5 * layer.delta_weight()).abs().max() <= 1e-7
+
+
+def test_inject_lora_wraps_the_attention_projections_and_freezes_the_rest():
+    reference, ours = make_pair(TINY, seed=0)
+    for model in (reference, ours):
+        names = inject_lora(model, rank=2)
+        # TINY has 4 transformer blocks (1 down, 1 middle, 2 up), each 2 attentions x 4 projections
+        assert len(names) == 32 and all(name.split(".")[-1] in ("to_q", "to_k", "to_v", "0") for name in names)
+        trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+        assert trainable and all("lora" in name for name in trainable)
+        assert lora_parameter_count(model) == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert inject_lora(make_pair(TINY, 0)[1], ["to_q"], rank=1) == [n for n in names if n.endswith("to_q")]
+
+
+@pytest.mark.parametrize("rank, alpha", [(2, 2), (2, 8), (1, 0.5)])
+def test_same_a_and_b_give_peft_outputs(rank, alpha, one_thread):
+    """The from-scratch LoRA on diffusers' U-Net and on the course's U-Net equal peft's."""
+    reference, ours = make_pair(TINY, seed=1)
+    diffusers_scratch = copy.deepcopy(reference)
+    inject_lora(ours, rank=rank, alpha=alpha)
+    random_lora(ours)
+    inject_lora(diffusers_scratch, rank=rank, alpha=alpha)
+    diffusers_scratch.load_state_dict(ours.state_dict())
+    twin = peft_twin(reference, ours, rank, alpha)
+    sample, t, text = inputs(TINY)
+    with torch.no_grad():
+        expected = twin(sample, t, text).sample
+        assert (expected - reference(sample, t, text).sample).abs().max() > 1e-3  # the adapter does something
+        assert (ours(sample, t, text) - expected).abs().max() <= 1e-6
+        assert (diffusers_scratch(sample, t, text).sample - expected).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("rank, alpha", [(4, 4), (4, 8), (2, 1)])
+def test_an_exported_adapter_loads_in_diffusers_with_the_same_outputs(tmp_path, rank, alpha, one_thread):
+    """export_lora/save_lora give what diffusers' load_lora_weights takes, alpha != rank included."""
+    from sdcourse.pipeline import load_pipeline
+
+    pipe = load_pipeline()
+    ours = UNet.from_config(pipe.unet.config).eval()
+    ours.load_state_dict(pipe.unet.state_dict())
+    inject_lora(ours, rank=rank, alpha=alpha)
+    random_lora(ours, seed=rank)
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 8, 8, generator=g)
+    text = torch.randn(2, 77, pipe.unet.config.cross_attention_dim, generator=g)
+    t = torch.tensor([500, 20])
+    with torch.no_grad():
+        base = pipe.unet(latents, t, text).sample
+        expected = ours(latents, t, text)
+    assert (expected - base).abs().max() > 1e-3
+    path = save_lora(ours, tmp_path / "adapter")
+    assert path == tmp_path / "adapter" / LORA_FILE
+    for source in (export_lora(ours), str(tmp_path / "adapter")):
+        pipe.load_lora_weights(source, adapter_name="scratch")
+        with torch.no_grad():
+            got = pipe.unet(latents, t, text).sample
+        assert (got - expected).abs().max() <= 1e-5
+        pipe.delete_adapters("scratch")
+
+
+def test_export_has_diffusers_keys_and_load_lora_reads_them_back(tmp_path):
+    reference, ours = make_pair(TINY, seed=2)
+    inject_lora(ours, rank=2, alpha=4)
+    random_lora(ours)
+    adapter = export_lora(ours)
+    assert all(k.startswith("unet.") and k.endswith((".lora_A.weight", ".lora_B.weight")) for k in adapter)
+    assert len(adapter) == 2 * len(lora_layers(ours))
+    save_lora(ours, tmp_path)
+    fresh = make_pair(TINY, seed=2)[1]
+    assert load_lora(fresh, tmp_path) == sorted(lora_layers(ours))
+    sample, t, text = inputs(TINY)
+    with torch.no_grad():
+        assert (fresh(sample, t, text) - ours(sample, t, text)).abs().max() <= 1e-6
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("rank, error", [(0, ValueError), (-1, ValueError), (9, ValueError), (2.0, TypeError)])
+def test_rank_out_of_range_is_refused(rank, error):
+    with pytest.raises(error, match="rank"):
+        LoRALinear(nn.Linear(8, 16), rank=rank)
+
+
+def test_targets_that_match_nothing_list_the_linear_layers():
+    _, ours = make_pair(TINY, seed=0)
+    with pytest.raises(ValueError, match=r"\[.to_query.\].*Linear layers end in:.*to_out\.0, to_q"):
+        inject_lora(ours, ["to_q", "to_query"])
+    assert not lora_layers(ours)  # nothing was half-done
+
+
+def test_targets_that_are_not_linear_and_a_second_adapter_are_refused():
+    _, ours = make_pair(TINY, seed=0)
+    with pytest.raises(ValueError, match="conv_in.*not nn.Linear"):
+        inject_lora(ours, ["conv_in"])
+    inject_lora(ours)
+    with pytest.raises(ValueError, match="already has LoRA"):
+        inject_lora(ours)
+    with pytest.raises(ValueError, match="scale"):
+        set_lora_scale(ours, float("nan"))
+    with pytest.raises(ValueError, match="no LoRA layers"):
+        merge_lora(make_pair(TINY, seed=0)[1])
+
+
+def test_an_adapter_for_another_model_names_the_layer(tmp_path):
+    _, ours = make_pair(TINY, seed=0)
+    inject_lora(ours, rank=2)
+    adapter = export_lora(ours)
+    wider = UNet2DConditionModel(**{**TINY, "block_out_channels": (8, 8)})
+    with pytest.raises(ValueError, match=r"another model: layer down_blocks\.0\.attentions\.0.*to_k is 8 x 8"):
+        load_lora(wider, adapter)
+    renamed = {k.replace("attn1", "attn9"): v for k, v in adapter.items()}
+    with pytest.raises(ValueError, match=r"layer .*attn9\.to_k is missing"):
+        load_lora(make_pair(TINY, 0)[1], renamed)
+    with pytest.raises(FileNotFoundError, match=LORA_FILE):
+        load_lora(make_pair(TINY, 0)[1], tmp_path / "nothing-here")
+    with pytest.raises(ValueError, match="lora_A.weight"):
+        load_lora(make_pair(TINY, 0)[1], {"unet.conv_in.weight": torch.zeros(1)})
+
+
+# ----------------------------------------------------------------------------- the LoRA trainer
+
+
+def test_concept_pictures_are_stars_with_the_token_in_their_captions():
+    from sdcourse.evaluate import classify
+    from sdcourse.training.train_lora import concept_pictures
+
+    images, captions = concept_pictures("star", 24, seed=1, token="sks")
+    assert images.shape == (24, 64, 64, 3) and len(captions) == 24
+    assert all("sks" in c and "star" not in c for c in captions)
+    assert sum(g["shape"] == "star" for g in classify(images)) >= 20
+    with pytest.raises(ValueError, match="concept"):
+        concept_pictures("circle", 4)
+
+
+def write_pictures(folder, n=3, size=(80, 60)):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", size, (40 * i, 100, 200)).save(folder / f"p{i}.png")
+    return folder
+
+
+def test_a_folder_with_metadata_or_text_files_gives_square_pictures_and_captions(tmp_path):
+    from sdcourse.training.train_lora import folder_pictures
+
+    folder = write_pictures(tmp_path / "a")
+    (folder / "metadata.jsonl").write_text("\n".join(
+        f'{{"file_name": "p{i}.png", "text": "a photo of sks {i}"}}' for i in range(3)))
+    images, captions = folder_pictures(folder, 64)
+    assert images.shape == (3, 64, 64, 3) and captions == [f"a photo of sks {i}" for i in range(3)]
+    folder = write_pictures(tmp_path / "b", n=2)
+    for i in range(2):
+        (folder / f"p{i}.txt").write_text(f"caption {i}\n")
+    assert folder_pictures(folder, 32)[1] == ["caption 0", "caption 1"]
+
+
+def test_a_bad_folder_names_the_file(tmp_path):
+    from sdcourse.training.train_lora import folder_pictures
+
+    folder = write_pictures(tmp_path / "no-captions", n=2)
+    (folder / "p0.txt").write_text("one caption")
+    with pytest.raises(FileNotFoundError, match=r"p1\.png has no caption"):
+        folder_pictures(folder, 64)
+    (folder / "p1.txt").write_text("another")
+    (folder / "broken.png").write_bytes(b"not a picture")
+    (folder / "broken.txt").write_text("a broken picture")
+    with pytest.raises(ValueError, match=r"broken\.png cannot be read"):
+        folder_pictures(folder, 64)
+    with pytest.raises(FileNotFoundError, match="no pictures"):
+        folder_pictures(tmp_path, 64)
+    folder = write_pictures(tmp_path / "meta", n=1)
+    (folder / "metadata.jsonl").write_text('{"file_name": "p0.png"}\n')
+    with pytest.raises(ValueError, match=r"metadata\.jsonl, line 1"):
+        folder_pictures(folder, 64)
+    (folder / "metadata.jsonl").write_text('{"file_name": "gone.png", "text": "x"}\n')
+    with pytest.raises(FileNotFoundError, match=r"gone\.png"):
+        folder_pictures(folder, 64)
+
+
+@pytest.mark.parametrize("field, value", [("rank", 0), ("alpha", -1.0), ("steps", 2.5), ("batch", 0),
+                                          ("token", "two words"), ("mixed_precision", "fp8")])
+def test_bad_lora_settings_are_refused_by_name(field, value):
+    from sdcourse.training.train_lora import LoRASettings
+
+    with pytest.raises(ValueError, match=field):
+        LoRASettings(**{field: value})
+
+
+def test_the_trainer_writes_an_adapter_diffusers_loads_and_resumes(tmp_path, one_thread):
+    from sdcourse.pipeline import load_pipeline
+    from sdcourse.training.train_lora import CHECKPOINT, main
+
+    out = tmp_path / "star"
+    args = ["--concept", "star", "--out", str(out), "--batch", "4", "--n-pictures", "8", "--checkpoint-every",
+            "2", "--threads", "1", "--quiet"]
+    main([*args, "--steps", "2"])
+    assert (out / LORA_FILE).exists() and (out / CHECKPOINT).exists() and (out / "samples.png").exists()
+    first = torch.load(out / CHECKPOINT, weights_only=False)
+    assert first["step"] == 2 and all("lora" in name for name in first["model"])
+    main([*args, "--steps", "4"])  # trains on from step 2
+    assert torch.load(out / CHECKPOINT, weights_only=False)["step"] == 4
+    with pytest.raises(CheckpointError, match="rank: the checkpoint has 4, this run asks for 2"):
+        main([*args, "--steps", "6", "--rank", "2"])
+    pipe = load_pipeline()
+    pipe.load_lora_weights(str(out))
+    with torch.no_grad():
+        loaded = [p for n, p in pipe.unet.named_parameters() if "lora_B" in n]
+    assert loaded and any(p.abs().sum() > 0 for p in loaded)
+
+
+def test_targets_that_match_nothing_are_refused_before_training(tmp_path):
+    from sdcourse.training.train_lora import main
+
+    with pytest.raises(ValueError, match="'to_query' matches no Linear layer"):
+        main(["--concept", "star", "--out", str(tmp_path), "--targets", "to_query", "--quiet", "--steps", "1"])
+
+
+def test_an_adapter_trained_with_alpha_above_rank_loads_exactly_in_diffusers_and_from_scratch(tmp_path, one_thread):
+    from sdcourse.pipeline import load_pipeline
+    from sdcourse.training.train_lora import LoRASettings, concept_pictures, train_lora
+
+    pipe = load_pipeline()
+    images, captions = concept_pictures("star", 4)
+    path = train_lora(pipe, images, captions, LoRASettings(rank=2, alpha=8, steps=3, batch=2, lr=0.05), tmp_path,
+                      progress=False)
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 8, 8, generator=g)
+    text = torch.randn(2, 77, pipe.unet.config.cross_attention_dim, generator=g)
+    t = torch.tensor([700, 30])
+    with torch.no_grad():
+        trained = pipe.unet(latents, t, text).sample
+        base = load_pipeline().unet(latents, t, text).sample
+        assert (trained - base).abs().max() > 1e-4  # the adapter trained
+        fresh = load_pipeline()
+        fresh.load_lora_weights(str(path.parent))
+        assert (fresh.unet(latents, t, text).sample - trained).abs().max() <= 1e-5
+        ours = UNet.from_config(fresh.unet.config).eval()
+        ours.load_state_dict(load_pipeline().unet.state_dict())
+        load_lora(ours, path)
+        assert (ours(latents, t, text) - trained).abs().max() <= 1e-5
