@@ -173,8 +173,16 @@ class Sampler:
     def set_timesteps(self, num_inference_steps, device=None):
         """Choose the num_inference_steps timesteps to visit (`self.timesteps`, highest first)."""
         steps = check_num_inference_steps(num_inference_steps, self.num_train_timesteps)
+        timesteps = self._make_timesteps(steps)
+        if timesteps.max() > self.num_train_timesteps - 1:
+            c = self.config
+            raise ValueError(
+                f"num_inference_steps={steps} with timestep_spacing={c.get('timestep_spacing')!r} and steps_offset="
+                f"{c.get('steps_offset')} would start at timestep {timesteps.max().item():g}, past the last one the "
+                f"model was trained on ({self.num_train_timesteps - 1}); use fewer steps, or timestep_spacing='trailing'"
+            )
         self.num_inference_steps = steps
-        self.timesteps = self._make_timesteps(steps).to(device)
+        self.timesteps = timesteps.to(device)
         self.last_x0 = None
         self._start()
 
@@ -606,10 +614,20 @@ SAMPLERS = {
 
 
 def make_sampler(name, config=None, **overrides) -> Sampler:
-    """The sampler called `name` (a key of SAMPLERS), built from a diffusers scheduler config.
+    """The sampler called `name` (a key of SAMPLERS), built from any diffusers scheduler's config.
 
-    config: a dict or `scheduler.config`; None gives the twin's defaults.
+    config: a dict or `scheduler.config`, of this sampler's twin or of another scheduler (a
+    pipeline's PNDM or DDIM config, say); None gives the twin's defaults. Fields the twin does
+    not have (DDIM's `clip_sample_range` for Euler) are dropped, and so are the fields the other
+    scheduler only had at its own default (diffusers lists them in `_use_default_values`): they
+    take this sampler's default. That is what diffusers' `from_config` does when it builds one
+    scheduler from another's config. `Sampler.from_config`, for the twin's own config, keeps
+    the strict rule: there an unknown field is an error.
     """
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; known samplers: {', '.join(SAMPLERS)}")
-    return SAMPLERS[name].from_config(config or {}, **overrides)
+    cls = SAMPLERS[name]
+    config = dict(config or {})
+    known = {*cls.DEFAULTS, *cls.FIXED, *CARRIED_FIELDS} - set(config.get("_use_default_values", ()))
+    config = {key: value for key, value in config.items() if key in known}
+    return cls.from_config(config, **overrides)

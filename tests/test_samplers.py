@@ -275,6 +275,31 @@ def test_make_sampler_builds_each_sampler_and_refuses_unknown_names():
         make_sampler("pndm")
 
 
+@pytest.mark.parametrize("name", list(SAMPLERS))
+@pytest.mark.parametrize("source", [DDIMScheduler, PNDMScheduler, DPMSolverMultistepScheduler])
+def test_make_sampler_takes_another_schedulers_config_as_diffusers_does(name, source):
+    """Switching samplers on a pipeline: fields the twin lacks (clip_sample_range,
+    thresholding, solver_order, ...) are dropped, as diffusers' from_config drops them."""
+    other = source(**SD_SCHEDULE, steps_offset=1).config
+    sampler = make_sampler(name, other)
+    library = TWINS[type(sampler)].from_config(other)
+    sampler.set_timesteps(20)
+    library.set_timesteps(20)
+    assert torch.equal(sampler.timesteps.to(library.timesteps.dtype), library.timesteps)
+    with pytest.raises(ValueError, match="unknown fields"):  # asked for by name, a wrong field is still an error
+        make_sampler(name, other, clip_sampel=True)
+
+
+def test_a_leading_spacing_that_would_pass_the_last_timestep_is_refused():
+    """SD's steps_offset=1 with "leading" spacing and 1000 steps would start at timestep 1000
+    (diffusers' DDPMScheduler then fails with an IndexError)."""
+    sampler = DDPMSampler(**SD_SCHEDULE, steps_offset=1, timestep_spacing="leading")
+    with pytest.raises(ValueError, match=r"num_inference_steps=1000 .* timestep 1000, past .* \(999\)"):
+        sampler.set_timesteps(1000)
+    sampler.set_timesteps(500)
+    assert sampler.timesteps[0] == 999
+
+
 # Bad configs: each field for a missing feature, an unknown field, and unsupported values.
 @pytest.mark.parametrize(
     "cls, changes, message",
