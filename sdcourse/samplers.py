@@ -136,6 +136,9 @@ class Sampler:
     CHOICES: dict = {}
     FIXED: dict = {}
     init_noise_sigma = 1.0  # the starting noise is init_noise_sigma * N(0, 1)
+    # True where a step reads alpha_bar at its timestep, which must then be a trained one (DDPM,
+    # DDIM); the Euler and DPM-Solver samplers interpolate their sigmas and accept any timestep.
+    reads_schedule_at_timesteps = False
 
     def __init__(self, **config):
         """Keyword arguments are the twin's config fields; missing ones take the twin's defaults."""
@@ -174,7 +177,7 @@ class Sampler:
         """Choose the num_inference_steps timesteps to visit (`self.timesteps`, highest first)."""
         steps = check_num_inference_steps(num_inference_steps, self.num_train_timesteps)
         timesteps = self._make_timesteps(steps)
-        if timesteps.max() > self.num_train_timesteps - 1:
+        if self.reads_schedule_at_timesteps and timesteps.max() > self.num_train_timesteps - 1:
             c = self.config
             raise ValueError(
                 f"num_inference_steps={steps} with timestep_spacing={c.get('timestep_spacing')!r} and steps_offset="
@@ -228,6 +231,7 @@ class DDPMSampler(Sampler):
     """
 
     twin = "DDPMScheduler"
+    reads_schedule_at_timesteps = True
     DEFAULTS = {
         **SCHEDULE_DEFAULTS,
         "prediction_type": "epsilon",
@@ -302,6 +306,7 @@ class DDIMSampler(Sampler):
     """
 
     twin = "DDIMScheduler"
+    reads_schedule_at_timesteps = True
     DEFAULTS = {
         **SCHEDULE_DEFAULTS,
         "prediction_type": "epsilon",

@@ -290,10 +290,11 @@ def test_make_sampler_takes_another_schedulers_config_as_diffusers_does(name, so
         make_sampler(name, other, clip_sampel=True)
 
 
-def test_a_leading_spacing_that_would_pass_the_last_timestep_is_refused():
+@pytest.mark.parametrize("cls", [DDPMSampler, DDIMSampler])
+def test_a_leading_spacing_that_would_pass_the_last_timestep_is_refused(cls):
     """SD's steps_offset=1 with "leading" spacing and 1000 steps would start at timestep 1000
-    (diffusers' DDPMScheduler then fails with an IndexError)."""
-    sampler = DDPMSampler(**SD_SCHEDULE, steps_offset=1, timestep_spacing="leading")
+    (diffusers' DDPM and DDIM schedulers then fail with an IndexError in their first step)."""
+    sampler = cls(**SD_SCHEDULE, steps_offset=1, timestep_spacing="leading")
     with pytest.raises(ValueError, match=r"num_inference_steps=1000 .* timestep 1000, past .* \(999\)"):
         sampler.set_timesteps(1000)
     sampler.set_timesteps(500)
