@@ -159,3 +159,25 @@ def test_the_vae_world_has_every_shape_and_colours_beyond_the_palette():
         assert (np.abs(picture.astype(int) - shapes.rgb(scene.background)).sum(-1) > 60).any()
     again = shapes.sample_any_scene(np.random.default_rng(0))
     assert shapes.render(again).tobytes() == shapes.render(scenes[0]).tobytes()
+
+
+def test_contrast_pairs_differ_in_exactly_the_one_thing_their_captions_state():
+    rng = np.random.default_rng(5)
+    kinds = set()
+    for _ in range(200):
+        a, b = shapes.contrast_pair(rng)
+        assert a.background == b.background and a.caption != b.caption
+        assert len(a.objects) == len(b.objects)
+        fields = ("colour", "shape", "size", "position")
+        changed = {f for x, y in zip(a.objects, b.objects) for f in fields if getattr(x, f) != getattr(y, f)}
+        if len(a.objects) == 2:  # which colour goes with which shape
+            assert changed == {"colour"}
+            assert [o.colour for o in a.objects] == [o.colour for o in b.objects][::-1]
+            assert [o.shape for o in a.objects] == [o.shape for o in b.objects]
+            kinds.add("binding")
+        else:
+            assert len(changed) == 1
+            (field,) = changed
+            assert getattr(b.objects[0], field) in b.caption and getattr(a.objects[0], field) in a.caption
+            kinds.add(field)
+    assert kinds == {"shape", "position", "size", "binding"}

@@ -202,3 +202,23 @@ def test_foreground_weights_count_the_shape_and_its_outline_more():
     on_shape = reconstruction_loss(x + error, x, weights)[0]
     on_background = reconstruction_loss(x + error.roll(30, dims=-1), x, weights)[0]
     assert on_shape > 2 * on_background
+
+
+def test_clip_batches_end_with_whole_contrast_pairs_whose_keys_find_their_captions():
+    from sdcourse.training.datasets import build_contrast_set
+    from sdcourse.training.train_clip import caption_sampler
+
+    cfg = fast_config(clip_batch=12, clip_contrast_pairs=3)
+    train = {"images": np.zeros((5, 64, 64, 3), np.uint8),
+             "token_ids": tokenize_ids([f"a red circle {i}" for i in range(10)]).reshape(5, 2, MAX_LENGTH)}
+    contrast = build_contrast_set(4, seed=0, progress=False)
+    assert contrast["images"].shape == (8, 64, 64, 3) and contrast["token_ids"].shape == (8, MAX_LENGTH)
+    images, ids, keys = caption_sampler(cfg, train, contrast, np.random.default_rng(0))()
+    assert len(images) == len(ids) == len(keys) == 12
+    all_ids = np.concatenate([train["token_ids"].reshape(10, -1), contrast["token_ids"]])
+    width = ids.shape[1]
+    assert (all_ids[keys][:, :width] == ids.numpy()).all()
+    rows = keys[6:] - 10  # the last 6: three whole pairs (rows 2i and 2i + 1)
+    assert (rows[::2] % 2 == 0).all() and (rows[1::2] == rows[::2] + 1).all()
+    assert (images[6:] == contrast["images"][rows]).all()
+    assert len(caption_sampler(cfg, train, None, np.random.default_rng(0))()[0]) == 12

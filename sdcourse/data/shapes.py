@@ -306,6 +306,61 @@ def sample_any_scene(rng, palette_share: float = 0.5, two_object_prob: float = 0
     return Scene(objects, background)
 
 
+CONTRASTS = ("shape", "position", "size", "binding")
+
+
+def contrast_pair(rng, shapes=BASE_SHAPES) -> tuple[Scene, Scene]:
+    """Two scenes that differ in one thing, which both captions state.
+
+    The difference is the shape, the position or the size of a single object, or, with two
+    objects, which colour goes with which shape ("a red circle and a blue square" against "a
+    blue circle and a red square"). Everything else, the caption's wording included, is the
+    same. A text encoder trained contrastively on such pairs must read that word to tell the
+    pictures apart; on random pictures, colour alone tells most of them apart.
+    """
+    kind = CONTRASTS[rng.integers(len(CONTRASTS))]
+    background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
+    colours = [c for c in COLOURS if c != background]
+
+    def pick(options, avoid=None):
+        options = [o for o in options if o != avoid]
+        return options[rng.integers(len(options))]
+
+    if kind == "binding":
+        p1, p2 = (list(POSITIONS)[i] for i in rng.choice(len(POSITIONS), 2, replace=False))
+        size = "small" if "center" in (p1, p2) else pick(SIZES)
+        c1 = pick(colours)
+        c2 = pick(colours, avoid=c1)
+        s1 = pick(shapes)
+        s2 = pick(shapes, avoid=s1)
+        specs = [[(c1, s1, size, p1), (c2, s2, size, p2)], [(c2, s1, size, p1), (c1, s2, size, p2)]]
+    else:
+        colour, shape, size, position = pick(colours), pick(shapes), pick(SIZES), pick(list(POSITIONS))
+        changed = {"shape": (colour, pick(shapes, avoid=shape), size, position),
+                   "position": (colour, shape, size, pick(list(POSITIONS), avoid=position)),
+                   "size": (colour, shape, pick(SIZES, avoid=size), position)}[kind]
+        specs = [[(colour, shape, size, position)], [changed]]
+    say_size = kind == "size" or rng.random() < 0.3
+    say_position = kind == "position" or rng.random() < 0.3
+    word = POSITION_WORDS[rng.integers(len(POSITION_WORDS))]
+    say_background = rng.random() < 0.4
+    scenes = []
+    for objects in specs:
+        built, phrases = [], []
+        for colour, shape, size, position in objects:
+            center, radius = _place(rng, size, position)
+            built.append(ShapeObject(colour, shape, size, position, center, radius))
+            phrase = _noun_phrase(colour, shape, size if say_size else None)
+            phrases.append(phrase + (f" {word} {position}" if say_position else ""))
+        caption = " and ".join(phrases)
+        if say_background:
+            caption += f" on {article(background)} {background} background"
+        mentioned = [{"colour": o.colour, "shape": o.shape, **({"size": o.size} if say_size else {}),
+                      **({"position": o.position} if say_position else {})} for o in built]
+        scenes.append(Scene(built, background, caption, mentioned))
+    return scenes[0], scenes[1]
+
+
 def scene_at(index: int, seed: int = 0, shapes=BASE_SHAPES, n_objects=None, two_object_prob=0.3) -> Scene:
     """Scene number `index` of the set with this seed (the same every time)."""
     rng = np.random.default_rng([seed, index])

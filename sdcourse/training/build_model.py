@@ -10,8 +10,10 @@ Stages, one function each below, each resumable (run the same command again afte
    crops; set scaling_factor = 1 / latent std; then train its decoder on alone (encoder
    frozen, as SD's ft-MSE VAE). It needs no captions, so it comes first, and
    `--stop-after vae_decoder` trains and measures it alone;
-3. train a tiny CLIP contrastively; keep its text encoder, frozen; then train its image
-   encoder on alone against the locked text encoder (it learns shapes slowly);
+3. train a tiny CLIP contrastively, on the training set and on pairs of pictures that differ
+   in one thing their captions state (a shape, a position, a size, which colour goes with
+   which shape), so that its text encoder reads those words; keep its text encoder, frozen;
+   then train its image encoder on alone against the locked text encoder;
 4. encode the training set once, caching the latent distributions;
 5. train the U-Net (epsilon prediction, SD schedule, 10% empty captions, EMA weights);
 6. train a shape/colour classifier with the evaluator's recipe (a figure about the recipe:
@@ -53,7 +55,7 @@ from ..data import shapes  # noqa: E402
 from ..tokenizer import load_tokenizer  # noqa: E402
 from . import config as config_mod  # noqa: E402
 from .common import seed_everything, set_threads  # noqa: E402
-from .datasets import build_training_set, photo_crops  # noqa: E402
+from .datasets import build_contrast_set, build_training_set, photo_crops  # noqa: E402
 from .export import folder_size_mb, save_clip_extras, save_pipeline  # noqa: E402
 from .trainer import PRECISIONS, CheckpointError  # noqa: E402
 
@@ -113,8 +115,17 @@ def data_stage(b: Build):
     b.photos = photo_crops(cfg.n_photo_crops, cfg.seed)
 
 
+def contrast_set(b: Build) -> dict | None:
+    """The CLIP's contrast pairs (drawn once, cached in the run folder), or None if it uses none."""
+    if not b.cfg.clip_contrast_pairs:
+        return None
+    with b.accelerator.main_process_first():
+        return build_contrast_set(b.cfg.clip_contrast_set, b.cfg.seed, cache=b.run_dir / "contrast_set.npz",
+                                  progress=b.progress)
+
+
 def clip_stage(b: Build):
-    """2. The CLIP, trained contrastively; its text encoder becomes SD's."""
+    """3. The CLIP, trained contrastively; its text encoder becomes SD's."""
     from transformers import CLIPModel, CLIPTextModel
 
     from .train_clip import train_clip, zero_shot_accuracy
@@ -124,7 +135,7 @@ def clip_stage(b: Build):
         b.clip = CLIPModel.from_pretrained(str(folder), dtype=torch.float32).eval()
     else:
         seed_everything(b.cfg.seed + 1)
-        b.clip = train_clip(b.cfg, b.data, b.run_dir, b.progress)
+        b.clip = train_clip(b.cfg, b.data, b.run_dir, b.progress, contrast=contrast_set(b))
         b.save(b.clip, folder)
         if b.main:
             b.log.figure("clip_zero_shot", zero_shot_accuracy(b.clip, n=b.eval_n),
@@ -134,7 +145,7 @@ def clip_stage(b: Build):
 
 
 def clip_image_stage(b: Build):
-    """2b. The CLIP's image encoder trains on, with the text encoder locked."""
+    """3b. The CLIP's image encoder trains on, with the text encoder locked."""
     from transformers import CLIPModel
 
     from .train_clip import refine_image_encoder, zero_shot_accuracy
@@ -144,7 +155,7 @@ def clip_image_stage(b: Build):
         b.clip = CLIPModel.from_pretrained(str(folder), dtype=torch.float32).eval()
     elif b.cfg.clip_image_steps > 0:
         seed_everything(b.cfg.seed + 4)
-        b.clip = refine_image_encoder(b.cfg, b.clip, b.data, b.run_dir, b.progress)
+        b.clip = refine_image_encoder(b.cfg, b.clip, b.data, b.run_dir, b.progress, contrast=contrast_set(b))
         b.save(b.clip, folder)
         if b.main:
             b.log.figure("clip_zero_shot_after_image_phase", zero_shot_accuracy(b.clip, n=b.eval_n),
@@ -163,7 +174,7 @@ def vae_figures(b: Build, vae) -> dict:
 
 
 def vae_stage(b: Build):
-    """3. The VAE; then scaling_factor = 1 / std of its latents."""
+    """2. The VAE; then scaling_factor = 1 / std of its latents."""
     from diffusers import AutoencoderKL
 
     from .train_vae import latent_scaling_factor, train_vae
@@ -182,7 +193,7 @@ def vae_stage(b: Build):
 
 
 def vae_decoder_stage(b: Build):
-    """3b. Optional: the decoder alone trains on (latents, hence the U-Net, are unaffected)."""
+    """2b. Optional: the decoder alone trains on (latents, hence the U-Net, are unaffected)."""
     from diffusers import AutoencoderKL
 
     from .train_vae import finetune_decoder

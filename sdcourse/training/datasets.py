@@ -54,6 +54,29 @@ def build_training_set(n: int, captions_per_image: int, seed: int, two_object_pr
     return data
 
 
+def build_contrast_set(n_pairs: int, seed: int, cache: Path | None = None, progress: bool = True) -> dict:
+    """`n_pairs` pairs of pictures that differ in one thing their captions state
+    (`shapes.contrast_pair`: a shape, a position, a size, or which colour goes with which shape),
+    for the CLIP. Rows 2i and 2i + 1 are pair i. Returns images uint8 (2 n_pairs, 64, 64, 3),
+    token_ids int32 (2 n_pairs, MAX_LENGTH) and captions; cached like the training set."""
+    if cache is not None and Path(cache).exists():
+        data = np.load(cache, allow_pickle=False)
+        return {key: data[key] for key in data.files}
+    rng = np.random.default_rng([seed, 77])
+    images = np.empty((2 * n_pairs, 64, 64, 3), dtype=np.uint8)
+    captions = []
+    for i in tqdm(range(n_pairs), desc="drawing contrast pairs", disable=not progress, mininterval=2):
+        for j, scene in enumerate(shapes.contrast_pair(rng)):
+            images[2 * i + j] = shapes.render(scene)
+            captions.append(scene.caption)
+    data = {"images": images, "token_ids": tokenize_ids(captions), "captions": np.array(captions)}
+    if cache is not None:
+        tmp = Path(str(cache) + ".tmp.npz")
+        np.savez(tmp, **data)
+        tmp.replace(cache)
+    return data
+
+
 def load_photo(name: str) -> np.ndarray:
     import skimage.data
 

@@ -1,8 +1,14 @@
-"""Stage 1: a tiny CLIP, trained contrastively on (picture, caption) pairs.
+"""The build's tiny CLIP, trained contrastively on (picture, caption) pairs.
 
 Stable Diffusion does not train its text encoder: it borrows CLIP's, which learned from
 image-caption pairs which words matter for what a picture looks like. We do the same in
 miniature: train a small `CLIPModel` here, then keep only its text encoder, frozen.
+
+On random pictures colour alone tells most pictures apart, and a text encoder trained on them
+learns little about the other words. So part of each batch is pairs of pictures that differ in
+one thing both captions state: a shape, a position, a size, or which colour goes with which
+shape (`shapes.contrast_pair`). To match each picture with its caption, the model must read
+that word.
 
 The text encoder uses the real CLIP tokenizer (49,408 tokens, 77-token context), so its
 token embedding table is kept narrow (32 numbers per token) to keep the model small.
@@ -20,7 +26,7 @@ from tqdm.auto import tqdm
 from ..data import shapes
 from ..tokenizer import END_TOKEN_ID, MAX_LENGTH, START_TOKEN_ID, VOCAB_SIZE
 from .common import images_to_tensor
-from .config import CLIP_MODEL_SETTINGS, DATA_SETTINGS
+from .config import CLIP_DATA_SETTINGS, CLIP_MODEL_SETTINGS, DATA_SETTINGS
 from .datasets import tokenize_ids
 from .trainer import Trainer, TrainSettings
 
@@ -101,16 +107,25 @@ def clip_settings(cfg, steps: int, lr: float, warmup_share: int, weight_decay: f
                          checkpoint_every=cfg.checkpoint_every, mixed_precision=cfg.mixed_precision)
 
 
-def caption_sampler(cfg, data: dict, generator):
-    """next_batch for both CLIP phases: random pictures, each with one of its captions.
-    Returns (picture indices, caption indices, token ids trimmed of padding)."""
+def caption_sampler(cfg, data: dict, contrast: dict | None, generator):
+    """next_batch for both CLIP phases: random pictures of the training set, each with one of its
+    captions, then `cfg.clip_contrast_pairs` pairs from the contrast set (both pictures of each).
+    Returns (pictures uint8, token ids trimmed of padding, caption keys): key i * k + j is caption
+    j of training picture i, and n * k + r is row r of the contrast set."""
     token_ids = data["token_ids"]
     n, k = token_ids.shape[:2]
+    pairs = cfg.clip_contrast_pairs if contrast is not None else 0
 
     def next_batch():
-        idx = generator.integers(0, n, cfg.clip_batch)
-        which = generator.integers(0, k, cfg.clip_batch)
-        return idx, which, trim_padding(torch.from_numpy(token_ids[idx, which]).long())
+        idx = generator.integers(0, n, cfg.clip_batch - 2 * pairs)
+        which = generator.integers(0, k, len(idx))
+        images, ids, keys = data["images"][idx], token_ids[idx, which], idx * k + which
+        if pairs:
+            rows = (2 * generator.integers(0, len(contrast["images"]) // 2, pairs)[:, None] + np.arange(2)).ravel()
+            images = np.concatenate([images, contrast["images"][rows]])
+            ids = np.concatenate([ids, contrast["token_ids"][rows]])
+            keys = np.concatenate([keys, n * k + rows])
+        return images, trim_padding(torch.from_numpy(ids).long()), keys
 
     return next_batch
 
@@ -127,15 +142,15 @@ def report_accuracy(cfg, steps: int, label: str):
     return after_step
 
 
-def train_clip(cfg, data: dict, run_dir: Path, progress: bool = True):
-    """Train the CLIP on the training set; resumes from run_dir/clip_ckpt.pt. Returns the model."""
-    images = data["images"]
+def train_clip(cfg, data: dict, run_dir: Path, progress: bool = True, contrast: dict | None = None):
+    """Train the CLIP on the training set and, if given, the contrast pairs (`build_contrast_set`);
+    resumes from run_dir/clip_ckpt.pt. Returns the model."""
     gen = np.random.default_rng([cfg.seed, 11, 0])
-    next_caption = caption_sampler(cfg, data, gen)
+    next_caption = caption_sampler(cfg, data, contrast, gen)
 
     def next_batch():
-        idx, _, ids = next_caption()
-        return images_to_tensor(images[idx]), ids
+        images, ids, _ = next_caption()
+        return images_to_tensor(images), ids
 
     def loss(model, batch):
         pixels, ids = batch
@@ -145,7 +160,7 @@ def train_clip(cfg, data: dict, run_dir: Path, progress: bool = True):
     trainer = Trainer(make_clip(cfg), loss, next_batch,
                       clip_settings(cfg, cfg.clip_steps, cfg.clip_lr, warmup_share=15, weight_decay=0.1),
                       generator=gen, checkpoint=Path(run_dir) / "clip_ckpt.pt", name="CLIP",
-                      record=cfg.pick(*DATA_SETTINGS, *CLIP_MODEL_SETTINGS, "clip_batch"), progress=progress,
+                      record=cfg.pick(*DATA_SETTINGS, *CLIP_MODEL_SETTINGS, *CLIP_DATA_SETTINGS), progress=progress,
                       after_step=report_accuracy(cfg, cfg.clip_steps, "CLIP"))
     return trainer.fit()
 
@@ -161,7 +176,7 @@ def pooled_text(model, token_ids: np.ndarray, batch: int = 512) -> torch.Tensor:
     return torch.cat(out)
 
 
-def refine_image_encoder(cfg, model, data: dict, run_dir: Path, progress: bool = True):
+def refine_image_encoder(cfg, model, data: dict, run_dir: Path, progress: bool = True, contrast: dict | None = None):
     """Second CLIP phase: keep training the image encoder against the now-locked text encoder.
 
     The joint phase learns colours quickly but shapes slowly (a small vision transformer
@@ -175,15 +190,18 @@ def refine_image_encoder(cfg, model, data: dict, run_dir: Path, progress: bool =
     model.requires_grad_(False)
     for p in vision_params:
         p.requires_grad_(True)
-    images, token_ids = data["images"], data["token_ids"]
+    token_ids = data["token_ids"]
     n, k = token_ids.shape[:2]
-    pooled = pooled_text(model, token_ids.reshape(n * k, -1)).reshape(n, k, -1)
+    all_captions = token_ids.reshape(n * k, -1)
+    if contrast is not None:
+        all_captions = np.concatenate([all_captions, contrast["token_ids"]])
+    pooled = pooled_text(model, all_captions)  # row = caption key (see caption_sampler)
     gen = np.random.default_rng([cfg.seed, 12, 0])
-    next_caption = caption_sampler(cfg, data, gen)
+    next_caption = caption_sampler(cfg, data, contrast, gen)
 
     def next_batch():
-        idx, which, ids = next_caption()
-        return images_to_tensor(images[idx]), pooled[idx, which], ids
+        images, ids, keys = next_caption()
+        return images_to_tensor(images), pooled[torch.from_numpy(keys)], ids
 
     def loss(model, batch):
         pixels, text_pooled, ids = batch
@@ -194,6 +212,7 @@ def refine_image_encoder(cfg, model, data: dict, run_dir: Path, progress: bool =
     trainer = Trainer(model, loss, next_batch,
                       clip_settings(cfg, steps, cfg.clip_image_lr, warmup_share=20, weight_decay=0.05),
                       params=vision_params, generator=gen, checkpoint=Path(run_dir) / "clip_image_ckpt.pt",
-                      name="CLIP image encoder", record=cfg.pick(*DATA_SETTINGS, *CLIP_MODEL_SETTINGS, "clip_batch"),
+                      name="CLIP image encoder",
+                      record=cfg.pick(*DATA_SETTINGS, *CLIP_MODEL_SETTINGS, *CLIP_DATA_SETTINGS),
                       progress=progress, after_step=report_accuracy(cfg, steps, "CLIP image encoder"))
     return trainer.fit().requires_grad_(False)

@@ -1,4 +1,4 @@
-"""Stage 3: the U-Net (diffusers UNet2DConditionModel), with Stable Diffusion's recipe.
+"""The build's U-Net (diffusers UNet2DConditionModel), with Stable Diffusion's recipe.
 
 - It works on 8x8x4 latents; attention (self + cross) at 8x8 and 4x4, a plain block at 2x2.
 - It reads the prompt through cross-attention on the frozen text encoder's

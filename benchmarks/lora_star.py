@@ -1,0 +1,95 @@
+"""Teach the embedded model "star" with a LoRA adapter, and measure what it learned and what it cost.
+
+    python benchmarks/lora_star.py                 # the trainer's defaults (rank 4)
+    python benchmarks/lora_star.py --ranks 1 2 4 8 16
+    python benchmarks/lora_star.py --quick         # fewer prompts and seeds
+
+For each rank it trains `python -m sdcourse.training.train_lora --concept star` with the given
+settings (timed), then judges, with the fixed judge:
+- star: the share of "a {colour} star ..." pictures whose shape is a star, on generation seeds
+  the training never used;
+- base: colour + shape adherence on the usual single-object prompts (circles, squares,
+  triangles), before and after, to see what the adapter broke;
+- the adapter's parameters (share of the U-Net's) and file size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from sdcourse.data import shapes  # noqa: E402
+from sdcourse.evaluate import prompt_adherence  # noqa: E402
+from sdcourse.pipeline import load_pipeline  # noqa: E402
+from sdcourse.training.train_lora import LoRASettings, concept_pictures, train_lora  # noqa: E402
+
+
+def star_prompts(n: int, token: str | None):
+    prompts = shapes.evaluation_prompts(n, seed=777, shapes=("star",))
+    if token:
+        prompts = [{**p, "prompt": p["prompt"].replace("star", token)} for p in prompts]
+    return prompts
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="pipeline folder (default: the embedded model)")
+    parser.add_argument("--ranks", type=int, nargs="+", default=[LoRASettings.rank])
+    parser.add_argument("--steps", type=int, default=LoRASettings.steps)
+    parser.add_argument("--batch", type=int, default=LoRASettings.batch)
+    parser.add_argument("--lr", type=float, default=LoRASettings.lr)
+    parser.add_argument("--alpha", type=float, default=None, help="default: alpha = rank")
+    parser.add_argument("--token", default=None, help="train and prompt with this word instead of 'star'")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="16 prompts x 2 seeds instead of 32 x 4")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    n_prompts, seeds = (16, (1000, 1001)) if args.quick else (32, (1000, 1001, 1002, 1003))
+    base_prompts = shapes.evaluation_prompts(2 * n_prompts)
+    stars = star_prompts(n_prompts, args.token)
+    pipe = load_pipeline(args.model)
+    unet_parameters = sum(p.numel() for p in pipe.unet.parameters())
+    before = prompt_adherence(pipe, base_prompts, seeds=seeds)
+    star_before = prompt_adherence(pipe, stars, seeds=seeds)
+    print(f"base model: star {star_before['shape_correct']:.1f}%, base prompts both right "
+          f"{before['both_correct']:.1f}% ({len(stars)} star and {len(base_prompts)} base prompts x {len(seeds)} seeds)")
+    rows = []
+    for rank in args.ranks:
+        settings = LoRASettings(rank=rank, alpha=float(args.alpha or rank), steps=args.steps, batch=args.batch,
+                                lr=args.lr, token=args.token)
+        pipe = load_pipeline(args.model)
+        images, captions = concept_pictures("star", settings.n_pictures, settings.seed, settings.token)
+        with tempfile.TemporaryDirectory() as out:
+            started = time.time()
+            path = train_lora(pipe, images, captions, settings, out, progress=False)
+            minutes = (time.time() - started) / 60
+            size_mb = path.stat().st_size / 1e6
+        lora_parameters = sum(p.numel() for n, p in pipe.unet.named_parameters() if "lora" in n)
+        star = prompt_adherence(pipe, stars, seeds=seeds)
+        after = prompt_adherence(pipe, base_prompts, seeds=seeds)
+        rows.append((rank, lora_parameters, 100 * lora_parameters / unet_parameters, size_mb, minutes,
+                     star["shape_correct"], after["both_correct"], after["both_correct"] - before["both_correct"]))
+        print(f"rank {rank}: trained in {minutes:.2f} min", flush=True)
+
+    print(f"\n{args.steps} steps x batch {args.batch}, lr {args.lr:g}, {args.threads} threads; U-Net "
+          f"{unet_parameters / 1e6:.2f} M parameters")
+    print("| rank | parameters | share of U-Net | file | train time | star right | base both right | change |")
+    print("|---|---|---|---|---|---|---|---|")
+    for rank, count, share, size_mb, minutes, star_ok, base_ok, change in rows:
+        print(f"| {rank} | {count:,} | {share:.2f}% | {size_mb:.2f} MB | {minutes:.2f} min | {star_ok:.1f}% | "
+              f"{base_ok:.1f}% | {change:+.1f} |")
+
+
+if __name__ == "__main__":
+    main()
