@@ -230,7 +230,7 @@ _hints_shown: dict[str, int] = {}  # {exercise name: how many of its hints were 
 _last_checked: str | None = None  # the exercise whose check ran last
 
 
-def exercise_check(name, reference_fn, make_cases, mistakes, *, hints, solution, compare=values_close):
+def exercise_check(name, reference_fn, make_cases, mistakes, *, hints, solution, compare=values_close, prepare=None):
     """Build a `check_...(fn)` function for one exercise and register it.
 
     make_cases: a function returning the list of `Case`s (built lazily, so importing the
@@ -239,6 +239,10 @@ def exercise_check(name, reference_fn, make_cases, mistakes, *, hints, solution,
     every listed mistake.
     hints: what `hint()` shows, one at a time: a nudge first, something close to the answer last.
     solution: the notebook with the worked answer, e.g. "solutions/02_noise_schedules.ipynb".
+    prepare: for an exercise that is not one function (a class, or a function that changes a
+    model in place): turns what the learner passes into the function the cases call, such as
+    "build a layer from this class, run it, and report what it did". The reference and the
+    mistakes are then written in the learner's form (classes, say) and prepared the same way.
     """
     if not mistakes:
         raise ValueError(f"{name}: a check needs at least one plausible mistake to guard against")
@@ -250,9 +254,12 @@ def exercise_check(name, reference_fn, make_cases, mistakes, *, hints, solution,
     def check(learner_fn, verbose=True):
         global _last_checked
         _last_checked = name
-        return run_check(
-            name, learner_fn, reference_fn, make_cases(), mistakes, compare=compare, verbose=verbose, has_hints=True
-        )
+        learner, reference, wrong = learner_fn, reference_fn, mistakes
+        if prepare is not None:
+            learner, reference = prepare(learner_fn), prepare(reference_fn)
+            wrong = {cause: prepare(fn) for cause, fn in mistakes.items()}
+        return run_check(name, learner, reference, make_cases(), wrong, compare=compare, verbose=verbose,
+                         has_hints=True)
 
     check.__name__ = "check_" + name
     check.__doc__ = f"Check your `{name}` against the reference on several cases."
