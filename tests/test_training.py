@@ -222,3 +222,13 @@ def test_clip_batches_end_with_whole_contrast_pairs_whose_keys_find_their_captio
     assert (rows[::2] % 2 == 0).all() and (rows[1::2] == rows[::2] + 1).all()
     assert (images[6:] == contrast["images"][rows]).all()
     assert len(caption_sampler(cfg, train, None, np.random.default_rng(0))()[0]) == 12
+
+
+def test_word_sensitivity_measures_how_much_each_kind_of_word_moves_the_text_encoder(frozen_parts):
+    from sdcourse.training.train_clip import WORD_PAIRS, word_sensitivity
+
+    _, text_encoder, tokenizer = frozen_parts
+    result = word_sensitivity(text_encoder, tokenizer)
+    assert set(result) == set(WORD_PAIRS) and all(value > 0 for value in result.values())
+    # the text encoder of the model shipped before the words phase: colour words move it most
+    assert result["colour"] > 3 * max(result["shape"], result["position"])

@@ -12,8 +12,9 @@ Stages, one function each below, each resumable (run the same command again afte
    `--stop-after vae_decoder` trains and measures it alone;
 3. train a tiny CLIP contrastively, on the training set and on pairs of pictures that differ
    in one thing their captions state (a shape, a position, a size, which colour goes with
-   which shape), so that its text encoder reads those words; keep its text encoder, frozen;
-   then train its image encoder on alone against the locked text encoder;
+   which shape); then train its image encoder on alone against the locked text encoder; then
+   both halves again, so that the text encoder learns the words for what the image encoder
+   now sees (shapes, positions); keep its text encoder, frozen;
 4. encode the training set once, caching the latent distributions;
 5. train the U-Net (epsilon prediction, SD schedule, 10% empty captions, EMA weights);
 6. train a shape/colour classifier with the evaluator's recipe (a figure about the recipe:
@@ -125,10 +126,10 @@ def contrast_set(b: Build) -> dict | None:
 
 
 def clip_stage(b: Build):
-    """3. The CLIP, trained contrastively; its text encoder becomes SD's."""
-    from transformers import CLIPModel, CLIPTextModel
+    """3. The CLIP, both halves trained together, contrastively."""
+    from transformers import CLIPModel
 
-    from .train_clip import train_clip, zero_shot_accuracy
+    from .train_clip import train_clip, word_sensitivity, zero_shot_accuracy
 
     folder = b.run_dir / "clip"
     if (folder / "config.json").exists():
@@ -140,8 +141,8 @@ def clip_stage(b: Build):
         if b.main:
             b.log.figure("clip_zero_shot", zero_shot_accuracy(b.clip, n=b.eval_n),
                          "CLIP zero-shot accuracy on fresh pictures")
-    b.text_encoder = CLIPTextModel(b.clip.config.text_config)
-    b.text_encoder.load_state_dict(b.clip.text_model.state_dict())
+            b.log.figure("text_encoder_word_sensitivity", word_sensitivity(text_half(b.clip)),
+                         "text encoder: % change of its output per kind of word")
 
 
 def clip_image_stage(b: Build):
@@ -160,7 +161,38 @@ def clip_image_stage(b: Build):
         if b.main:
             b.log.figure("clip_zero_shot_after_image_phase", zero_shot_accuracy(b.clip, n=b.eval_n),
                          "CLIP zero-shot accuracy after the image-encoder phase")
-    b.text_encoder.eval().requires_grad_(False)
+
+
+def clip_words_stage(b: Build):
+    """3c. Both halves train together again, on the contrast pairs too: the image encoder now
+    sees shapes and positions, so the text encoder learns their words. Its text encoder
+    becomes SD's, frozen."""
+    from transformers import CLIPModel
+
+    from .train_clip import teach_words, word_sensitivity, zero_shot_accuracy
+
+    folder = b.run_dir / "clip_words"
+    if (folder / "config.json").exists():
+        b.clip = CLIPModel.from_pretrained(str(folder), dtype=torch.float32).eval()
+    elif b.cfg.clip_words_steps > 0:
+        seed_everything(b.cfg.seed + 5)
+        b.clip = teach_words(b.cfg, b.clip, b.data, b.run_dir, b.progress, contrast=contrast_set(b))
+        b.save(b.clip, folder)
+        if b.main:
+            b.log.figure("clip_zero_shot_after_words_phase", zero_shot_accuracy(b.clip, n=b.eval_n),
+                         "CLIP zero-shot accuracy after the words phase")
+            b.log.figure("text_encoder_word_sensitivity_after_words_phase", word_sensitivity(text_half(b.clip)),
+                         "text encoder: % change of its output per kind of word, after the words phase")
+    b.text_encoder = text_half(b.clip).eval().requires_grad_(False)
+
+
+def text_half(clip):
+    """The CLIP's text encoder as a CLIPTextModel (what the pipeline holds)."""
+    from transformers import CLIPTextModel
+
+    text_encoder = CLIPTextModel(clip.config.text_config)
+    text_encoder.load_state_dict(clip.text_model.state_dict())
+    return text_encoder.eval()
 
 
 def vae_figures(b: Build, vae) -> dict:
@@ -257,7 +289,7 @@ def ship_stage(b: Build):
 
 
 STAGES = (("data", data_stage), ("vae", vae_stage), ("vae_decoder", vae_decoder_stage), ("clip", clip_stage),
-          ("clip_image", clip_image_stage), ("latents", latents_stage), ("unet", unet_stage),
+          ("clip_image", clip_image_stage), ("clip_words", clip_words_stage), ("latents", latents_stage), ("unet", unet_stage),
           ("classifier", classifier_stage), ("ship", ship_stage))
 
 

@@ -29,13 +29,15 @@ class BuildConfig:
     clip_vision_layers: int = 4
     clip_vision_heads: int = 4
     clip_projection: int = 64
-    clip_steps: int = 3000
+    clip_steps: int = 1200
     clip_batch: int = 128
     clip_contrast_pairs: int = 16  # per batch: pairs of pictures that differ in one stated thing (0: none)
     clip_contrast_set: int = 10_000  # how many such pairs are drawn, once
     clip_lr: float = 1e-3
     clip_image_steps: int = 5000  # phase 2: image encoder alone, text locked
     clip_image_lr: float = 1e-3
+    clip_words_steps: int = 2000  # phase 3: both halves again, so the text encoder learns shape and position words
+    clip_words_lr: float = 3e-4
 
     # VAE: f=8, 4 latent channels (64x64x3 -> 8x8x4), trained on fresh pictures of every shape.
     vae_channels: tuple = (32, 64, 128, 128)
@@ -100,7 +102,7 @@ def fast_config(**overrides) -> BuildConfig:
     """The same build in miniature: small data, few steps. Produces a working, poor model."""
     small = dict(
         n_train=768, captions_per_image=2, n_photo_crops=128,
-        clip_steps=30, clip_batch=64, clip_image_steps=20, clip_contrast_set=64, clip_contrast_pairs=8,
+        clip_steps=30, clip_batch=64, clip_image_steps=20, clip_words_steps=10, clip_contrast_set=64, clip_contrast_pairs=8,
         vae_steps=30, vae_batch=16, vae_decoder_steps=10,
         unet_steps=40, unet_batch=32, unet_warmup=10, unet_ema_decay=0.9,
         classifier_steps=30, classifier_batch=32, classifier_n_train=512,

@@ -142,10 +142,11 @@ def report_accuracy(cfg, steps: int, label: str):
     return after_step
 
 
-def train_clip(cfg, data: dict, run_dir: Path, progress: bool = True, contrast: dict | None = None):
-    """Train the CLIP on the training set and, if given, the contrast pairs (`build_contrast_set`);
-    resumes from run_dir/clip_ckpt.pt. Returns the model."""
-    gen = np.random.default_rng([cfg.seed, 11, 0])
+def train_jointly(cfg, model, data: dict, contrast: dict | None, steps: int, lr: float, checkpoint: Path, name: str,
+                  seed_tag: int, progress: bool = True):
+    """Both halves of the CLIP train together on the training set and, if given, the contrast
+    pairs (`build_contrast_set`); resumes from `checkpoint`. Returns the model."""
+    gen = np.random.default_rng([cfg.seed, seed_tag, 0])
     next_caption = caption_sampler(cfg, data, contrast, gen)
 
     def next_batch():
@@ -157,12 +158,67 @@ def train_clip(cfg, data: dict, run_dir: Path, progress: bool = True, contrast: 
         out = model(input_ids=ids, pixel_values=pixels)
         return contrastive_loss(out.image_embeds, out.text_embeds, model.logit_scale, ids)
 
-    trainer = Trainer(make_clip(cfg), loss, next_batch,
-                      clip_settings(cfg, cfg.clip_steps, cfg.clip_lr, warmup_share=15, weight_decay=0.1),
-                      generator=gen, checkpoint=Path(run_dir) / "clip_ckpt.pt", name="CLIP",
+    trainer = Trainer(model, loss, next_batch, clip_settings(cfg, steps, lr, warmup_share=15, weight_decay=0.1),
+                      generator=gen, checkpoint=checkpoint, name=name,
                       record=cfg.pick(*DATA_SETTINGS, *CLIP_MODEL_SETTINGS, *CLIP_DATA_SETTINGS), progress=progress,
-                      after_step=report_accuracy(cfg, cfg.clip_steps, "CLIP"))
+                      after_step=report_accuracy(cfg, steps, name))
     return trainer.fit()
+
+
+def train_clip(cfg, data: dict, run_dir: Path, progress: bool = True, contrast: dict | None = None):
+    """Phase 1: a fresh CLIP, both halves together; resumes from run_dir/clip_ckpt.pt."""
+    return train_jointly(cfg, make_clip(cfg), data, contrast, cfg.clip_steps, cfg.clip_lr,
+                         Path(run_dir) / "clip_ckpt.pt", "CLIP", seed_tag=11, progress=progress)
+
+
+def teach_words(cfg, model, data: dict, run_dir: Path, progress: bool = True, contrast: dict | None = None):
+    """Phase 3: both halves train together again, on the contrast pairs too.
+
+    In phase 1 the image encoder sees colour long before shape or position, so the text
+    encoder learns colour words and little else: "top left" and "bottom right" change its
+    output by a few percent, "red" and "blue" by more than 100%. After phase 2 the image
+    encoder sees shapes and positions, and now the text encoder must read those words to
+    match pictures that differ only in them. Resumes from run_dir/clip_words_ckpt.pt.
+    """
+    model.requires_grad_(True)
+    trained = train_jointly(cfg, model, data, contrast, cfg.clip_words_steps, cfg.clip_words_lr,
+                            Path(run_dir) / "clip_words_ckpt.pt", "CLIP words", seed_tag=13, progress=progress)
+    return trained.requires_grad_(False)
+
+
+# Caption pairs that differ in one kind of word, for `word_sensitivity`.
+WORD_PAIRS = {
+    "colour": [("a red circle", "a blue circle"), ("a green square", "a yellow square"),
+               ("a white triangle", "a black triangle")],
+    "shape": [("a red circle", "a red square"), ("a blue square", "a blue triangle"),
+              ("a green triangle", "a green circle")],
+    "position": [("a red circle in the top left", "a red circle in the bottom right"),
+                 ("a blue square in the top right", "a blue square in the bottom left"),
+                 ("a green triangle in the center", "a green triangle in the top left")],
+    "binding": [("a red circle and a blue square", "a blue circle and a red square"),
+                ("a green triangle and a yellow circle", "a yellow triangle and a green circle")],
+}
+
+
+@torch.no_grad()
+def word_sensitivity(text_encoder, tokenizer=None) -> dict:
+    """How much a text encoder's output (last_hidden_state, all 77 tokens, what the U-Net reads)
+    changes when one kind of word changes: the mean over `WORD_PAIRS` of |E(a) - E(b)| / |E(a)|,
+    in %. A U-Net can only follow the words that move this output."""
+    from ..tokenizer import load_tokenizer
+
+    tokenizer = tokenizer or load_tokenizer()
+    text_encoder.eval()
+
+    def encode(caption):
+        ids = tokenizer(caption, padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids
+        return text_encoder(input_ids=ids.to(text_encoder.device)).last_hidden_state[0].float()
+
+    result = {}
+    for kind, pairs in WORD_PAIRS.items():
+        changes = [((encode(a) - encode(b)).norm() / encode(a).norm()).item() for a, b in pairs]
+        result[kind] = round(100 * float(np.mean(changes)), 1)
+    return result
 
 
 @torch.no_grad()
