@@ -279,7 +279,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     parser.add_argument("--mixed-precision", choices=PRECISIONS, default="no", help="bf16 or fp16 on GPUs")
-    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: cuda if there is one)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: accelerate's choice, a GPU if there is one)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -294,7 +294,10 @@ def main(argv=None):
         parser.error(str(error))
     set_threads(args.threads)
     started = time.time()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from accelerate import PartialState
+
+    process = PartialState()  # this process, one of several under `accelerate launch`
+    device = args.device or str(process.device)
     pipe = load_pipeline(args.model, device=device)
     pipe.set_progress_bar_config(disable=True)
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -309,10 +312,12 @@ def main(argv=None):
     data_record["model"] = str(args.model or "embedded")
     out = Path(args.out)
     path = train_lora(pipe, images, captions, settings, out, progress=not args.quiet, data_record=data_record)
+    if not process.is_main_process:
+        return
     word = settings.token or args.concept
     prompts = ([f"a {colour} {word}" for colour in ("red", "blue", "green", "yellow")] if args.concept
                else captions[:4])
-    sample_grid(pipe.to("cpu") if device == "cpu" else pipe, prompts, out / "samples.png")
+    sample_grid(pipe, prompts, out / "samples.png")
     minutes = (time.time() - started) / 60
     (out / "train_lora.json").write_text(json.dumps({**asdict(settings), **data_record, "minutes": round(minutes, 2),
                                                     "pictures": len(images)}, indent=2))
