@@ -3,6 +3,7 @@ same numbers; and every bad input refused by name."""
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
@@ -241,6 +242,17 @@ def test_concept_pictures_are_stars_with_the_token_in_their_captions():
     assert sum(g["shape"] == "star" for g in classify(images)) >= 20
     with pytest.raises(ValueError, match="concept"):
         concept_pictures("circle", 4)
+
+
+def test_concept_pictures_of_a_new_colour_word_are_drawn_in_it():
+    from sdcourse.data import shapes
+    from sdcourse.training.train_lora import concept_pictures
+
+    images, captions = concept_pictures("pink", 16, seed=2)
+    assert all("pink" in c for c in captions)
+    pink = np.array(shapes.HELD_OUT_COLOURS["pink"])
+    for image in images:  # some pixel of each picture is exactly pink: the shape's inside
+        assert (np.abs(image.reshape(-1, 3).astype(int) - pink).sum(1) == 0).any()
 
 
 def write_pictures(folder, n=3, size=(80, 60)):

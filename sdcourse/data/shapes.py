@@ -39,6 +39,9 @@ COLOURS = {
     "black": (20, 20, 20),
 }
 BACKGROUNDS = {**COLOURS, "gray": (128, 128, 128)}
+# A colour word no caption uses. The VAE sees colours like it (`sample_any_scene` draws any
+# (r, g, b)), so the model can draw it; a LoRA can then teach the word.
+HELD_OUT_COLOURS = {"pink": (240, 110, 170)}
 BASE_SHAPES = ("circle", "square", "triangle")
 HELD_OUT_SHAPES = ("star",)
 ALL_SHAPES = BASE_SHAPES + HELD_OUT_SHAPES

@@ -10,8 +10,9 @@ the VAE, the U-Net's own weights) stays frozen. The result is
 
 Data:
 - `--concept star`: pictures of the shape the embedded model never saw, with captions such
-  as "a small red star in the top left", from the course's shapes generator. `--token sks`
-  writes a rare word in place of "star" (the DreamBooth idea: a new word for a new thing).
+  as "a small red star in the top left", from the course's shapes generator; `--concept pink`:
+  shapes in a colour no caption ever named. `--token sks` writes a rare word in place of the
+  concept's (the DreamBooth idea: a new word for a new thing).
 - `--images FOLDER`: your own pictures, each with a caption: a `metadata.jsonl` with lines
   {"file_name": "cat1.png", "text": "a photo of sks cat"}, or a `.txt` beside each picture.
   They are resized and centre-cropped to the model's resolution (64 px for the embedded
@@ -46,7 +47,7 @@ from ..lora import DEFAULT_TARGETS, LORA_FILE, check_rank  # noqa: E402
 from .common import images_to_tensor, save_grid, set_threads  # noqa: E402
 from .trainer import PRECISIONS, CheckpointError, Trainer, TrainSettings  # noqa: E402
 
-CONCEPTS = shapes.HELD_OUT_SHAPES  # what the embedded model was never taught: ("star",)
+CONCEPTS = shapes.HELD_OUT_SHAPES + tuple(shapes.HELD_OUT_COLOURS)  # never taught to the embedded model
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CHECKPOINT = "lora_ckpt.pt"
 
@@ -90,13 +91,29 @@ class LoRASettings:
 
 
 def concept_pictures(concept: str, n: int, seed: int = 0, token: str | None = None):
-    """`n` one-object pictures of a held-out shape, uint8 (n, 64, 64, 3), and their captions,
-    the concept's name replaced by `token` if given."""
+    """`n` one-object pictures of a concept the embedded model was never taught, uint8
+    (n, 64, 64, 3), and their captions, the concept's word replaced by `token` if given.
+
+    A held-out shape ("star"): stars of every colour, size and position. A held-out colour
+    ("pink"): circles, squares and triangles in that colour.
+    """
     shapes._check_choice("concept", concept, CONCEPTS)
-    images, captions, _ = shapes.make_dataset(n, seed=seed, shapes=(concept,), n_objects=1)
+    if concept in shapes.HELD_OUT_SHAPES:
+        images, captions, _ = shapes.make_dataset(n, seed=seed, shapes=(concept,), n_objects=1)
+    else:
+        rng = np.random.default_rng([seed, 5])
+        images = np.empty((n, shapes.IMAGE_SIZE, shapes.IMAGE_SIZE, 3), dtype=np.uint8)
+        captions = []
+        for i in range(n):
+            scene = shapes.sample_scene(rng, n_objects=1)
+            obj = scene.objects[0]
+            obj.colour = concept  # named in the caption ...
+            captions.append(shapes.describe([obj], scene.background, rng)[0])
+            obj.colour = shapes.HELD_OUT_COLOURS[concept]  # ... drawn as its (r, g, b)
+            images[i] = shapes.render(scene)
     if token:
         captions = [caption.replace(concept, token) for caption in captions]
-    return images, captions
+    return images, list(captions)
 
 
 def _caption_table(folder: Path) -> dict[str, str]:
@@ -263,7 +280,7 @@ def main(argv=None):
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     data = parser.add_mutually_exclusive_group(required=True)
-    data.add_argument("--concept", choices=CONCEPTS, help="a shape the embedded model never learned")
+    data.add_argument("--concept", choices=CONCEPTS, help="a shape or colour the embedded model never learned")
     data.add_argument("--images", help="a folder of pictures with captions (metadata.jsonl or .txt files)")
     parser.add_argument("--out", required=True, help="folder for the adapter, its checkpoint and sample grids")
     parser.add_argument("--model", default=None, help="a diffusers SD 1.x/2.x folder (default: the embedded model)")
@@ -315,8 +332,12 @@ def main(argv=None):
     if not process.is_main_process:
         return
     word = settings.token or args.concept
-    prompts = ([f"a {colour} {word}" for colour in ("red", "blue", "green", "yellow")] if args.concept
-               else captions[:4])
+    if args.concept in shapes.HELD_OUT_SHAPES:
+        prompts = [f"a {colour} {word}" for colour in ("red", "blue", "green", "yellow")]
+    elif args.concept:
+        prompts = [f"a {word} {shape}" for shape in shapes.BASE_SHAPES] + [f"a {word} circle on a black background"]
+    else:
+        prompts = captions[:4]
     sample_grid(pipe, prompts, out / "samples.png")
     minutes = (time.time() - started) / 60
     (out / "train_lora.json").write_text(json.dumps({**asdict(settings), **data_record, "minutes": round(minutes, 2),
