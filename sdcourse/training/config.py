@@ -56,7 +56,7 @@ class BuildConfig:
     unet_layers_per_block: int = 1
     unet_heads: int = 4
     unet_groups: int = 32
-    unet_steps: int = 2500
+    unet_steps: int = 8000  # the first edition: 2,500 in the build, then 6,000 more with train_longer
     unet_batch: int = 128
     unet_lr: float = 5e-4
     unet_warmup: int = 200
