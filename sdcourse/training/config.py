@@ -1,8 +1,8 @@
 """Sizes and step counts for building the tiny Stable Diffusion.
 
-`full_config()` is the real build: roughly 70 minutes of compute on 2 otherwise idle CPU
-cores, longer on a busy machine (see build_log.json in the run folder for the time each
-stage took). `fast_config()` does the same steps in miniature (about 1.5 minutes) for CI
+`full_config()` is the real build: hours of compute on 2 CPU cores, in stages that each
+resume after an interrupt (the README gives the measured times; build_log.json in the run
+folder records each stage's). `fast_config()` does the same steps in miniature (about 1.5 minutes) for CI
 and notebooks: set the environment variable SDCOURSE_FAST=1, or pass --fast to the build
 command, to use it.
 """
