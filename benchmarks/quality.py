@@ -12,6 +12,8 @@ so two models measured here are comparable. Prints:
   position measure, the two-object measure;
 - the VAE round trip: per shape and size, the share of fresh pictures whose shape the judge
   still names after encoding and decoding; PSNR on shape pictures and photo crops;
+- how much the text encoder's output changes when a colour, shape, position or colour-shape
+  binding word changes (a U-Net can follow only the words that move it);
 - the tiny CLIP's zero-shot colour and shape accuracy, when its image half is found;
 - prompt adherence (single-object prompts, colour and shape) over guidance scales;
 - position right, for prompts that name one position;
@@ -154,6 +156,13 @@ def main(argv=None):
         print(f"VAE PSNR (dB): fresh shapes {vae['psnr_fresh_shapes']:.2f}, held-out photo crops "
               f"{vae['psnr_held_out_photo_crops']:.2f}, training photos (fresh crops) "
               f"{vae['psnr_training_photos_fresh_crops']:.2f}  (scaling_factor {pipe.vae.config.scaling_factor:.4f})")
+
+    # The text encoder: how much each kind of word moves what the U-Net reads.
+    from sdcourse.training.train_clip import word_sensitivity
+
+    figures["text_encoder_word_sensitivity"] = word_sensitivity(pipe.text_encoder, pipe.tokenizer)
+    print("text encoder output (77 tokens) change when one kind of word changes, %: "
+          + ", ".join(f"{kind} {value:.1f}" for kind, value in figures["text_encoder_word_sensitivity"].items()))
 
     # CLIP zero-shot.
     clip_dir = Path(args.clip) if args.clip else ev.clip_image_folder(args.model, args.run)
