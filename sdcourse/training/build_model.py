@@ -145,44 +145,44 @@ def clip_stage(b: Build):
                          "text encoder: % change of its output per kind of word")
 
 
-def clip_image_stage(b: Build):
-    """3b. The CLIP's image encoder trains on, with the text encoder locked."""
+def later_clip_phase(b: Build, folder_name: str, steps: int, seed_offset: int, train, label: str) -> bool:
+    """One of the CLIP's later phases: loaded from the run folder if it is done, else trained (if
+    it has steps), saved, and its zero-shot accuracy logged. True when it trained now."""
     from transformers import CLIPModel
 
-    from .train_clip import refine_image_encoder, zero_shot_accuracy
+    from .train_clip import zero_shot_accuracy
 
-    folder = b.run_dir / "clip_refined"
+    folder = b.run_dir / folder_name
     if (folder / "config.json").exists():
         b.clip = CLIPModel.from_pretrained(str(folder), dtype=torch.float32).eval()
-    elif b.cfg.clip_image_steps > 0:
-        seed_everything(b.cfg.seed + 4)
-        b.clip = refine_image_encoder(b.cfg, b.clip, b.data, b.run_dir, b.progress, contrast=contrast_set(b))
-        b.save(b.clip, folder)
-        if b.main:
-            b.log.figure("clip_zero_shot_after_image_phase", zero_shot_accuracy(b.clip, n=b.eval_n),
-                         "CLIP zero-shot accuracy after the image-encoder phase")
+        return False
+    if steps <= 0:
+        return False
+    seed_everything(b.cfg.seed + seed_offset)
+    b.clip = train(b.cfg, b.clip, b.data, b.run_dir, b.progress, contrast=contrast_set(b))
+    b.save(b.clip, folder)
+    if b.main:
+        b.log.figure(f"clip_zero_shot_after_{label}_phase", zero_shot_accuracy(b.clip, n=b.eval_n),
+                     f"CLIP zero-shot accuracy after the {label} phase")
+    return True
+
+
+def clip_image_stage(b: Build):
+    """3b. The CLIP's image encoder trains on, with the text encoder locked."""
+    from .train_clip import refine_image_encoder
+
+    later_clip_phase(b, "clip_refined", b.cfg.clip_image_steps, 4, refine_image_encoder, "image")
 
 
 def clip_words_stage(b: Build):
     """3c. Both halves train together again, on the contrast pairs too: the image encoder now
     sees shapes and positions, so the text encoder learns their words. Its text encoder
     becomes SD's, frozen."""
-    from transformers import CLIPModel
+    from .train_clip import teach_words, word_sensitivity
 
-    from .train_clip import teach_words, word_sensitivity, zero_shot_accuracy
-
-    folder = b.run_dir / "clip_words"
-    if (folder / "config.json").exists():
-        b.clip = CLIPModel.from_pretrained(str(folder), dtype=torch.float32).eval()
-    elif b.cfg.clip_words_steps > 0:
-        seed_everything(b.cfg.seed + 5)
-        b.clip = teach_words(b.cfg, b.clip, b.data, b.run_dir, b.progress, contrast=contrast_set(b))
-        b.save(b.clip, folder)
-        if b.main:
-            b.log.figure("clip_zero_shot_after_words_phase", zero_shot_accuracy(b.clip, n=b.eval_n),
-                         "CLIP zero-shot accuracy after the words phase")
-            b.log.figure("text_encoder_word_sensitivity_after_words_phase", word_sensitivity(text_half(b.clip)),
-                         "text encoder: % change of its output per kind of word, after the words phase")
+    if later_clip_phase(b, "clip_words", b.cfg.clip_words_steps, 5, teach_words, "words") and b.main:
+        b.log.figure("text_encoder_word_sensitivity_after_words_phase", word_sensitivity(text_half(b.clip)),
+                     "text encoder: % change of its output per kind of word, after the words phase")
     b.text_encoder = text_half(b.clip).eval().requires_grad_(False)
 
 
