@@ -43,11 +43,11 @@ from PIL import Image
 from sdcourse import CourseWarning
 from sdcourse.guidance import check_guidance_scale, guided_noise_prediction
 from sdcourse.samplers import (
-    CARRIED_FIELDS,
     SAMPLERS,
     DPMSolverMultistepSampler,
     EulerSampler,
     check_num_inference_steps,
+    make_sampler,
     randn_like_diffusers,
 )
 from sdcourse.text_encoder import TextEncoder
@@ -290,9 +290,9 @@ FALLBACK_SAMPLER = "ddim"  # for a scheduler without a twin (PNDMScheduler, SD 1
 def make_sampler_for(scheduler, name=None):
     """The from-scratch sampler for a diffusers scheduler: its twin, or the sampler called `name`.
 
-    It is built from the scheduler's config, keeping only the fields that sampler has, as
-    diffusers' `OtherScheduler.from_config(scheduler.config)` does. A field the sampler has
-    for a feature it lacks (karras sigmas, thresholding...) must still be at its default.
+    It is built from the scheduler's config by `samplers.make_sampler`, as diffusers'
+    `OtherScheduler.from_config(scheduler.config)` builds one. A field the sampler has for a
+    feature it lacks (karras sigmas, thresholding...) must still be at its default.
     """
     if name is None:
         name = TWIN_SAMPLERS.get(type(scheduler).__name__)
@@ -307,9 +307,7 @@ def make_sampler_for(scheduler, name=None):
             )
     if name not in SAMPLERS:
         raise ValueError(f"sampler={name!r} is not a known sampler; choose one of {', '.join(map(repr, SAMPLERS))}")
-    cls = SAMPLERS[name]
-    own_fields = set(cls.DEFAULTS) | set(cls.FIXED) | set(CARRIED_FIELDS)
-    return cls.from_config({k: v for k, v in dict(scheduler.config).items() if k in own_fields})
+    return make_sampler(name, scheduler.config)
 
 
 def add_noise(sampler, x0, noise, index):
