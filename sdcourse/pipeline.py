@@ -235,39 +235,109 @@ def _nullcontext():
     yield
 
 
-def check_size(height: int, width: int):
-    """Stable Diffusion's VAE downsamples by 8: height and width must be multiples of 8."""
+def check_size(height, width, factor: int = 8) -> tuple[int, int]:
+    """height and width as ints (any integer type), each a positive multiple of the VAE's
+    downsampling factor (8 for Stable Diffusion)."""
+    sizes = []
     for name, value in (("height", height), ("width", width)):
-        if not isinstance(value, int) or value <= 0 or value % 8:
-            raise ValueError(f"{name}={value!r}; it must be a positive multiple of 8 (e.g. 64, 512)")
+        value = _integer(name, value)
+        if value < 1 or value % factor:
+            raise ValueError(f"{name}={value}; it must be a positive multiple of {factor} (e.g. 64, 512)")
+        sizes.append(value)
+    return sizes[0], sizes[1]
+
+
+# A rough peak for one picture, per pixel: float32 activations of the VAE decoder's
+# full-resolution layers (128 channels in SD's), about three held at once. It overestimates
+# the tiny model (32 channels) and is the right size for SD 1.x, which is what it guards.
+BYTES_PER_PIXEL = 4 * 128 * 3
+
+
+def memory_limit_bytes(device="cpu") -> int:
+    """The memory a request may use: the GPU's, or the machine's RAM. $SDCOURSE_MEMORY_GB overrides it."""
+    override = os.environ.get("SDCOURSE_MEMORY_GB")
+    if override:
+        try:
+            return int(float(override) * 2**30)
+        except ValueError:
+            raise ValueError(f"SDCOURSE_MEMORY_GB={override!r}; it must be a number of GB, such as 16") from None
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not on this system: do not guess
+        return 2**62
+
+
+def check_memory(batch: int, height: int, width: int, device="cpu"):
+    """Refuse, before anything is allocated, a request whose rough peak memory
+    (batch x height x width x BYTES_PER_PIXEL) is more than the device has. Set
+    SDCOURSE_MEMORY_GB to move the limit."""
+    need = batch * height * width * BYTES_PER_PIXEL
+    limit = memory_limit_bytes(device)
+    if need > limit:
+        raise ValueError(
+            f"{batch} picture(s) of {height} x {width} would need about {need / 2**30:,.1f} GB at their peak, more "
+            f"than the {limit / 2**30:,.1f} GB available: make fewer or smaller pictures at a time (or set "
+            "SDCOURSE_MEMORY_GB if the estimate is wrong for your machine)"
+        )
+
+
+# What generate sets itself; every other keyword goes to the pipeline, if the pipeline has it.
+_GENERATE_OWN = ("prompt", "height", "width", "num_inference_steps", "guidance_scale", "negative_prompt", "generator",
+                 "output_type", "num_images_per_prompt")
+
+
+def _pipeline_keywords(pipe) -> set[str]:
+    import inspect
+
+    parameters = inspect.signature(type(pipe).__call__).parameters
+    return {name for name, p in parameters.items() if name != "self" and p.kind is not p.VAR_KEYWORD}
 
 
 def generate(pipe, prompts, height: int | None = None, width: int | None = None,
              num_inference_steps: int = 25, guidance_scale: float = 7.5, seed: int = 0,
-             negative_prompt=None, output_type: str = "pil", **kwargs):
-    """Generate one picture per prompt; picture i uses seed `seed + i`.
+             negative_prompt=None, output_type: str = "pil", num_images_per_prompt: int = 1, **kwargs):
+    """Generate pictures with a diffusers pipeline; picture i uses the seed `seed + i`.
 
+    prompts: a string or a list of strings; negative_prompt: None, one string, or one per prompt.
     height/width default to the model's native size (64 for the tiny model, 512 for SD 1.x)
-    and must be multiples of 8. Long prompts are cut to 77 tokens with a warning.
+    and must be multiples of 8. guidance_scale: 0 or more; at 1 or less diffusers runs the
+    prompt's prediction alone (no guidance). num_images_per_prompt pictures per prompt, the
+    prompt's pictures one after another. Long prompts are cut to 77 tokens with one warning.
+    Other keywords (eta, latents, ...) go to the pipeline; a keyword it does not have is a
+    TypeError. A request too big for the machine's memory (`check_memory`) is refused first.
     Returns a list of PIL images (or an array with output_type="np").
     """
-    import torch
-
     from .tokenizer import tokenize
 
-    if isinstance(prompts, str):
-        prompts = [prompts]
+    prompts, negatives = check_prompts(prompts, negative_prompt)
+    if "generator" in kwargs:
+        raise TypeError("generate() makes its own generators from seed (picture i uses seed + i): pass seed=, "
+                        "or call the pipeline itself to give generator=")
+    unknown = sorted(set(kwargs) - _pipeline_keywords(pipe))
+    if unknown:
+        import difflib
+
+        known = sorted(set(_GENERATE_OWN) | {"seed"} | _pipeline_keywords(pipe))
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        raise TypeError(f"generate() got an unexpected keyword argument {unknown[0]!r}"
+                        + (f"; did you mean {close[0]!r}?" if close else ""))
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    height = native if height is None else height
-    width = native if width is None else width
-    check_size(height, width)
-    if num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps={num_inference_steps!r}; it must be at least 1")
+    height, width = check_size(native if height is None else height, native if width is None else width,
+                               pipe.vae_scale_factor)
+    num_inference_steps = _integer("num_inference_steps", num_inference_steps, minimum=1)
+    guidance_scale = check_guidance_scale(guidance_scale)
+    per_prompt = _integer("num_images_per_prompt", num_images_per_prompt, minimum=1)
+    seed = _integer("seed", seed, minimum=0)
+    batch = len(prompts) * per_prompt
+    check_memory(batch, height, width, pipe.device)
     tokenize(prompts, pipe.tokenizer)  # warns about prompts that will be truncated
-    generators = [torch.Generator(device="cpu").manual_seed(seed + i) for i in range(len(prompts))]
-    out = pipe(list(prompts), height=height, width=width, num_inference_steps=num_inference_steps,
-               guidance_scale=guidance_scale, negative_prompt=negative_prompt, generator=generators,
-               output_type=output_type, **kwargs)
+    generators = [torch.Generator(device="cpu").manual_seed(seed + i) for i in range(batch)]
+    out = pipe(prompts, height=height, width=width, num_inference_steps=num_inference_steps,
+               guidance_scale=guidance_scale, negative_prompt=negatives if negative_prompt is not None else None,
+               generator=generators, output_type=output_type, num_images_per_prompt=per_prompt, **kwargs)
     return out.images
 
 
@@ -620,17 +690,13 @@ class StableDiffusion:
             raise ValueError(f"on_step must be a function on_step(step, t, latents, x0_pred), got {on_step!r}")
         return prompts, negatives, steps, batch, generator
 
-    def _check_size(self, height, width, default_height, default_width):
-        """height and width as ints, each a positive multiple of the VAE's factor (8)."""
-        f = self.vae_scale_factor
-        sizes = []
-        for name, value in (("height", default_height if height is None else height),
-                            ("width", default_width if width is None else width)):
-            value = _integer(name, value)
-            if value < 1 or value % f:
-                raise ValueError(f"{name}={value}; it must be a positive multiple of {f} (e.g. 64, 512)")
-            sizes.append(value)
-        return sizes
+    def _check_size(self, height, width, default_height, default_width, batch):
+        """height and width as ints, each a positive multiple of the VAE's factor (8), for a batch
+        that fits in memory (`check_memory`)."""
+        height, width = check_size(default_height if height is None else height,
+                                   default_width if width is None else width, self.vae_scale_factor)
+        check_memory(batch, height, width, self.device)
+        return height, width
 
     def _native_size(self):
         """The size the U-Net was trained at, in pixels: 64 for the tiny model, 512 for SD 1.x."""
@@ -657,7 +723,7 @@ class TextToImage(StableDiffusion):
         self._check_plain_unet()
         prompts, negatives, steps, batch, generator = self._check_arguments(
             prompt, negative_prompt, num_inference_steps, guidance_scale, num_images_per_prompt, generator, on_step)
-        height, width = self._check_size(height, width, self._native_size(), self._native_size())
+        height, width = self._check_size(height, width, self._native_size(), self._native_size(), batch)
 
         # 1. encode the prompt: c = text_encoder(tokens), c_neg for the negative prompt
         cond, uncond = self.encode_prompts(prompts, negatives, guidance_scale, num_images_per_prompt)
@@ -691,7 +757,8 @@ class ImageToImage(StableDiffusion):
         prompts, negatives, steps, batch, generator = self._check_arguments(
             prompt, negative_prompt, num_inference_steps, guidance_scale, num_images_per_prompt, generator, on_step)
         f = self.vae_scale_factor
-        height, width = self._check_size(height, width, images[0].height // f * f, images[0].width // f * f)
+        height, width = self._check_size(height, width, images[0].height // f * f, images[0].width // f * f,
+                                          batch)
         _check_image_count(len(images), batch)
         start = first_step(steps, strength)
 
@@ -751,7 +818,7 @@ class Inpaint(StableDiffusion):
         strength = check_strength(strength)
         prompts, negatives, steps, batch, generator = self._check_arguments(
             prompt, negative_prompt, num_inference_steps, guidance_scale, num_images_per_prompt, generator, on_step)
-        height, width = self._check_size(height, width, self._native_size(), self._native_size())
+        height, width = self._check_size(height, width, self._native_size(), self._native_size(), batch)
         _check_image_count(len(images), batch)
         start = first_step(steps, strength)
 

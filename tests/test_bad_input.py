@@ -1,0 +1,99 @@
+"""Bad input, as a new learner might type it: each case gets an error from the course's own code,
+of the right type, naming the argument, what was given and what is allowed. Never a silent
+wrong result, never a crash deep inside a library."""
+
+import numpy as np
+import pytest
+import torch
+
+from sdcourse.pipeline import TextToImage, check_memory, generate, load_pipeline
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return load_pipeline()
+
+
+# ---- generate ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scale", [-1.0, float("nan"), "7.5"])
+def test_generate_refuses_a_negative_or_nan_guidance_scale(pipe, scale):
+    with pytest.raises(ValueError, match="guidance_scale must be a number >= 0"):
+        generate(pipe, "a red circle", guidance_scale=scale, num_inference_steps=1)
+
+
+def test_guidance_scales_from_0_to_1_stay_valid(pipe):
+    for scale in (0.0, 0.5, 1):
+        assert len(generate(pipe, "a red circle", guidance_scale=scale, num_inference_steps=1)) == 1
+
+
+def test_a_misspelled_keyword_is_a_type_error_that_names_it(pipe):
+    with pytest.raises(TypeError, match="'guidence_scale'; did you mean 'guidance_scale'"):
+        generate(pipe, "a red circle", guidence_scale=3)
+
+
+@pytest.mark.parametrize("prompt", [[], None, 3, ["a red circle", None], "", ["  "]])
+def test_a_missing_or_non_string_prompt_names_prompt(pipe, prompt):
+    with pytest.raises(ValueError, match="prompt must"):
+        generate(pipe, prompt, num_inference_steps=1)
+
+
+@pytest.mark.parametrize("steps", [2.5, 0, "25", None])
+def test_num_inference_steps_must_be_a_whole_number(pipe, steps):
+    with pytest.raises(ValueError, match="num_inference_steps must be"):
+        generate(pipe, "a red circle", num_inference_steps=steps)
+
+
+def test_sizes_of_any_integer_type_are_accepted(pipe):
+    images = generate(pipe, "a red circle", height=np.int64(64), width=np.int32(64), num_inference_steps=1,
+                      output_type="np")
+    assert images.shape == (1, 64, 64, 3)
+    with pytest.raises(ValueError, match="height=60; it must be a positive multiple of 8"):
+        generate(pipe, "a red circle", height=60, num_inference_steps=1)
+    with pytest.raises(ValueError, match="width must be an integer, got 64.5"):
+        generate(pipe, "a red circle", width=64.5, num_inference_steps=1)
+
+
+def test_generator_is_refused_with_a_pointer_to_seed(pipe):
+    with pytest.raises(TypeError, match="pass seed="):
+        generate(pipe, "a red circle", generator=torch.Generator().manual_seed(0))
+
+
+def test_num_images_per_prompt_works_and_each_picture_has_its_own_seed(pipe):
+    images = generate(pipe, ["a red circle", "a blue square"], num_images_per_prompt=2, num_inference_steps=3,
+                      seed=10, output_type="np")
+    assert images.shape == (4, 64, 64, 3)
+    # the prompt's pictures one after another: picture 2 is "a blue square" with seed 12
+    alone = generate(pipe, "a blue square", num_inference_steps=3, seed=12, output_type="np")
+    assert np.abs(images[2] - alone[0]).max() <= 1e-5
+    with pytest.raises(ValueError, match="num_images_per_prompt must be at least 1"):
+        generate(pipe, "a red circle", num_images_per_prompt=0)
+
+
+def test_a_negative_prompt_per_prompt_works_and_a_wrong_count_is_refused(pipe):
+    images = generate(pipe, ["a red circle", "a blue square"], negative_prompt="a green background",
+                      num_inference_steps=2, output_type="np")
+    assert images.shape == (2, 64, 64, 3)
+    with pytest.raises(ValueError, match="negative_prompt has 3 entries but prompt has 2"):
+        generate(pipe, ["a red circle", "a blue square"], negative_prompt=["a", "b", "c"])
+
+
+@pytest.mark.parametrize("prompts, side", [(["a red circle"] * 100_000, 64), (["a red circle"], 80_000)])
+def test_a_request_too_big_for_memory_is_refused_before_allocating(pipe, prompts, side):
+    with pytest.raises(ValueError, match=r"would need about .* GB at their peak, more than the .* GB available"):
+        generate(pipe, prompts, height=side, width=side)
+    with pytest.raises(ValueError, match="GB at their peak"):
+        TextToImage.from_pretrained(pipe)(prompts, height=side, width=side)
+
+
+def test_the_memory_limit_can_be_moved(monkeypatch):
+    check_memory(16, 64, 64)  # the course's usual request
+    monkeypatch.setenv("SDCOURSE_MEMORY_GB", "0.001")
+    with pytest.raises(ValueError, match="SDCOURSE_MEMORY_GB"):
+        check_memory(16, 64, 64)
+    monkeypatch.setenv("SDCOURSE_MEMORY_GB", "lots")
+    with pytest.raises(ValueError, match="SDCOURSE_MEMORY_GB='lots'"):
+        check_memory(1, 64, 64)
