@@ -91,15 +91,18 @@ def _looks_like_hub_id(model: str) -> bool:
 def resolve_model(model: str | os.PathLike | None = None) -> Path:
     """The local folder holding `model`: the argument, else $SDCOURSE_MODEL, else the embedded
     tiny model. Hub ids are looked up in the local Hugging Face cache only."""
+    from_env = model is None and bool(os.environ.get(MODEL_ENV_VAR))
     chosen = model if model is not None else os.environ.get(MODEL_ENV_VAR) or EMBEDDED_MODEL
     chosen_str = str(chosen)
+    named = f"{MODEL_ENV_VAR}={chosen_str!r} (an environment variable)" if from_env else f"model={chosen_str!r}"
     local = Path(chosen_str).expanduser()
     if local.is_dir():
         return local
     if local.exists():
-        raise ValueError(f"model={chosen_str!r} is a file; give a pipeline folder (with model_index.json) or a hub id")
+        raise ValueError(f"{named} is a file; give a pipeline folder (with model_index.json) or a hub id")
     if isinstance(chosen, Path) or not _looks_like_hub_id(chosen_str):
-        raise FileNotFoundError(f"model folder not found: {chosen_str}")
+        raise FileNotFoundError(f"{named}: no such folder"
+                                + (f"; unset {MODEL_ENV_VAR} to use the embedded tiny model" if from_env else ""))
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -119,8 +122,13 @@ def _check_safetensors(path: Path):
             for key in f.keys():
                 if big:
                     f.get_slice(key)
-                else:
-                    f.get_tensor(key)
+                    continue
+                tensor = f.get_tensor(key)
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    raise DamagedWeightsError(f"damaged weights file {path}: {key} holds NaN or infinite values "
+                                              "(a model with them paints black pictures)")
+    except DamagedWeightsError:
+        raise
     except Exception as err:  # safetensors raises several error types for bad files
         raise DamagedWeightsError(f"damaged weights file {path}: {err}") from err
 
@@ -135,7 +143,11 @@ def validate_model_folder(folder: str | os.PathLike) -> list[Path]:
     index_path = folder / "model_index.json"
     if not index_path.exists():
         raise FileNotFoundError(f"missing file {index_path}: not a diffusers pipeline folder")
-    index = json.loads(index_path.read_text())
+    index = _read_json(index_path)
+    tokenizer = folder / "tokenizer"
+    if index.get("tokenizer") and not any((tokenizer / name).exists() for name in ("tokenizer.json", "vocab.json")):
+        raise FileNotFoundError(f"missing tokenizer: {tokenizer} has neither tokenizer.json nor vocab.json "
+                                f"(listed in {index_path}); copy the model's tokenizer folder there")
     checked = []
     for name in WEIGHT_COMPONENTS:
         spec = index.get(name)
@@ -162,6 +174,49 @@ def validate_model_folder(folder: str | os.PathLike) -> list[Path]:
             _check_safetensors(path)
             checked.append(path)
     return checked
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); restore it from the model's original folder") from None
+
+
+def check_device(device) -> torch.device:
+    """device as a torch.device, refused at once if this machine does not have it."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device={device!r} is not a device ({error}); use 'cpu', 'cuda' or 'mps'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r}, but torch sees no CUDA GPU here (torch.cuda.is_available() is "
+                         "False); use device='cpu', or install a CUDA build of torch (README: Running on a GPU)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={str(device)!r}, but Apple's GPU (mps) is not available here; use device='cpu'")
+    return device
+
+
+_MISMATCH = re.compile(r"(\S+) expected shape (torch\.Size\(\[[^\]]*\]\)), but got (torch\.Size\(\[[^\]]*\]\))")
+# Config fields that size the layers whose names contain these parts (the usual suspects).
+_SIZE_FIELDS = {"attn2.to_k": "cross_attention_dim", "attn2.to_v": "cross_attention_dim",
+                "text_model": "hidden_size", "encoder.": "block_out_channels", "decoder.": "block_out_channels"}
+
+
+def _config_mismatch(error: Exception, folder: Path) -> ValueError | None:
+    """The course's message for weights that do not fit their config, or None for other errors."""
+    found = _MISMATCH.search(str(error))
+    if found is None:
+        return None
+    key, config_shape, weights_shape = found.groups()
+    field = next((f for part, f in _SIZE_FIELDS.items() if part in key), "block_out_channels")
+    component = "vae" if key.startswith(("encoder.", "decoder.")) else "text_encoder" if "text_model" in key else "unet"
+    return ValueError(
+        f"{folder / component / 'config.json'} does not fit the weights beside it: {key} is "
+        f"{weights_shape} in the weights, but the config makes it {config_shape}. A size in the config "
+        f"(most likely {field}) was changed after the weights were saved: restore the config from the "
+        "model's original folder."
+    )
 
 
 @contextmanager
@@ -194,8 +249,7 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str = "cpu", q
         folder, or a hub id already in the local Hugging Face cache.
     quiet: hide progress bars, both while loading and while generating.
     """
-    import torch
-
+    device = check_device(device)
     folder = resolve_model(model)
     validate_model_folder(folder)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -206,8 +260,14 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str = "cpu", q
     with _quiet_loading() if quiet else _nullcontext():
         from diffusers import StableDiffusionPipeline
 
-        pipe = StableDiffusionPipeline.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True,
-                                                       **components)
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True,
+                                                           **components)
+        except (ValueError, RuntimeError) as error:
+            mismatch = _config_mismatch(error, folder)
+            if mismatch is None:
+                raise
+            raise mismatch from error
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=quiet)
     return pipe

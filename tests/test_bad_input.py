@@ -97,3 +97,70 @@ def test_the_memory_limit_can_be_moved(monkeypatch):
     monkeypatch.setenv("SDCOURSE_MEMORY_GB", "lots")
     with pytest.raises(ValueError, match="SDCOURSE_MEMORY_GB='lots'"):
         check_memory(1, 64, 64)
+
+
+# ---- load_pipeline -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def model_copy(tmp_path):
+    import shutil
+
+    from sdcourse.pipeline import EMBEDDED_MODEL
+
+    folder = tmp_path / "tiny-sd"
+    shutil.copytree(EMBEDDED_MODEL, folder)
+    return folder
+
+
+def test_a_folder_without_its_tokenizer_is_refused_naming_it(model_copy):
+    import shutil
+
+    shutil.rmtree(model_copy / "tokenizer")
+    with pytest.raises(FileNotFoundError, match=r"missing tokenizer: .*tokenizer has neither"):
+        load_pipeline(model_copy)
+
+
+def test_weights_holding_nan_are_refused_as_damaged_naming_the_file(model_copy):
+    from safetensors.torch import load_file, save_file
+
+    from sdcourse.pipeline import DamagedWeightsError
+
+    path = model_copy / "vae" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(path)
+    key = next(iter(weights))
+    weights[key][..., 0] = float("nan")
+    save_file(weights, path)
+    with pytest.raises(DamagedWeightsError, match=rf"{path}: {key} holds NaN or infinite values"):
+        load_pipeline(model_copy)
+
+
+def test_an_invalid_model_index_names_the_file(model_copy):
+    (model_copy / "model_index.json").write_text('{"unet": ["diffusers", ')
+    with pytest.raises(ValueError, match=r"model_index\.json is not valid JSON"):
+        load_pipeline(model_copy)
+
+
+def test_a_config_that_does_not_fit_its_weights_names_the_key(model_copy):
+    import json
+
+    path = model_copy / "unet" / "config.json"
+    config = json.loads(path.read_text())
+    config["cross_attention_dim"] = 48
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"unet/config\.json does not fit .*attn2\.to_k\.weight .*cross_attention_dim"):
+        load_pipeline(model_copy)
+
+
+def test_a_bad_sdcourse_model_names_the_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv("SDCOURSE_MODEL", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="SDCOURSE_MODEL=.*nowhere.* no such folder; unset SDCOURSE_MODEL"):
+        load_pipeline()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_without_a_gpu_is_refused_before_loading():
+    with pytest.raises(ValueError, match="device='cuda', but torch sees no CUDA GPU"):
+        load_pipeline(device="cuda")
+    with pytest.raises(ValueError, match="device='gpu' is not a device"):
+        load_pipeline(device="gpu")
