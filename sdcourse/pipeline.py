@@ -393,12 +393,29 @@ def generate(pipe, prompts, height: int | None = None, width: int | None = None,
     seed = _integer("seed", seed, minimum=0)
     batch = len(prompts) * per_prompt
     check_memory(batch, height, width, pipe.device)
-    tokenize(prompts, pipe.tokenizer)  # warns about prompts that will be truncated
+    tokenize(prompts, pipe.tokenizer)  # one warning per prompt that will be truncated ...
     generators = [torch.Generator(device="cpu").manual_seed(seed + i) for i in range(batch)]
-    out = pipe(prompts, height=height, width=width, num_inference_steps=num_inference_steps,
-               guidance_scale=guidance_scale, negative_prompt=negatives if negative_prompt is not None else None,
-               generator=generators, output_type=output_type, num_images_per_prompt=per_prompt, **kwargs)
+    with _libraries_quiet():  # ... and not two more from transformers and diffusers
+        out = pipe(prompts, height=height, width=width, num_inference_steps=num_inference_steps,
+                   guidance_scale=guidance_scale, negative_prompt=negatives if negative_prompt is not None else None,
+                   generator=generators, output_type=output_type, num_images_per_prompt=per_prompt, **kwargs)
     return out.images
+
+
+@contextmanager
+def _libraries_quiet():
+    """transformers' and diffusers' warnings hidden (errors still show)."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    levels = dlog.get_verbosity(), tlog.get_verbosity()
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(levels[0])
+        tlog.set_verbosity(levels[1])
 
 
 # ----------------------------------------------------------------------------

@@ -164,3 +164,18 @@ def test_cuda_without_a_gpu_is_refused_before_loading():
         load_pipeline(device="cuda")
     with pytest.raises(ValueError, match="device='gpu' is not a device"):
         load_pipeline(device="gpu")
+
+
+# ---- elsewhere -----------------------------------------------------------------------------
+
+
+def test_a_long_prompt_is_reported_once_and_briefly(pipe, capfd):
+    from sdcourse.tokenizer import PromptTruncatedWarning
+
+    with pytest.warns(PromptTruncatedWarning) as caught:
+        generate(pipe, "a red circle " * 40, num_inference_steps=1)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "the last 45 tokens were dropped" in message and len(message) < 300
+    printed = capfd.readouterr().err
+    assert "truncated" not in printed and "longer than the specified maximum" not in printed
