@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "cosine")
@@ -121,6 +122,10 @@ class NoiseSchedule:
         original, noise: (batch, ...) of the same shape; timesteps: (batch,) integers
         (or a single integer for the whole batch).
         """
+        for name, value in (("original", original), ("noise", noise)):
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{name} must be a torch tensor, got {type(value).__name__}"
+                                + ("; convert it with torch.from_numpy(...)" if isinstance(value, np.ndarray) else ""))
         if not original.is_floating_point():
             raise ValueError(f"original must be a floating-point tensor (images in [-1, 1]), got dtype {original.dtype}")
         if original.shape != noise.shape:

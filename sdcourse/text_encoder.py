@@ -204,6 +204,11 @@ class TextEncoder(nn.Module):
 
     def check_input_ids(self, input_ids):
         """Return input_ids as (batch, tokens), or raise a ValueError saying what is wrong."""
+        if hasattr(input_ids, "keys") and "input_ids" in input_ids.keys():  # the tokenizer's whole output
+            raise TypeError("the text encoder takes the token ids, not the tokenizer's whole output: pass "
+                            "tokens.input_ids (or tokens['input_ids'])")
+        if not isinstance(input_ids, torch.Tensor):
+            raise TypeError(f"input_ids must be a tensor of token ids, (batch, tokens), got {type(input_ids).__name__}")
         if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
             raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
         if input_ids.ndim == 1:

@@ -179,3 +179,27 @@ def test_a_long_prompt_is_reported_once_and_briefly(pipe, capfd):
     assert "the last 45 tokens were dropped" in message and len(message) < 300
     printed = capfd.readouterr().err
     assert "truncated" not in printed and "longer than the specified maximum" not in printed
+
+
+def test_the_text_encoder_called_with_the_tokenizer_output_says_to_pass_input_ids(pipe):
+    from sdcourse.text_encoder import TextEncoder
+    from sdcourse.tokenizer import tokenize
+
+    encoder = TextEncoder.from_config(pipe.text_encoder.config)
+    tokens = tokenize(["a red circle"], pipe.tokenizer)
+    with pytest.raises(TypeError, match=r"pass tokens\.input_ids"):
+        encoder(tokens)
+    with pytest.raises(TypeError, match="input_ids must be a tensor of token ids"):
+        encoder([[49406, 320, 49407]])
+    assert encoder(tokens.input_ids).shape == (1, 77, pipe.text_encoder.config.hidden_size)
+
+
+def test_add_noise_with_numpy_arrays_says_how_to_convert():
+    from sdcourse.schedules import NoiseSchedule
+
+    schedule = NoiseSchedule()
+    x = np.zeros((2, 3, 8, 8), np.float32)
+    with pytest.raises(TypeError, match=r"original must be a torch tensor, got ndarray; convert it with torch\.from_numpy"):
+        schedule.add_noise(x, np.zeros_like(x), 10)
+    with pytest.raises(TypeError, match="noise must be a torch tensor"):
+        schedule.add_noise(torch.from_numpy(x), x, 10)
