@@ -362,3 +362,11 @@ def test_an_adapter_trained_with_alpha_above_rank_loads_exactly_in_diffusers_and
         ours.load_state_dict(load_pipeline().unet.state_dict())
         load_lora(ours, path)
         assert (ours(latents, t, text) - trained).abs().max() <= 1e-5
+
+
+def test_a_rank_above_the_layers_width_is_refused_before_training(tmp_path):
+    from sdcourse.training.train_lora import main
+
+    with pytest.raises(ValueError, match=r"rank=64; for a \d+ x 32 layer it must be from 1 to 32"):
+        main(["--concept", "star", "--out", str(tmp_path), "--rank", "64", "--quiet", "--steps", "1"])
+    assert not (tmp_path / LORA_FILE).exists()

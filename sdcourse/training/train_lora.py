@@ -204,8 +204,9 @@ def add_peft_adapter(unet, settings: LoRASettings) -> list:
         if not matched:
             raise ValueError(f"targets: {target!r} matches no Linear layer of the U-Net; its attention "
                              "projections are to_q, to_k, to_v and to_out.0")
-        d_out, d_in = unet.get_submodule(matched[0]).weight.shape
-        check_rank(settings.rank, d_in, d_out)
+        for name in matched:  # the narrowest layer decides
+            d_out, d_in = unet.get_submodule(name).weight.shape
+            check_rank(settings.rank, d_in, d_out)
     unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=settings.rank, lora_alpha=settings.alpha, init_lora_weights="gaussian",
                                 target_modules=list(settings.targets)))
