@@ -1,6 +1,7 @@
 """How long the full build of the tiny Stable Diffusion takes on this machine, stage by stage.
 
-    python benchmarks/build_time.py              # about 3 minutes on 2 cores
+    python benchmarks/build_time.py                          # about 3 minutes on 2 cores
+    python benchmarks/build_time.py --mixed-precision bf16   # bf16 arithmetic (CPUs with AVX-512 BF16)
     python benchmarks/build_time.py --threads 1
 
 Each network is built at its full size and trained for a few steps on batches of its full
@@ -36,12 +37,13 @@ def seconds_per_step(step, repeats: int) -> float:
     return statistics.median(times)
 
 
-def trainer(model, params, loss_fn):
-    """One step of the build's own training loop (optimizer, clipping), on a fixed batch."""
+def trainer(model, params, loss_fn, precision="no"):
+    """One step of the build's own training loop (optimizer, clipping, precision); `loss_fn`
+    computes the loss on a fixed batch, or draws its own as the VAE's does."""
     from sdcourse.training.trainer import Trainer, TrainSettings
 
-    loop = Trainer(model, lambda model, batch: loss_fn(), lambda: None, TrainSettings(steps=1, lr=1e-4),
-                   params=params, progress=False)
+    loop = Trainer(model, lambda model, batch: loss_fn(), lambda: None,
+                   TrainSettings(steps=1, lr=1e-4, mixed_precision=precision), params=list(params), progress=False)
     return lambda: loop.training_step(0)
 
 
@@ -49,16 +51,20 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
     args = parser.parse_args()
+    precision = args.mixed_precision
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     from sdcourse.tokenizer import END_TOKEN_ID, START_TOKEN_ID
     from sdcourse.training.config import full_config
-    from sdcourse.training.datasets import build_training_set
+    import numpy as np
+
+    from sdcourse.training.datasets import build_contrast_set, build_training_set
     from sdcourse.training.train_clip import as_tensor, make_clip
     from sdcourse.training.train_unet import make_unet
-    from sdcourse.training.train_vae import make_vae
+    from sdcourse.training.train_vae import make_vae, picture_sampler, reconstruction_loss, split_batch
 
     cfg = full_config(threads=args.threads)
     rows = []
@@ -66,28 +72,38 @@ def main():
     start = time.perf_counter()
     build_training_set(1000, cfg.captions_per_image, cfg.seed, cfg.two_object_prob, progress=False)
     rows.append(("data", "picture", (time.perf_counter() - start) / 1000, cfg.n_train))
+    start = time.perf_counter()
+    build_contrast_set(250, cfg.seed, progress=False)
+    rows.append(("CLIP contrast pairs", "pair", (time.perf_counter() - start) / 250, cfg.clip_contrast_set))
 
     clip = make_clip(cfg).train()
     pixels = torch.randn(cfg.clip_batch, 3, 64, 64)
     ids = torch.randint(0, START_TOKEN_ID, (cfg.clip_batch, 16))
     ids[:, -1] = END_TOKEN_ID
     loss = lambda: clip(input_ids=ids, pixel_values=pixels).logits_per_image.logsumexp(1).mean()
-    rows.append(("CLIP", f"batch {cfg.clip_batch}",
-                 seconds_per_step(trainer(clip, clip.parameters(), loss), args.repeats), cfg.clip_steps))
+    joint = seconds_per_step(trainer(clip, clip.parameters(), loss, precision), args.repeats)
+    rows.append(("CLIP", f"batch {cfg.clip_batch}", joint, cfg.clip_steps))
     image_loss = lambda: as_tensor(clip.get_image_features(pixel_values=pixels)).pow(2).mean()
     rows.append(("CLIP image encoder", f"batch {cfg.clip_batch}",
-                 seconds_per_step(trainer(clip, clip.vision_model.parameters(), image_loss), args.repeats),
+                 seconds_per_step(trainer(clip, clip.vision_model.parameters(), image_loss, precision), args.repeats),
                  cfg.clip_image_steps))
+    rows.append(("CLIP words", f"batch {cfg.clip_batch}", joint, cfg.clip_words_steps))
 
     vae = make_vae(cfg).train()
-    x = torch.rand(cfg.vae_batch, 3, 64, 64) * 2 - 1
-    vae_loss = lambda: F.mse_loss(vae.decode(vae.encode(x).latent_dist.sample()).sample, x)
+    photos = np.random.default_rng(0).integers(0, 256, (64, 64, 64, 3), dtype=np.uint8)
+    next_pictures = picture_sampler(cfg, photos, np.random.default_rng(1))  # draws fresh pictures, as the build
+
+    def vae_loss():
+        x, weights = split_batch(next_pictures())
+        return reconstruction_loss(vae.decode(vae.encode(x).latent_dist.sample()).sample, x, weights)[0]
+
     rows.append(("VAE", f"batch {cfg.vae_batch}",
-                 seconds_per_step(trainer(vae, vae.parameters(), vae_loss), args.repeats), cfg.vae_steps))
+                 seconds_per_step(trainer(vae, vae.parameters(), vae_loss, precision), args.repeats), cfg.vae_steps))
+    x = torch.rand(cfg.vae_batch, 3, 64, 64) * 2 - 1
     z = torch.randn(cfg.vae_batch, 4, 8, 8)
     decoder_loss = lambda: F.mse_loss(vae.decode(z).sample, x)
     rows.append(("VAE decoder", f"batch {cfg.vae_batch}",
-                 seconds_per_step(trainer(vae, vae.decoder.parameters(), decoder_loss), args.repeats),
+                 seconds_per_step(trainer(vae, vae.decoder.parameters(), decoder_loss, precision), args.repeats),
                  cfg.vae_decoder_steps))
 
     unet = make_unet(cfg).train()
@@ -96,9 +112,11 @@ def main():
     context = torch.randn(cfg.unet_batch, 77, cfg.clip_text_width)
     unet_loss = lambda: unet(zt, t, encoder_hidden_states=context).sample.pow(2).mean()
     rows.append(("U-Net", f"batch {cfg.unet_batch}",
-                 seconds_per_step(trainer(unet, unet.parameters(), unet_loss), args.repeats), cfg.unet_steps))
+                 seconds_per_step(trainer(unet, unet.parameters(), unet_loss, precision), args.repeats),
+                 cfg.unet_steps))
 
-    print(f"full build, {args.threads} thread(s): time of one step x steps in the full config")
+    print(f"full build, {args.threads} thread(s), mixed precision {precision}: time of one step x steps in the "
+          "full config")
     print(f"{'stage':>20} | {'unit':>15} | {'s/unit':>7} | {'units':>6} | minutes")
     total = 0.0
     for name, unit, seconds, count in rows:
