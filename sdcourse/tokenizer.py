@@ -145,8 +145,8 @@ def tokenize(prompts, tokenizer=None, max_length: int = MAX_LENGTH, warn: bool =
             if len(ids) > max_length:
                 dropped = ids[max_length - 1 : -1]  # the end token is kept, so one more goes
                 words = re.sub(r" ([,.!?;:])", r"\1", tokenizer.decode(dropped)).strip()  # "circle ," -> "circle,"
-                if len(words) > 60:  # the warning stays short: the start of what was dropped
-                    words = words[:57].rsplit(" ", 1)[0] + " ..."
+                if len(words) > 120:  # the warning stays short: the start of what was dropped
+                    words = words[:117].rsplit(" ", 1)[0] + " ..."
                 plural = "token was" if len(dropped) == 1 else "tokens were"
                 warnings.warn(
                     f"the prompt has {len(ids) - 2} tokens plus start and end, more than the {max_length}-token "
