@@ -99,7 +99,7 @@ def check_rank(rank, d_in: int, d_out: int):
                          "(a larger rank is no longer low-rank: train the layer itself)")
 
 
-def _matches(name: str, target: str) -> bool:
+def matches_target(name: str, target: str) -> bool:
     """peft's rule: a target names a layer by the end of its full name ("to_q" matches
     "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q")."""
     return name == target or name.endswith("." + target)
@@ -127,13 +127,13 @@ def inject_lora(module: nn.Module, target_modules=DEFAULT_TARGETS, rank: int = 4
     _refuse_second_adapter(module)
     linear = {name: layer for name, layer in module.named_modules() if isinstance(layer, nn.Linear)}
     chosen = {name: layer for name, layer in module.named_modules()
-              if name and any(_matches(name, target) for target in target_modules)}
+              if name and any(matches_target(name, target) for target in target_modules)}
     not_linear = sorted(name for name, layer in chosen.items() if not isinstance(layer, nn.Linear))
     if not_linear:
         raise ValueError(f"target_modules {list(target_modules)} also match layers that are not nn.Linear, "
                          f"e.g. {not_linear[0]} ({type(chosen[not_linear[0]]).__name__}); LoRA here adapts "
                          "Linear layers only")
-    missing = [t for t in target_modules if not any(_matches(name, t) for name in chosen)]
+    missing = [t for t in target_modules if not any(matches_target(name, t) for name in chosen)]
     if missing:
         endings = sorted({name.split(".")[-1] if not name.split(".")[-1].isdigit() else ".".join(name.split(".")[-2:])
                           for name in linear})

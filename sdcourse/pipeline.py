@@ -221,21 +221,17 @@ def _config_mismatch(error: Exception, folder: Path) -> ValueError | None:
 
 @contextmanager
 def _quiet_loading():
-    """Hide the libraries' loading progress bars while the pipeline is built."""
+    """Hide the libraries' loading progress bars and warnings while the pipeline is built."""
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
     d_on, t_on = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
-    d_level, t_level = dlog.get_verbosity(), tlog.get_verbosity()
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()
-    dlog.set_verbosity_error()
-    tlog.set_verbosity_error()
     try:
-        yield
+        with _libraries_quiet():
+            yield
     finally:
-        dlog.set_verbosity(d_level)
-        tlog.set_verbosity(t_level)
         if d_on:
             dlog.enable_progress_bar()
         if t_on:
