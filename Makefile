@@ -22,11 +22,13 @@ help:
 	@echo "make notebooks  re-run notebooks/ and solutions/ in place, so stored outputs are fresh"
 	@echo "make exercises  regenerate exercises/ from solutions/"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml jupyter-config/labconfig/default_setting_overrides.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	mkdir -p $(VENV)/etc/jupyter/labconfig
+	cp jupyter-config/labconfig/default_setting_overrides.json $(VENV)/etc/jupyter/labconfig/
 	touch $(STAMP)
 
 lab: $(STAMP)
