@@ -110,6 +110,8 @@ def test_lesson_00_runs_and_its_quiz_answers_a_click(browser, lab):
     assert "(1 answered)" in quiz.inner_text()
     quiz.screenshot(path=ARTIFACTS / "00-quiz.png")
     assert not dialogs, dialogs
+    # The course's settings turn off JupyterLab's "receive official Jupyter news?" notification.
+    assert page.get_by_text("official Jupyter news").count() == 0, "the Jupyter news pop-up showed"
     page.close()
 
 
