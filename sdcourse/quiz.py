@@ -78,9 +78,13 @@ def validate_bank(data: dict, source: str = "quiz bank") -> list[str]:
     return problems
 
 
-def bank_path(lesson: str) -> Path:
-    """The bank file of a lesson, given its number ("02") or its file stem."""
-    lesson = str(lesson)
+def bank_path(lesson) -> Path:
+    """The bank file of a lesson, given its number (2 or "02") or its file stem."""
+    if isinstance(lesson, bool) or not isinstance(lesson, (int, str)):
+        raise TypeError(f"lesson={lesson!r}; give the lesson's number, such as 2 or \"02\"")
+    lesson = str(lesson).strip()
+    if lesson.isdigit():
+        lesson = lesson.zfill(2)  # 2 and "2" mean lesson 02, not every lesson whose number starts with 2
     matches = sorted(BANK_DIR.glob(f"{lesson}*.yaml"))
     if len(matches) != 1:
         available = ", ".join(p.stem for p in sorted(BANK_DIR.glob("*.yaml"))) or "none"
@@ -92,7 +96,8 @@ class Quiz:
     def __init__(self, title: str, questions: list[Question]):
         self.title = title
         self.questions = questions
-        self.results: dict[int, bool] = {}
+        self.results: dict[int, bool] = {}  # question number -> the first answer was right
+        self.first_picks: dict[int, str] = {}
 
     @classmethod
     def from_file(cls, path) -> "Quiz":
@@ -118,13 +123,24 @@ class Quiz:
         if not 1 <= number <= len(self.questions):
             raise ValueError(f"number={number} is not a question here; allowed: 1 to {len(self.questions)}")
         question = self.questions[number - 1]
-        picked = {p for p in str(picked).lower() if p.isalpha()}
+        given = picked
         allowed = set(LETTERS[: len(question.choices)])
-        if not picked or not picked <= allowed:
-            raise ValueError(f"picked={''.join(sorted(picked)) or '(nothing)'!r}; allowed letters: {', '.join(sorted(allowed))}")
+        letters = "".join(p for p in str(given).lower() if not p.isspace() and p not in ",;")
+        picked = set(letters)
+        if not picked or not picked <= allowed or len(letters) != len(picked):
+            example = "'ac'" if question.multiple else "'b'"
+            raise ValueError(f"picked={given!r}: give the letter{'s' if question.multiple else ''} of your "
+                             f"choice{'s' if question.multiple else ''}, such as {example}; allowed letters: "
+                             f"{', '.join(sorted(allowed))}")
         right = picked == question.answer
-        self.results[number] = right
         lines = [f"Question {number}: {'✅ correct' if right else '❌ not quite'}"]
+        if number in self.results:  # the first answer is the one that counts
+            first = self.first_picks[number]
+            lines.append(f"  (scored: your first answer, {first!r}, {'right' if self.results[number] else 'wrong'}; "
+                         "later answers get feedback only)")
+        else:
+            self.results[number] = right
+            self.first_picks[number] = "".join(sorted(picked))
         for letter, choice in zip(LETTERS, question.choices):
             mark = "✔" if choice.correct else "✘"
             chosen = " (your pick)" if letter in picked else ""
@@ -214,7 +230,7 @@ def _use_widgets() -> bool:
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
-def show_quiz(lesson: str) -> Quiz:
+def show_quiz(lesson) -> Quiz:
     """Load a lesson's quiz and display it. Keep the returned object to answer in text mode."""
     quiz = Quiz.from_lesson(lesson)
     quiz.show()

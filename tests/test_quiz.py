@@ -58,7 +58,9 @@ def test_text_mode_feedback_explains_every_choice_and_keeps_score(tmp_path):
     wrong = "a" if right == "b" else "b"
     text = quiz.feedback(1, wrong)
     assert "not quite" in text and text.count("w") >= 2 and "Score: 0/1" in text
-    assert "Score: 1/1" in quiz.feedback(1, right)
+    # The first answer is the one that counts; a second one gets feedback and says so.
+    second = quiz.feedback(1, right)
+    assert "correct" in second and f"your first answer, {wrong!r}, wrong" in second and "Score: 0/1" in second
 
 
 def test_bad_answers_name_what_is_allowed(tmp_path):
@@ -67,8 +69,20 @@ def test_bad_answers_name_what_is_allowed(tmp_path):
     quiz = Quiz.from_file(path)
     with pytest.raises(ValueError, match="allowed letters: a, b"):
         quiz.feedback(1, "z")
+    with pytest.raises(ValueError, match="picked='none': give the letter of your choice, such as 'b'"):
+        quiz.feedback(1, "none")
+    with pytest.raises(ValueError, match="picked=''"):
+        quiz.feedback(1, "")
+    assert quiz.results == {}, "a refused answer is not scored"
+    assert "Question 1" in quiz.feedback(1, " A ")
     with pytest.raises(ValueError, match="allowed: 1 to 1"):
         quiz.feedback(2, "a")
+
+
+def test_a_lesson_number_may_be_an_int_or_a_string():
+    assert bank_path(2) == bank_path("02") == bank_path("2") == bank_path("02_noise_schedules")
+    with pytest.raises(TypeError, match="lesson=2.5"):
+        bank_path(2.5)
 
 
 def test_unknown_lesson_lists_the_banks():
