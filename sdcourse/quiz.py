@@ -21,6 +21,7 @@ Choices are shown in a fixed shuffled order, so a bank may list its correct choi
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import string
@@ -56,6 +57,10 @@ def validate_bank(data: dict, source: str = "quiz bank") -> list[str]:
     problems = []
     if not isinstance(data, dict) or not data.get("title") or not isinstance(data.get("questions"), list):
         return [f"{source}: needs a 'title' and a list of 'questions'"]
+    pass_percent = data.get("pass_percent", None)
+    if pass_percent is not None and (isinstance(pass_percent, bool) or not isinstance(pass_percent, (int, float))
+                                     or not 0 < pass_percent <= 100):
+        problems.append(f"{source}: pass_percent={pass_percent!r}; allowed: a number above 0, up to 100")
     for number, q in enumerate(data["questions"], start=1):
         where = f"{source}, question {number}"
         if not isinstance(q, dict) or not str(q.get("prompt", "")).strip():
@@ -93,9 +98,10 @@ def bank_path(lesson) -> Path:
 
 
 class Quiz:
-    def __init__(self, title: str, questions: list[Question]):
+    def __init__(self, title: str, questions: list[Question], pass_percent: float | None = None):
         self.title = title
         self.questions = questions
+        self.pass_percent = pass_percent  # a test with a pass mark (the module test); None for a lesson's quiz
         self.results: dict[int, bool] = {}  # question number -> the first answer was right
         self.first_picks: dict[int, str] = {}
 
@@ -111,7 +117,7 @@ class Quiz:
             # Banks may list the correct choice first; the display order is shuffled, the same way every time.
             random.Random(q["prompt"]).shuffle(choices)
             questions.append(Question(q["prompt"].strip(), choices, bool(q.get("multiple", False))))
-        return cls(data["title"], questions)
+        return cls(data["title"], questions, data.get("pass_percent"))
 
     @classmethod
     def from_lesson(cls, lesson: str) -> "Quiz":
@@ -149,11 +155,20 @@ class Quiz:
         return "\n".join(lines)
 
     def score_line(self) -> str:
-        return f"Score: {sum(self.results.values())}/{len(self.questions)} ({len(self.results)} answered)"
+        right, total = sum(self.results.values()), len(self.questions)
+        line = f"Score: {right}/{total} ({len(self.results)} answered)"
+        if self.pass_percent is not None:
+            needed = math.ceil(total * self.pass_percent / 100)
+            verdict = ("passed" if right >= needed else "not passed yet: read the lessons of the questions you missed"
+                       ) if len(self.results) == total else f"{needed} right to pass"
+            line += f"; pass mark {self.pass_percent:g}%: {verdict}"
+        return line
 
     # ---- plain text ------------------------------------------------------------------
     def as_text(self) -> str:
         lines = [f"Quiz: {self.title}", ""]
+        if self.pass_percent is not None:
+            lines[1:1] = [f"{len(self.questions)} questions; {self.pass_percent:g}% right passes. Your first answer counts."]
         for number, q in enumerate(self.questions, start=1):
             kind = " (pick all that apply)" if q.multiple else ""
             lines.append(f"{number}. {q.prompt}{kind}")
