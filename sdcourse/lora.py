@@ -105,6 +105,16 @@ def matches_target(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
+def linear_layer_endings(module: nn.Module) -> list[str]:
+    """The ends of the names of `module`'s Linear layers ("to_q", "to_out.0"): what a target can name."""
+    endings = set()
+    for name, layer in module.named_modules():
+        if isinstance(layer, nn.Linear):
+            parts = name.split(".")
+            endings.add(".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1])
+    return sorted(endings)
+
+
 def lora_layers(module: nn.Module) -> dict[str, LoRALinear]:
     """The LoRA layers in `module`, by name."""
     return {name: layer for name, layer in module.named_modules() if isinstance(layer, LoRALinear)}
@@ -125,7 +135,6 @@ def inject_lora(module: nn.Module, target_modules=DEFAULT_TARGETS, rank: int = 4
     if isinstance(target_modules, str):
         target_modules = (target_modules,)
     _refuse_second_adapter(module)
-    linear = {name: layer for name, layer in module.named_modules() if isinstance(layer, nn.Linear)}
     chosen = {name: layer for name, layer in module.named_modules()
               if name and any(matches_target(name, target) for target in target_modules)}
     not_linear = sorted(name for name, layer in chosen.items() if not isinstance(layer, nn.Linear))
@@ -135,10 +144,8 @@ def inject_lora(module: nn.Module, target_modules=DEFAULT_TARGETS, rank: int = 4
                          "Linear layers only")
     missing = [t for t in target_modules if not any(matches_target(name, t) for name in chosen)]
     if missing:
-        endings = sorted({name.split(".")[-1] if not name.split(".")[-1].isdigit() else ".".join(name.split(".")[-2:])
-                          for name in linear})
         raise ValueError(f"target_modules {missing} match no layer of this {type(module).__name__}; its Linear "
-                         f"layers end in: {', '.join(endings)}")
+                         f"layers end in: {', '.join(linear_layer_endings(module))}")
     for p in module.parameters():
         p.requires_grad_(False)
     for name, layer in chosen.items():

@@ -335,7 +335,8 @@ def test_the_trainer_writes_an_adapter_diffusers_loads_and_resumes(tmp_path, one
 def test_targets_that_match_nothing_are_refused_before_training(tmp_path):
     from sdcourse.training.train_lora import main
 
-    with pytest.raises(ValueError, match="'to_query' matches no Linear layer"):
+    listed = r"'to_query' matches no Linear layer of the U-Net; its Linear layers end in: .*to_out\.0, to_q"
+    with pytest.raises(ValueError, match=listed):
         main(["--concept", "star", "--out", str(tmp_path), "--targets", "to_query", "--quiet", "--steps", "1"])
 
 

@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ..data import shapes  # noqa: E402
-from ..lora import DEFAULT_TARGETS, LORA_FILE, check_rank, matches_target  # noqa: E402
+from ..lora import DEFAULT_TARGETS, LORA_FILE, check_rank, linear_layer_endings, matches_target  # noqa: E402
 from .common import images_to_tensor, save_grid, set_threads  # noqa: E402
 from .trainer import PRECISIONS, CheckpointError, Trainer, TrainSettings  # noqa: E402
 
@@ -202,8 +202,8 @@ def add_peft_adapter(unet, settings: LoRASettings) -> list:
     for target in settings.targets:
         matched = [n for n in names if matches_target(n, target)]
         if not matched:
-            raise ValueError(f"targets: {target!r} matches no Linear layer of the U-Net; its attention "
-                             "projections are to_q, to_k, to_v and to_out.0")
+            raise ValueError(f"targets: {target!r} matches no Linear layer of the U-Net; its Linear layers "
+                             f"end in: {', '.join(linear_layer_endings(unet))}")
         for name in matched:  # the narrowest layer decides
             d_out, d_in = unet.get_submodule(name).weight.shape
             check_rank(settings.rank, d_in, d_out)
