@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from .core import Case, exercise_check
+from .core import Case, exercise_check, values_close
 
-__all__ = ["check_latent_shape", "check_scaling_factor_from_latents", "check_sample_latent", "check_reconstruction_psnr"]
+__all__ = [
+    "check_latent_shape", "check_scaling_factor_from_latents", "check_sample_latent", "check_kl_divergence",
+    "check_reconstruction_psnr",
+]
 
 SOLUTION_NOTEBOOK = "solutions/01_latent_space.ipynb"  # hint() points here after the last hint
 
@@ -166,7 +169,127 @@ check_sample_latent = exercise_check(
 )
 
 
-# ---- exercise 4: PSNR of a reconstruction ---------------------------------------------------
+# ---- exercise 4: the KL term of the VAE's loss -------------------------------------------------
+
+
+def kl_divergence_reference(mean, logvar):
+    """diffusers' `DiagonalGaussianDistribution.kl()` for the Gaussians given by `mean` and `logvar`,
+    both of shape (batch, channels, height, width): one KL to N(0, I) per latent, shape (batch,)."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    for name, value in (("mean", mean), ("logvar", logvar)):
+        if not isinstance(value, torch.Tensor) or value.ndim != 4:
+            got = f"a {value.ndim}-d tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"{name} must be a 4-d tensor (batch, channels, height, width); got {got}")
+    if mean.shape != logvar.shape:
+        raise ValueError(f"mean and logvar must have the same shape; got {tuple(mean.shape)} and {tuple(logvar.shape)}")
+    # the encoder's output holds mean and logvar stacked along the channels
+    return DiagonalGaussianDistribution(torch.cat([mean, logvar], dim=1)).kl()
+
+
+def _kl(mean, logvar, *, reduce="sum", half=0.5, spread="var", clamp=True, dims=(1, 2, 3), minus_one=True):
+    if clamp:
+        logvar = logvar.clamp(-30.0, 20.0)
+    spread_term = logvar.exp() if spread == "var" else (0.5 * logvar).exp()
+    terms = mean.pow(2) + spread_term - (1.0 if minus_one else 0.0) - logvar
+    return half * (terms.mean(dim=dims) if reduce == "mean" else terms.sum(dim=dims))
+
+
+def _kl_variant(**how):
+    return lambda mean, logvar: _kl(mean, logvar, **how)
+
+
+class _Unlike:
+    """Stands for "a tensor whose shape (or dtype) is not the reference's": a mistake that any wrong
+    shape (or dtype) matches, so that the report names it even when no other mistake does."""
+
+    def __init__(self, what, reference):
+        self.what = what
+        self.value = tuple(reference.shape) if what == "shape" else reference.dtype
+
+    def matches(self, got):
+        if not isinstance(got, torch.Tensor):
+            return False
+        return (tuple(got.shape) if self.what == "shape" else got.dtype) != self.value
+
+    def __repr__(self):
+        return f"any {self.what} but {self.value}"
+
+
+def _same_tensor(got, expected):
+    """Close values, and the same shape and dtype."""
+    if isinstance(expected, _Unlike):
+        return expected.matches(got) or (isinstance(got, _Unlike) and vars(got) == vars(expected))
+    if isinstance(got, _Unlike):
+        return False
+    both_tensors = isinstance(got, torch.Tensor) and isinstance(expected, torch.Tensor)
+    if both_tensors and (got.shape != expected.shape or got.dtype != expected.dtype):
+        return False
+    return values_close(got, expected)
+
+
+def _kl_cases():
+    g = torch.Generator().manual_seed(5)
+
+    def gaussians(shape, spread=1.0, dtype=torch.float32):
+        mean = torch.randn(shape, generator=g, dtype=dtype) * spread
+        logvar = torch.rand(shape, generator=g, dtype=dtype) * 6 - 5  # in [-5, 1]
+        return mean, logvar
+
+    extreme_mean, extreme_logvar = gaussians((2, 4, 8, 8))
+    extreme_logvar[0, :, :4] = -40.0  # below the clamp's -30: sigma would be e^-20
+    extreme_logvar[1, :, 4:] = 25.0  # above the clamp's 20
+    return [
+        Case("3 latents of the tiny model, shape (3, 4, 8, 8)", gaussians((3, 4, 8, 8), 2.0)),
+        Case("2 SD-sized latents, shape (2, 4, 64, 64)", gaussians((2, 4, 64, 64))),
+        Case("one latent that is already N(0, I): mean 0, logvar 0", (torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 8))),
+        Case("logvar beyond [-30, 20] in places, shape (2, 4, 8, 8)", (extreme_mean, extreme_logvar)),
+        Case("float64, 4 latents of shape (16, 4, 4)", gaussians((4, 16, 4, 4), 1.5, torch.float64)),
+    ]
+
+
+check_kl_divergence = exercise_check(
+    "kl_divergence",
+    kl_divergence_reference,
+    _kl_cases,
+    mistakes={
+        "the terms were averaged, not summed, over each latent: the KL is a sum, and the mean is smaller by "
+        "channels x height x width (256 for a (4, 8, 8) latent)": _kl_variant(reduce="mean"),
+        "the factor 1/2 is missing: the result is twice the KL": _kl_variant(half=1.0),
+        "the standard deviation exp(logvar / 2) was used where the variance exp(logvar) belongs": _kl_variant(
+            spread="std"
+        ),
+        "logvar was not clamped to [-30, 20] first, as diffusers clamps it": _kl_variant(clamp=False),
+        "the sum also ran over the batch: return one KL per latent, shape (batch,)": _kl_variant(dims=(0, 1, 2, 3)),
+        "the sum kept its dimensions: return shape (batch,), not (batch, 1, 1, 1)": lambda mean, logvar: (
+            _kl(mean, logvar).reshape(-1, 1, 1, 1)
+        ),
+        "the - 1 inside the sum is missing: a Gaussian equal to N(0, I) must score 0": _kl_variant(minus_one=False),
+        "the result is float64 for float32 inputs: keep the inputs' dtype": lambda mean, logvar: (
+            _kl(mean.double(), logvar.double())
+        ),
+        "the result was cast to float32: keep the inputs' dtype (float64 here)": lambda mean, logvar: (
+            _kl(mean.float(), logvar.float())
+        ),
+        "the result has the wrong shape: one KL per latent, shape (batch,), summed over channels, height "
+        "and width": lambda mean, logvar: _Unlike("shape", kl_divergence_reference(mean, logvar)),
+        "the result has the wrong dtype: keep the inputs' dtype": lambda mean, logvar: (
+            _Unlike("dtype", kl_divergence_reference(mean, logvar))
+        ),
+    },
+    hints=[
+        "For one value, the KL from N(mu, sigma^2) to N(0, 1) is (mu^2 + sigma^2 - 1 - log sigma^2) / 2. "
+        "The KL of a latent adds up those of its values.",
+        "Clamp logvar to [-30, 20] before anything else, as diffusers does when it builds the distribution; "
+        "the variance is then logvar.exp().",
+        "0.5 * (mean.pow(2) + var - 1 - logvar).sum(dim=(1, 2, 3)): the batch axis stays, so the shape is (batch,).",
+    ],
+    solution=SOLUTION_NOTEBOOK,
+    compare=_same_tensor,
+)
+
+
+# ---- exercise 5: PSNR of a reconstruction ---------------------------------------------------
 
 
 def reconstruction_psnr_reference(reconstruction, original):

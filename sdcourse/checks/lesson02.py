@@ -56,6 +56,9 @@ check_add_noise = exercise_check(
         "only the image term has its square root; the noise weight needs one too": lambda x0, n, a: (
             a.sqrt() * x0 + (1 - a) * n
         ),
+        "alpha_bar where sqrt(alpha_bar) belongs: the image's weight needs its square root too": lambda x0, n, a: (
+            a * x0 + (1 - a).sqrt() * n
+        ),
         "the noise was added without its weight sqrt(1 - alpha_bar)": lambda x0, n, a: a.sqrt() * x0 + n,
     },
     hints=[
@@ -164,7 +167,7 @@ check_compare_schedules = exercise_check(
 
 
 def _predictor_mse(x0, alphas_cumprod, num_bins=4, seed=0, *, noise_first=False, perfect_sqrt=True,
-                   reduce="mean", square=True, bin_rounding=False):
+                   reduce="mean", square=True, bin_rounding=False, target="noise"):
     g = torch.Generator().manual_seed(seed)
     n, T = x0.shape[0], len(alphas_cumprod)
     if noise_first:
@@ -186,8 +189,9 @@ def _predictor_mse(x0, alphas_cumprod, num_bins=4, seed=0, *, noise_first=False,
     else:
         bins = t * num_bins // T  # bin k holds t in [k T / num_bins, (k + 1) T / num_bins)
     result = {}
+    goal = (1 - alpha_bar).sqrt() * noise if target == "scaled noise" else noise
     for name, prediction in predictions.items():
-        error = prediction - noise
+        error = prediction - goal
         error = (error**2 if square else error).flatten(1)
         per_sample = error.sum(1) if reduce == "sum" else error.mean(1)  # (n,)
         if reduce == "rmse":
@@ -224,6 +228,8 @@ check_predictor_mse_by_bin = exercise_check(
     _predictor_cases,
     mistakes={
         "MSE without the mean: the squared errors were summed over each sample, not averaged": _mse_variant(reduce="sum"),
+        "the predictions were scored against the scaled noise sqrt(1 - alpha_bar) noise; the target is the noise "
+        "itself, as the lesson warns: that is why zero scores 1 at every t": _mse_variant(target="scaled noise"),
         "the errors were not squared before averaging": _mse_variant(square=False),
         "a square root too many: that is the RMSE, not the MSE": _mse_variant(reduce="rmse"),
         "the perfect predictor lost its square roots: eps = (x_t - sqrt(ab) x0) / sqrt(1 - ab)": _mse_variant(

@@ -7,9 +7,12 @@ import math
 import torch
 
 from ..schedules import SD_SCHEDULE, NoiseSchedule
-from .core import Case, exercise_check
+from .core import Case, exercise_check, values_close
 
-__all__ = ["check_diffusion_loss", "check_drop_captions", "check_loss_by_timestep_bin", "check_min_snr_weight"]
+__all__ = [
+    "check_diffusion_loss", "check_drop_captions", "check_loss_by_timestep_bin", "check_min_snr_weight",
+    "check_training_step",
+]
 
 SOLUTION_NOTEBOOK = "solutions/04_training.ipynb"  # hint() points here after the last hint
 
@@ -26,7 +29,7 @@ def _loss(model_fn, x0, noise, timesteps, schedule, *, weights="alpha_bar", root
         keep, add = add, keep
     x_t = keep * x0 + add * noise  # x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) noise
     prediction = model_fn(x_t, timesteps)
-    goal = {"noise": noise, "x0": x0, "x_t": x_t}[target]
+    goal = {"noise": noise, "x0": x0, "x_t": x_t, "scaled noise": add * noise}[target]
     error = prediction - goal
     return error.abs().mean() if absolute else error.pow(2).mean()
 
@@ -80,6 +83,8 @@ check_diffusion_loss = exercise_check(
         "the prediction was compared with x_t, the model's input; the target is the noise added to it": _loss_variant(
             target="x_t"
         ),
+        "the prediction was compared with the scaled noise sqrt(1 - alpha_bar) noise; the target is the noise "
+        "itself, with variance 1 at every t, as the lesson warns": _loss_variant(target="scaled noise"),
         "the square roots are missing: x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) noise": _loss_variant(
             roots=False
         ),
@@ -269,4 +274,216 @@ check_min_snr_weight = exercise_check(
         "min(SNR, gamma) is snr.clamp(max=gamma), and the weight is that divided by snr.",
     ],
     solution=SOLUTION_NOTEBOOK,
+)
+
+
+# ---- exercise 5: one training step of the U-Net ------------------------------------------------
+
+# A diffusers U-Net of the course's design, small enough for a check: attention at 8 x 8 and
+# 4 x 4, two groups per norm (diffusers' own tiny test U-Net).
+TINY_UNET = dict(
+    block_out_channels=(4, 8), norm_num_groups=2, layers_per_block=1, sample_size=8,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    in_channels=4, out_channels=4, cross_attention_dim=8, attention_head_dim=2,
+)
+MAX_GRAD_NORM = 1.0  # the lesson's training loop clips the gradients to norm 1
+
+
+def training_step_reference(unet, latents, context, scheduler, optimizer, generator):
+    """One step of the lesson's training loop; returns the loss as a Python float.
+
+    latents: clean latents z_0, (batch, 4, h, w); context: text embeddings, (batch, tokens, width);
+    scheduler: a diffusers DDPMScheduler; optimizer: one that trains `unet`'s parameters.
+    """
+    return _step(unet, latents, context, scheduler, optimizer, generator)
+
+
+def _step(unet, latents, context, scheduler, optimizer, generator, *, target="noise", reduce="mean", zero=True,
+          apply=True, clip=True, t_range="right", noise_first=False, one_t=False, as_float=True):
+    _check_step_inputs(unet, latents, context, scheduler, optimizer, generator)
+    batch, T = latents.shape[0], scheduler.config.num_train_timesteps
+    low, high = {"right": (0, T), "one to T": (1, T + 1), "1000": (0, 1000)}[t_range]
+
+    def draw_t():
+        return torch.randint(low, high, (1 if one_t else batch,), generator=generator)  # (batch,)
+
+    if zero:
+        optimizer.zero_grad()
+    if noise_first:
+        noise = torch.randn(latents.shape, generator=generator)
+        t = draw_t()
+    else:
+        t = draw_t()
+        noise = torch.randn(latents.shape, generator=generator)  # epsilon ~ N(0, I), (batch, 4, h, w)
+    noisy = scheduler.add_noise(latents, noise, t)  # sqrt(ab_t) z_0 + sqrt(1 - ab_t) epsilon
+    prediction = unet(noisy, t, encoder_hidden_states=context).sample
+    alpha_bar = scheduler.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+    goal = {"noise": noise, "noisy": noisy, "clean": latents, "scaled noise": (1 - alpha_bar).sqrt() * noise}[target]
+    squared = (prediction - goal).pow(2)
+    loss = squared.sum() if reduce == "sum" else squared.mean()
+    if apply:
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), MAX_GRAD_NORM)
+        optimizer.step()
+    return loss.item() if as_float else loss
+
+
+def _check_step_inputs(unet, latents, context, scheduler, optimizer, generator):
+    if not isinstance(unet, torch.nn.Module):
+        raise TypeError(f"unet must be a torch.nn.Module (a UNet2DConditionModel); got {type(unet).__name__}")
+    if not isinstance(latents, torch.Tensor) or latents.ndim != 4:
+        got = f"a {latents.ndim}-d tensor" if isinstance(latents, torch.Tensor) else type(latents).__name__
+        raise ValueError(f"latents must be a 4-d tensor (batch, channels, height, width); got {got}")
+    if not isinstance(context, torch.Tensor) or context.ndim != 3 or len(context) != len(latents):
+        got = f"shape {tuple(context.shape)}" if isinstance(context, torch.Tensor) else type(context).__name__
+        raise ValueError(f"context must be a tensor (batch, tokens, width) with batch {len(latents)}, like latents; "
+                         f"got {got}")
+    if not hasattr(scheduler, "add_noise") or "num_train_timesteps" not in getattr(scheduler, "config", {}):
+        raise TypeError(f"scheduler must be a diffusers scheduler such as DDPMScheduler; got {type(scheduler).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer; got {type(optimizer).__name__}")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator; got {type(generator).__name__}")
+
+
+def _step_variant(**how):
+    return lambda unet, latents, context, scheduler, optimizer, generator: _step(
+        unet, latents, context, scheduler, optimizer, generator, **how
+    )
+
+
+class _TimestepsOutOfRange(Exception):
+    pass
+
+
+def _two_steps(step_fn):
+    """Run `step_fn` twice on a copy of a tiny U-Net, with a fresh optimizer and generator, and report
+    the timesteps of the first step, both losses and the weights after each step."""
+
+    def run(unet, latents, context, schedule, optimizer_settings, seed):
+        from diffusers import DDPMScheduler
+
+        scheduler = DDPMScheduler(**schedule)
+        T = scheduler.config.num_train_timesteps
+        seen = []  # the timesteps given to add_noise and to the U-Net, in order
+
+        def watch(timesteps):
+            seen.append(torch.as_tensor(timesteps).detach().clone())
+            if seen[-1].numel() and (seen[-1].min() < 0 or seen[-1].max() >= T):
+                raise _TimestepsOutOfRange()
+
+        add_noise = scheduler.add_noise
+
+        def watched_add_noise(original, noise, timesteps):
+            watch(timesteps)
+            return add_noise(original, noise, timesteps)
+
+        scheduler.add_noise = watched_add_noise
+        unet.register_forward_pre_hook(
+            lambda module, args, kwargs: watch(args[1] if len(args) > 1 else kwargs.get("timestep")), with_kwargs=True
+        )
+        kind, settings = optimizer_settings
+        optimizer = {"SGD": torch.optim.SGD, "AdamW": torch.optim.AdamW}[kind](unet.parameters(), **settings)
+        generator = torch.Generator().manual_seed(seed)
+        start = _weights(unet)
+        result = dict.fromkeys(["timesteps", "loss", "loss is a Python float", "weights changed",
+                                "weights after one step", "loss of a second step", "weights after two steps"])
+        try:
+            loss = step_fn(unet, latents, context, scheduler, optimizer, generator)
+            result["timesteps"] = seen[0] if seen else None
+            result["loss"] = _number(loss)
+            result["loss is a Python float"] = isinstance(loss, float)
+            result["weights after one step"] = _weights(unet)
+            result["weights changed"] = any(
+                not torch.equal(start[name], value) for name, value in result["weights after one step"].items()
+            )
+            second = step_fn(unet, latents, context, scheduler, optimizer, generator)
+            result["loss of a second step"] = _number(second)
+            result["weights after two steps"] = _weights(unet)
+        except _TimestepsOutOfRange:
+            result["timesteps"] = seen[-1]
+        return result
+
+    return run
+
+
+def _number(loss):
+    """A returned loss as a float, whether a float or a 0-d tensor; anything else as it is."""
+    if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+        return float(loss.detach())
+    return float(loss) if isinstance(loss, (float, int)) else loss
+
+
+def _weights(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def _same_step(got, expected):
+    return values_close(got, expected, atol=1e-6, rtol=1e-5)
+
+
+def _step_cases():
+    from diffusers import UNet2DConditionModel
+
+    with torch.random.fork_rng(devices=[]):  # leave the learner's random state alone
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(**TINY_UNET)
+        with torch.no_grad():
+            for p in unet.parameters():  # off their defaults, with gradients of norm about 2 to 5
+                p.add_(0.3 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(6)
+    latents, context = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 5, 8, generator=g)
+    sd = dict(SD_SCHEDULE)
+    short = {**SD_SCHEDULE, "num_train_timesteps": 10}
+    return [
+        Case("2 latents (4, 8, 8), SD schedule, SGD lr 0.1, seed 0",
+             (unet, latents, context, sd, ("SGD", {"lr": 0.1}), 0)),
+        Case("4 latents (4, 8, 8), a 10-step schedule, SGD lr 0.1, seed 1",
+             (unet, latents.repeat(2, 1, 1, 1), context.repeat(2, 1, 1), short, ("SGD", {"lr": 0.1}), 1)),
+        Case("2 latents (4, 8, 8), SD schedule, AdamW lr 1e-3 and weight decay 0.01 as in the lesson, seed 2",
+             (unet, latents, context, sd, ("AdamW", {"lr": 1e-3, "weight_decay": 0.01}), 2)),
+    ]
+
+
+check_training_step = exercise_check(
+    "training_step",
+    training_step_reference,
+    _step_cases,
+    mistakes={
+        "the prediction was scored against the noisy latent, the U-Net's input; the target is the noise": (
+            _step_variant(target="noisy")
+        ),
+        "the prediction was scored against the scaled noise sqrt(1 - alpha_bar) noise; the target is the noise "
+        "itself, with variance 1 at every t, as the lesson warns": _step_variant(target="scaled noise"),
+        "the prediction was scored against the clean latent; this U-Net predicts the noise": _step_variant(
+            target="clean"
+        ),
+        "the squared errors were summed, not averaged: the loss is larger by the number of values in the batch "
+        "(batch x 4 x 8 x 8 here)": _step_variant(reduce="sum"),
+        "the timesteps were drawn from 1 to T; they lie in [0, T), torch.randint(0, T, ...) with "
+        "T = scheduler.config.num_train_timesteps": _step_variant(t_range="one to T"),
+        "the timesteps were drawn from [0, 1000) whatever the schedule; use scheduler.config.num_train_timesteps": (
+            _step_variant(t_range="1000")
+        ),
+        "one timestep for the whole batch: each latent draws its own": _step_variant(one_t=True),
+        "the draws came in another order: the timesteps first, then the noise": _step_variant(noise_first=True),
+        "the weights did not change: call loss.backward(), then optimizer.step()": _step_variant(apply=False),
+        "the gradients were not clipped to norm 1, as the lesson's loop does": _step_variant(clip=False),
+        "the gradients were never zeroed, so the second step also applied the first step's gradients: call "
+        "optimizer.zero_grad() in every step": _step_variant(zero=False),
+        "the loss was returned as a tensor: return a Python float, loss.item()": _step_variant(as_float=False),
+    },
+    hints=[
+        "The step is the lesson's training loop without the loop: draw, noise, predict, score, then update "
+        "the weights. Draw the timesteps before the noise, both from generator.",
+        "t = torch.randint(0, T, (batch,), generator=generator) with T = scheduler.config.num_train_timesteps, then "
+        "noise = torch.randn(latents.shape, generator=generator); scheduler.add_noise(latents, noise, t) is z_t.",
+        "loss = (unet(z_t, t, encoder_hidden_states=context).sample - noise).pow(2).mean().",
+        "optimizer.zero_grad(), loss.backward(), torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0), "
+        "optimizer.step(), and return loss.item().",
+    ],
+    solution=SOLUTION_NOTEBOOK,
+    compare=_same_step,
+    prepare=_two_steps,
 )
