@@ -27,6 +27,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 RUN_TIMEOUT_MS = 600_000  # a whole lesson on a slow laptop CPU
+PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the notebook on show, not one in a background tab
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 NO_BROWSER = f"no browser at {CHROMIUM}: install Debian's chromium package, or set SDCOURSE_CHROMIUM"
@@ -66,24 +67,47 @@ def open_notebook(browser, lab, name):
     page = browser.new_page()
     dialogs = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    page.goto(f"{lab}/lab/tree/notebooks/{name}?token={TOKEN}")
-    page.locator(".jp-NotebookPanel .jp-Cell").first.wait_for(timeout=120_000)
+    page.goto(f"{lab}/lab/tree/notebooks/{name}?reset&token={TOKEN}")  # reset: only this lesson's tab
+    page.locator(f"{PANEL} .jp-Cell").first.wait_for(timeout=120_000)
     # The kernel is chosen from the notebook's metadata: no "select kernel" dialog, and it reaches idle.
-    page.locator(".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(timeout=120_000)
+    page.locator(f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(timeout=120_000)
     assert page.locator(".jp-Dialog").count() == 0, f"{name}: a dialog opened: {page.locator('.jp-Dialog').inner_text()}"
     return page, dialogs
 
 
+def menu(page, top, item):
+    page.locator(".lm-MenuBar-itemLabel", has_text=top).first.click()
+    page.locator(".lm-Menu-itemLabel", has_text=item).first.click()
+
+
 def run_all_cells(page, name):
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    prompts = page.locator(f"{PANEL} .jp-CodeCell .jp-InputPrompt")
+    numbered = """() => [...document.querySelectorAll('PANEL_JS .jp-CodeCell .jp-InputPrompt')]
+                           .some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))""".replace("PANEL_JS", PANEL)
+    # As a learner starts afresh: the stored outputs and their execution numbers go first.
+    page.locator(f"{PANEL} .jp-Cell").first.click()
+    menu(page, "Kernel", "Restart Kernel and Clear Outputs of All Cells")
+    page.locator(".jp-Dialog button", has_text="Restart").click()
+    page.wait_for_function(f"() => !({numbered})()", timeout=60_000)
+    page.locator(f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(timeout=60_000)
+    for attempt in range(3):
+        # The command acts on the notebook that has the focus, and stays off until it is ready: retry.
+        page.locator(f"{PANEL} .jp-Cell").first.click()
+        menu(page, "Run", "Run All Cells")
+        try:
+            page.wait_for_function(numbered, timeout=15_000)
+            break
+        except playwright_api.TimeoutError:
+            page.keyboard.press("Escape")
+    else:
+        page.screenshot(path=ARTIFACTS / f"{name}-did-not-start.png")
+        raise AssertionError(f"{name}: Run All Cells did not start the cells (screenshot kept)")
     # Every code cell gets an execution number; "[*]" means still running, "[ ]" not run.
-    prompts = page.locator(".jp-NotebookPanel .jp-CodeCell .jp-InputPrompt")
     page.wait_for_function(
         """() => {
-            const prompts = [...document.querySelectorAll('.jp-NotebookPanel .jp-CodeCell .jp-InputPrompt')];
+            const prompts = [...document.querySelectorAll('PANEL_JS .jp-CodeCell .jp-InputPrompt')];
             return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
-        }""",
+        }""".replace("PANEL_JS", PANEL),
         timeout=RUN_TIMEOUT_MS,
     )
     errors = page.locator(".jp-OutputArea-output", has_text="Traceback (most recent call last)")
@@ -97,10 +121,10 @@ def test_lesson_00_runs_and_its_quiz_answers_a_click(browser, lab):
     page.screenshot(path=ARTIFACTS / "00-opened.png")
     ran = run_all_cells(page, "00_start_here.ipynb")
     assert ran >= 5
-    assert page.locator(".jp-NotebookPanel .jp-OutputArea-output img").count() >= 1, "lesson 00 showed no picture"
+    assert page.locator(f"{PANEL} .jp-OutputArea-output img").count() >= 1, "lesson 00 showed no picture"
     page.screenshot(path=ARTIFACTS / "00-ran.png", full_page=True)
 
-    quiz = page.locator(".widget-vbox", has_text="Quiz:").last
+    quiz = page.locator(f"{PANEL} .widget-vbox", has_text="Quiz:").last
     quiz.scroll_into_view_if_needed()
     quiz.locator(".widget-radio-box input[type=radio]").first.check()
     quiz.locator("button", has_text="Check").first.click()
@@ -118,7 +142,7 @@ def test_lesson_00_runs_and_its_quiz_answers_a_click(browser, lab):
 def test_lesson_02_slider_changes_the_picture(browser, lab):
     page, dialogs = open_notebook(browser, lab, "02_noise_schedules.ipynb")
     run_all_cells(page, "02_noise_schedules.ipynb")
-    slider = page.locator(".widget-interact", has=page.locator(".widget-slider")).first
+    slider = page.locator(f"{PANEL} .widget-interact", has=page.locator(".widget-slider")).first
     slider.scroll_into_view_if_needed()
     # The picture belongs inside the widget's own output, or moving the slider cannot redraw it.
     picture = slider.locator(".widget-output img").first
