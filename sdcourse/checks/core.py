@@ -205,7 +205,8 @@ def _likely_cause(got, case, mistakes, compare):
             continue
         if _same(got, wrong, compare):
             return cause
-    return "none of the usual mistakes; compare your code with the formula above the exercise."
+    return ("none of the usual mistakes; go through your code against what the exercise asks, step by step, "
+            "and hint() gives the next hint.")
 
 
 def _is_numeric_sequence(value) -> bool:
