@@ -3,6 +3,7 @@ Every exercise has hints, and `hint()` shows them one at a time."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -179,3 +180,36 @@ def test_a_check_needs_hints(monkeypatch, hints):
     monkeypatch.setattr(core, "ALL_CHECKS", {})
     with pytest.raises(ValueError, match="hints"):
         exercise_check("double", lambda x: 2 * x, lambda: [], {"tripled": lambda x: 3 * x}, hints=hints, solution="")
+
+
+# ---- shape and dtype differences are named as such ------------------------------------------------
+
+
+def test_a_wrong_dtype_is_reported_as_a_dtype(capsys):
+    from sdcourse.checks import check_to_uint8_image
+
+    def as_float(x):  # the right values, left as floats
+        return ((x.clamp(-1, 1) + 1) / 2 * 255).round().permute(1, 2, 0)
+
+    assert not check_to_uint8_image(as_float)
+    report = capsys.readouterr().out
+    assert "the dtype is float32; the exercise asks for uint8" in report
+    assert "float32: [" in report and "uint8: [" in report, "both dtypes are shown beside the values"
+
+
+def test_a_wrong_shape_without_a_known_cause_is_reported_as_a_shape(capsys):
+    from sdcourse.checks import check_to_uint8_image
+
+    def flattened(x):
+        return ((x.clamp(-1, 1) + 1) / 2 * 255).round().to(torch.uint8).permute(1, 2, 0).reshape(-1)
+
+    assert not check_to_uint8_image(flattened)
+    assert "likely cause: the shape is (3,); the exercise asks for (1, 1, 3)" in capsys.readouterr().out
+
+
+def test_float_widths_are_not_a_dtype_problem():
+    from sdcourse.checks.core import dtype_problem
+
+    assert dtype_problem(torch.zeros(2, dtype=torch.float64), torch.zeros(2)) is None
+    assert dtype_problem(np.zeros(2, np.float32), torch.zeros(2, dtype=torch.float16)) is None
+    assert "int64" in dtype_problem(torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.uint8))

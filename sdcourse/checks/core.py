@@ -82,11 +82,28 @@ def values_close(got, expected, atol=1e-5, rtol=1e-4) -> bool:
         got_array, expected_array = _as_array(got), _as_array(expected)
     except (TypeError, ValueError):
         return got == expected
-    if got_array.shape != expected_array.shape:
+    if got_array.shape != expected_array.shape or dtype_problem(got, expected):
         return False
     if expected_array.dtype == bool or got_array.dtype == bool:
         return np.array_equal(got_array, expected_array)
     return bool(np.allclose(got_array, expected_array, atol=atol, rtol=rtol, equal_nan=True))
+
+
+def _dtype_name(value) -> str:
+    return str(value.dtype).removeprefix("torch.")
+
+
+def dtype_problem(got, expected) -> str | None:
+    """How the dtype of `got` fails the one asked for, or None. Only tensors and arrays have one:
+    an integer or bool dtype must match exactly (a picture asked for as uint8 must be uint8);
+    a float one may be any float width, but not an integer."""
+    if not (isinstance(got, (torch.Tensor, np.ndarray)) and isinstance(expected, (torch.Tensor, np.ndarray))):
+        return None
+    asked, given = _dtype_name(expected), _dtype_name(got)
+    is_float = lambda name: name.startswith(("float", "bfloat", "half", "double"))  # noqa: E731
+    if is_float(asked) and is_float(given) or asked == given:
+        return None
+    return f"the dtype is {given}; the exercise asks for {asked}"
 
 
 def first_difference(got, expected, where=""):
@@ -115,7 +132,7 @@ def describe(value, limit=6) -> str:
         array = _as_array(value)
         flat = ", ".join(f"{x:.5g}" for x in array.ravel()[:limit].astype(float))
         more = ", ..." if array.size > limit else ""
-        return f"{type(value).__name__} of shape {tuple(array.shape)}: [{flat}{more}]"
+        return f"{type(value).__name__} of shape {tuple(array.shape)}, {_dtype_name(value)}: [{flat}{more}]"
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, Raised):
@@ -164,6 +181,13 @@ def run_check(
             break
         cause = _likely_cause(got, case, mistakes or {}, compare)
         where, got_part, expected_part = first_difference(got, expected)
+        if cause.startswith("none of the usual mistakes"):
+            # Say plainly when the values may be right but their shape or dtype is not.
+            shapes = [tuple(v.shape) for v in (got_part, expected_part) if isinstance(v, (torch.Tensor, np.ndarray))]
+            if len(shapes) == 2 and shapes[0] != shapes[1]:
+                cause = f"the shape is {shapes[0]}; the exercise asks for {shapes[1]}"
+            elif dtype_problem(got_part, expected_part):
+                cause = dtype_problem(got_part, expected_part)
         report = (
             f"❌ {name}: failed on case '{case.label}'\n"
             + (f"   first difference at {where}\n" if where else "")
