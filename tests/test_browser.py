@@ -6,13 +6,15 @@ slider. Screenshots are kept in test-artifacts/browser/. It needs Debian's chrom
 Without a browser the test is skipped, saying why.
 """
 
+import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
-from lab_server import ROOT, TOKEN, running_lab
+from lab_server import ROOT, TOKEN, get, running_lab
 
 CHROMIUM = os.environ.get("SDCOURSE_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
@@ -80,7 +82,23 @@ def menu(page, top, item):
     page.locator(".lm-Menu-itemLabel", has_text=item).first.click()
 
 
-def run_all_cells(page, name):
+def wait_for_idle_kernel(lab, name, timeout=120):
+    """Ask the server until the lesson's kernel has restarted and stays idle for a second."""
+    deadline, idle_since = time.time() + timeout, None
+    while time.time() < deadline:
+        sessions = json.loads(get(f"{lab}/api/sessions")[1])
+        states = [s["kernel"]["execution_state"] for s in sessions if s["path"].endswith(name)]
+        if states == ["idle"]:
+            idle_since = idle_since or time.time()
+            if time.time() - idle_since >= 1:
+                return
+        else:
+            idle_since = None
+        time.sleep(0.25)
+    raise AssertionError(f"{name}: the kernel did not come back to idle within {timeout} s after a restart: {states}")
+
+
+def run_all_cells(page, lab, name):
     prompts = page.locator(f"{PANEL} .jp-CodeCell .jp-InputPrompt")
     numbered = """() => [...document.querySelectorAll('PANEL_JS .jp-CodeCell .jp-InputPrompt')]
                            .some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))""".replace("PANEL_JS", PANEL)
@@ -89,7 +107,7 @@ def run_all_cells(page, name):
     menu(page, "Kernel", "Restart Kernel and Clear Outputs of All Cells")
     page.locator(".jp-Dialog button", has_text="Restart").click()
     page.wait_for_function(f"() => !({numbered})()", timeout=60_000)
-    page.locator(f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(timeout=60_000)
+    wait_for_idle_kernel(lab, name)
     for attempt in range(3):
         # The command acts on the notebook that has the focus, and stays off until it is ready: retry.
         page.locator(f"{PANEL} .jp-Cell").first.click()
@@ -119,7 +137,7 @@ def run_all_cells(page, name):
 def test_lesson_00_runs_and_its_quiz_answers_a_click(browser, lab):
     page, dialogs = open_notebook(browser, lab, "00_start_here.ipynb")
     page.screenshot(path=ARTIFACTS / "00-opened.png")
-    ran = run_all_cells(page, "00_start_here.ipynb")
+    ran = run_all_cells(page, lab, "00_start_here.ipynb")
     assert ran >= 5
     assert page.locator(f"{PANEL} .jp-OutputArea-output img").count() >= 1, "lesson 00 showed no picture"
     page.screenshot(path=ARTIFACTS / "00-ran.png", full_page=True)
@@ -141,7 +159,7 @@ def test_lesson_00_runs_and_its_quiz_answers_a_click(browser, lab):
 
 def test_lesson_02_slider_changes_the_picture(browser, lab):
     page, dialogs = open_notebook(browser, lab, "02_noise_schedules.ipynb")
-    run_all_cells(page, "02_noise_schedules.ipynb")
+    run_all_cells(page, lab, "02_noise_schedules.ipynb")
     slider = page.locator(f"{PANEL} .widget-interact", has=page.locator(".widget-slider")).first
     slider.scroll_into_view_if_needed()
     # The picture belongs inside the widget's own output, or moving the slider cannot redraw it.
