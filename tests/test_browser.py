@@ -1,7 +1,8 @@
 """The course as a classroom gets it: `make lab` in a real browser (Chromium driven by Playwright).
 
-It runs every cell of lesson 00, answers a quiz question by clicking, and moves lesson 02's timestep
-slider. Screenshots are kept in test-artifacts/browser/. It needs Debian's chromium package
+It restarts lesson 00's kernel and clears its stored outputs, as a learner starting afresh does, runs
+every cell, answers a quiz question by clicking, and moves lesson 02's timestep slider. Lessons run
+in the suite's mode (SDCOURSE_FAST=1 under `make test`). Screenshots are kept in test-artifacts/browser/. It needs Debian's chromium package
 (`apt-get install chromium`); Playwright's own browser download needs a network, so it is not used.
 Without a browser the test is skipped, saying why.
 """
