@@ -125,6 +125,11 @@ def contrast_set(b: Build) -> dict | None:
                                   progress=b.progress)
 
 
+def finished(b: Build, folder_name: str) -> bool:
+    """Whether the stage that writes this folder of the run folder has finished."""
+    return (b.run_dir / folder_name / "config.json").exists()
+
+
 def clip_stage(b: Build):
     """3. The CLIP, both halves trained together, contrastively."""
     from transformers import CLIPModel
@@ -132,6 +137,8 @@ def clip_stage(b: Build):
     from .train_clip import train_clip, word_sensitivity, zero_shot_accuracy
 
     folder = b.run_dir / "clip"
+    if finished(b, "clip_words"):
+        return  # its last phase is done: that one is loaded (a run resumed from its finished stages)
     if (folder / "config.json").exists():
         b.clip = CLIPModel.from_pretrained(str(folder), dtype=torch.float32).eval()
     else:
@@ -153,6 +160,8 @@ def later_clip_phase(b: Build, folder_name: str, steps: int, seed_offset: int, t
     from .train_clip import zero_shot_accuracy
 
     folder = b.run_dir / folder_name
+    if folder_name != "clip_words" and finished(b, "clip_words"):
+        return False
     if (folder / "config.json").exists():
         b.clip = CLIPModel.from_pretrained(str(folder), dtype=torch.float32).eval()
         return False
@@ -212,6 +221,8 @@ def vae_stage(b: Build):
     from .train_vae import latent_scaling_factor, train_vae
 
     folder = b.run_dir / "vae"
+    if finished(b, "vae_decoder"):
+        return  # the decoder phase is done: its VAE is loaded next
     if (folder / "config.json").exists():
         b.vae = AutoencoderKL.from_pretrained(str(folder)).eval()
         return
@@ -235,7 +246,10 @@ def vae_decoder_stage(b: Build):
         b.vae = AutoencoderKL.from_pretrained(str(folder)).eval()
     elif b.cfg.vae_decoder_steps > 0:
         b.vae = finetune_decoder(b.cfg, b.vae, b.photos, b.run_dir, b.progress)
-        b.save(b.vae, folder)
+        # Stored in float16, as the pipeline ships it (half the size). The VAE in use from here
+        # on holds the same rounded weights, so the U-Net learns from the shipped VAE's latents.
+        b.save(b.vae.half(), folder)
+        b.vae = b.vae.float()
         if b.main:
             b.log.figure("vae_after_decoder_phase", vae_figures(b, b.vae), "VAE after the decoder phase")
     b.vae.requires_grad_(False)
