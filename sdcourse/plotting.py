@@ -101,6 +101,46 @@ def image_grid(images, captions=None, ncols=None, title=None, size=1.6) -> plt.F
 
 
 @_in_course_style
+def picture_table(rows, row_labels=None, column_labels=None, title=None, size=1.2) -> plt.Figure:
+    """Pictures in a table: one list of pictures per row, a label left of each row and one above
+    each column. Column labels wrap to the column's width, so long prompts never overlap."""
+    rows = [list(row) for row in rows]
+    n_rows, n_cols = len(rows), len(rows[0]) if rows else 0
+    if n_cols == 0:
+        raise ValueError("rows is empty; give at least one row of pictures")
+    if any(len(row) != n_cols for row in rows):
+        raise ValueError(f"rows hold {[len(row) for row in rows]} pictures; every row needs the same number")
+    for name, labels, count in (("row_labels", row_labels, n_rows), ("column_labels", column_labels, n_cols)):
+        if labels is not None and len(labels) != count:
+            raise ValueError(f"{name} has {len(labels)} entries for {count} {name.split('_')[0]}s; they must match")
+    fontsize = 8
+    fits = max(6, int(size * 72 / (fontsize * 0.62)) - 1)  # characters of a label that fit over a column
+    column_labels = [_wrap(str(label), fits) for label in column_labels] if column_labels else None
+    label_lines = max(label.count("\n") + 1 for label in column_labels) if column_labels else 0
+    # The layout in inches: labels above and left, a gap between pictures, nothing stretched
+    head = (0.4 if title else 0.05) + label_lines * fontsize * 1.3 / 72
+    left, bottom, gap_x, gap_y = (0.35 if row_labels else 0.05), 0.05, 0.08, 0.15
+    width = left + n_cols * size + (n_cols - 1) * gap_x + 0.05
+    height = head + n_rows * size + (n_rows - 1) * gap_y + bottom
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, height), squeeze=False)
+    fig.subplots_adjust(left=left / width, right=1 - 0.05 / width, bottom=bottom / height, top=1 - head / height,
+                        wspace=gap_x / size, hspace=gap_y / size)
+    for r, row in enumerate(rows):
+        for c, picture in enumerate(row):
+            ax = axes[r, c]
+            ax.imshow(to_image(picture), interpolation="nearest")
+            ax.set(xticks=[], yticks=[])
+            ax.grid(False)
+            if column_labels and r == 0:
+                ax.set_title(column_labels[c], fontsize=fontsize)
+        if row_labels:
+            axes[r, 0].set_ylabel(_wrap(str(row_labels[r]), 14), fontsize=fontsize)
+    if title:
+        fig.suptitle(title, y=1 - 0.08 / height, va="top")
+    return fig
+
+
+@_in_course_style
 def schedule_curves(schedules: dict, title="Noise schedules") -> plt.Figure:
     """alpha-bar and SNR (dB) against t for named schedules.
 

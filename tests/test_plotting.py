@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from sdcourse.plotting import compare_images, image_grid, schedule_curves, to_image, trajectory_strip
+from sdcourse.plotting import (compare_images, image_grid, picture_table, schedule_curves, to_image,
+                               trajectory_strip)
 from sdcourse.schedules import NoiseSchedule
 
 
@@ -33,3 +34,26 @@ def test_figures_have_the_right_panels():
 def test_mismatched_captions_are_refused():
     with pytest.raises(ValueError, match="captions has 1 entries for 2 images"):
         image_grid([torch.rand(3, 4, 4)] * 2, ["one"])
+
+
+def test_picture_table_labels_rows_and_wraps_long_column_labels():
+    rows = [[torch.rand(3, 8, 8) for _ in range(3)] for _ in range(2)]
+    prompts = ["a red circle", "a large orange triangle in the bottom right", "a blue square"]
+    fig = picture_table(rows, ["your build", "shipped"], prompts, size=1.0)
+    assert len(fig.axes) == 6
+    assert fig.axes[0].get_ylabel() == "your build" and fig.axes[3].get_ylabel() == "shipped"
+    long_title = fig.axes[1].get_title()
+    assert long_title.replace("\n", " ") == prompts[1] and "\n" in long_title
+    assert max(len(line) for line in long_title.split("\n")) <= 14  # fits over a 1-inch column
+    assert fig.axes[3].get_title() == ""  # column labels only above the first row
+    plt.close("all")
+
+
+def test_picture_table_refuses_ragged_rows_and_wrong_label_counts():
+    picture = torch.rand(3, 4, 4)
+    with pytest.raises(ValueError, match=r"rows hold \[2, 1\] pictures"):
+        picture_table([[picture, picture], [picture]])
+    with pytest.raises(ValueError, match="column_labels has 1 entries for 2 columns"):
+        picture_table([[picture, picture]], column_labels=["one"])
+    with pytest.raises(ValueError, match="rows is empty"):
+        picture_table([])
