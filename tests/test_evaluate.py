@@ -287,6 +287,7 @@ def test_a_build_writes_only_inside_its_run_and_out_folders(tmp_path):
     """A fast build (about 1.5 minutes) leaves its folder's parent, its working folder and
     the package's assets (the fixed judge, the shipped CLIP image half) as they were."""
     import os
+    import shutil
     import subprocess
     import sys
     from pathlib import Path
@@ -319,3 +320,18 @@ def test_a_build_writes_only_inside_its_run_and_out_folders(tmp_path):
     assert (parent / "run" / ev.CLASSIFIER_FILE).exists()
     assert not [p for p in after if p.endswith(".partial")]
     assert ev.clip_image_folder(parent / "out", parent / "run") == parent / "run" / "tiny-clip"
+    # The VAE ships as its finished stage stored it, byte for byte (float16)
+    weights = "diffusion_pytorch_model.safetensors"
+    assert (parent / "out" / "vae" / weights).read_bytes() == (parent / "run" / "vae_decoder" / weights).read_bytes()
+
+    # A run folder that holds only the finished stages (as build-stages/ keeps them in git)
+    # resumes after them: nothing earlier is trained again
+    kept = parent / "kept"
+    kept.mkdir()
+    for name in ("vae_decoder", "clip_words"):
+        shutil.copytree(parent / "run" / name, kept / name)
+    resumed = [*command[:4], "kept", *command[5:], "--stop-after", "clip_words"]
+    done = subprocess.run(resumed, cwd=parent, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "CLIP" not in done.stdout and "VAE" not in done.stdout
+    assert not any((kept / name).exists() for name in ("vae", "clip", "clip_refined"))
