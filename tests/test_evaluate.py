@@ -284,7 +284,7 @@ def _listing(folder):
 
 
 def test_a_build_writes_only_inside_its_run_and_out_folders(tmp_path):
-    """A fast build (about 1.5 minutes) leaves its folder's parent, its working folder and
+    """A fast build (about a minute) leaves its folder's parent, its working folder and
     the package's assets (the fixed judge, the shipped CLIP image half) as they were."""
     import os
     import shutil

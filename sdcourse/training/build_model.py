@@ -98,7 +98,7 @@ class Build:
         self.main = self.accelerator.is_main_process
         self.log = StageLog(self.run_dir / "build_log.json", write=self.main)
         self.tokenizer = load_tokenizer()
-        self.eval_n = 256 if cfg.fast else 1000  # pictures for the accuracy figures
+        self.eval_n = 128 if cfg.fast else 1000  # pictures for the accuracy figures
         # Made by the stages, in order:
         self.data = self.photos = self.clip = self.text_encoder = self.vae = self.latents = self.unet = None
 
@@ -210,7 +210,7 @@ def vae_figures(b: Build, vae) -> dict:
     from ..evaluate import vae_round_trip
 
     with torch.no_grad():
-        report = vae_round_trip(vae.eval(), n_per_cell=10 if b.cfg.fast else 100, n_psnr=64 if b.cfg.fast else 256)
+        report = vae_round_trip(vae.eval(), n_per_cell=4 if b.cfg.fast else 100, n_psnr=16 if b.cfg.fast else 256)
     return {key: report[key] for key in ("shape_kept", "psnr_fresh_shapes", "psnr_held_out_photo_crops")}
 
 

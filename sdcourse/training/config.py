@@ -2,9 +2,9 @@
 
 `full_config()` is the real build: hours of compute on 2 CPU cores, in stages that each
 resume after an interrupt (the README gives the measured times; build_log.json in the run
-folder records each stage's). `fast_config()` does the same steps in miniature (about 1.5 minutes) for CI
-and notebooks: set the environment variable SDCOURSE_FAST=1, or pass --fast to the build
-command, to use it.
+folder records each stage's). `fast_config()` does the same steps in miniature (about a
+minute on 2 cores) for CI and notebooks: set the environment variable SDCOURSE_FAST=1, or
+pass --fast to the build command, to use it.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class BuildConfig:
     unet_layers_per_block: int = 1
     unet_heads: int = 4
     unet_groups: int = 32
-    unet_steps: int = 8000  # the first edition: 2,500 in the build, then 6,000 more with train_longer
+    unet_steps: int = 7000  # the first edition: 2,500 in the build, then 6,000 more with train_longer
     unet_batch: int = 128
     unet_lr: float = 5e-4
     unet_warmup: int = 200
@@ -103,10 +103,10 @@ def fast_config(**overrides) -> BuildConfig:
     small = dict(
         n_train=768, captions_per_image=2, n_photo_crops=128,
         clip_steps=30, clip_batch=64, clip_image_steps=20, clip_words_steps=10, clip_contrast_set=64, clip_contrast_pairs=8,
-        vae_steps=30, vae_batch=16, vae_decoder_steps=10,
-        unet_steps=40, unet_batch=32, unet_warmup=10, unet_ema_decay=0.9,
+        vae_steps=12, vae_batch=8, vae_decoder_steps=4,
+        unet_steps=24, unet_batch=16, unet_warmup=6, unet_ema_decay=0.9,
         classifier_steps=30, classifier_batch=32, classifier_n_train=512,
-        sample_every=20, checkpoint_every=20, fast=True,
+        sample_every=24, checkpoint_every=20, fast=True,
     )
     small.update(overrides)
     return replace(BuildConfig(), **small)
