@@ -68,7 +68,8 @@ def test_num_images_per_prompt_works_and_each_picture_has_its_own_seed(pipe):
     assert images.shape == (4, 64, 64, 3)
     # the prompt's pictures one after another: picture 2 is "a blue square" with seed 12
     alone = generate(pipe, "a blue square", num_inference_steps=3, seed=12, output_type="np")
-    assert np.abs(images[2] - alone[0]).max() <= 1e-5
+    # a batch and a single picture sum in another order: float rounding, far below one level of 255
+    assert np.abs(images[2] - alone[0]).max() <= 1e-4
     with pytest.raises(ValueError, match="num_images_per_prompt must be at least 1"):
         generate(pipe, "a red circle", num_images_per_prompt=0)
 

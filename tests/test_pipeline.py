@@ -28,7 +28,7 @@ def test_embedded_model_is_one_small_pipeline_folder():
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         assert (EMBEDDED_MODEL / part).is_dir(), part
     size = sum(f.stat().st_size for f in EMBEDDED_MODEL.rglob("*") if f.is_file())
-    assert size <= 25e6
+    assert size <= 30e6, f"{size / 1e6:.1f} MB: the course ships one small model (at most 30 MB)"
 
 
 def test_loads_offline_with_sd_parts(pipe):
