@@ -31,7 +31,8 @@ import torch  # noqa: E402
 from sdcourse.data import shapes  # noqa: E402
 from sdcourse.evaluate import prompt_adherence  # noqa: E402
 from sdcourse.pipeline import load_pipeline  # noqa: E402
-from sdcourse.training.train_lora import LoRASettings, concept_pictures, train_lora  # noqa: E402
+from sdcourse.training.train_lora import (  # noqa: E402
+    CONCEPT_PRIOR_SHARE, LoRASettings, concept_pictures, prior_pictures, train_lora)
 
 
 def star_prompts(n: int, token: str | None):
@@ -50,7 +51,12 @@ def main():
     parser.add_argument("--lr", type=float, default=LoRASettings.lr)
     parser.add_argument("--alpha", type=float, default=None, help="default: alpha = rank")
     parser.add_argument("--token", default=None, help="train and prompt with this word instead of 'star'")
+    parser.add_argument("--prior-share", type=float, default=CONCEPT_PRIOR_SHARE,
+                        help="share of each batch from pictures the model already knows (0: stars alone)")
+    parser.add_argument("--train-text-encoder", action="store_true", help="also adapt the text encoder's attention")
+    parser.add_argument("--targets", nargs="+", default=list(LoRASettings.targets), help="U-Net layers to adapt")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu (the figures in the README), or cuda for a quick sweep")
     parser.add_argument("--quick", action="store_true", help="16 prompts x 2 seeds instead of 32 x 4")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -58,7 +64,7 @@ def main():
     n_prompts, seeds = (16, (1000, 1001)) if args.quick else (32, (1000, 1001, 1002, 1003))
     base_prompts = shapes.evaluation_prompts(2 * n_prompts)
     stars = star_prompts(n_prompts, args.token)
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model, device=args.device)
     unet_parameters = sum(p.numel() for p in pipe.unet.parameters())
     before = prompt_adherence(pipe, base_prompts, seeds=seeds)
     star_before = prompt_adherence(pipe, stars, seeds=seeds)
@@ -67,23 +73,27 @@ def main():
     rows = []
     for rank in args.ranks:
         settings = LoRASettings(rank=rank, alpha=float(args.alpha or rank), steps=args.steps, batch=args.batch,
-                                lr=args.lr, token=args.token)
-        pipe = load_pipeline(args.model)
+                                lr=args.lr, token=args.token, prior_share=args.prior_share,
+                                targets=tuple(args.targets), train_text_encoder=args.train_text_encoder)
+        pipe = load_pipeline(args.model, device=args.device)
         images, captions = concept_pictures("star", settings.n_pictures, settings.seed, settings.token)
         with tempfile.TemporaryDirectory() as out:
             started = time.time()
-            path = train_lora(pipe, images, captions, settings, out, progress=False)
+            prior = prior_pictures(settings.n_pictures, settings.seed) if settings.prior_share else None
+            path = train_lora(pipe, images, captions, settings, out, progress=False, prior=prior)
             minutes = (time.time() - started) / 60
             size_mb = path.stat().st_size / 1e6
-        lora_parameters = sum(p.numel() for n, p in pipe.unet.named_parameters() if "lora" in n)
+        lora_parameters = sum(p.numel() for model in (pipe.unet, pipe.text_encoder)
+                              for n, p in model.named_parameters() if "lora" in n)
         star = prompt_adherence(pipe, stars, seeds=seeds)
         after = prompt_adherence(pipe, base_prompts, seeds=seeds)
         rows.append((rank, lora_parameters, 100 * lora_parameters / unet_parameters, size_mb, minutes,
                      star["shape_correct"], after["both_correct"], after["both_correct"] - before["both_correct"]))
         print(f"rank {rank}: trained in {minutes:.2f} min", flush=True)
 
-    print(f"\n{args.steps} steps x batch {args.batch}, lr {args.lr:g}, {args.threads} threads; U-Net "
-          f"{unet_parameters / 1e6:.2f} M parameters")
+    print(f"\n{args.steps} steps x batch {args.batch} ({args.prior_share:.0%} known pictures), lr {args.lr:g}, "
+          f"targets {' '.join(args.targets)}, text encoder {'adapted' if args.train_text_encoder else 'frozen'}, "
+          f"{args.device}, {args.threads} threads; U-Net {unet_parameters / 1e6:.2f} M parameters")
     print("| rank | parameters | share of U-Net | file | train time | star right | base both right | change |")
     print("|---|---|---|---|---|---|---|---|")
     for rank, count, share, size_mb, minutes, star_ok, base_ok, change in rows:

@@ -302,7 +302,8 @@ def test_a_bad_folder_names_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [("rank", 0), ("alpha", -1.0), ("steps", 2.5), ("batch", 0),
-                                          ("token", "two words"), ("mixed_precision", "fp8")])
+                                          ("token", "two words"), ("mixed_precision", "fp8"),
+                                          ("prior_share", 1.0), ("prior_share", -0.1), ("train_text_encoder", "yes")])
 def test_bad_lora_settings_are_refused_by_name(field, value):
     from sdcourse.training.train_lora import LoRASettings
 
@@ -335,7 +336,7 @@ def test_the_trainer_writes_an_adapter_diffusers_loads_and_resumes(tmp_path, one
 def test_targets_that_match_nothing_are_refused_before_training(tmp_path):
     from sdcourse.training.train_lora import main
 
-    listed = r"'to_query' matches no Linear layer of the U-Net; its Linear layers end in: .*to_out\.0, to_q"
+    listed = r"'to_query' matches no Linear layer of the U-Net; its Linear layers end in: .*to_out\.0, to_q.*convolutions in: .*conv1"
     with pytest.raises(ValueError, match=listed):
         main(["--concept", "star", "--out", str(tmp_path), "--targets", "to_query", "--quiet", "--steps", "1"])
 
@@ -371,3 +372,87 @@ def test_a_rank_above_the_layers_width_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"rank=64; for a \d+ x 32 layer it must be from 1 to 32"):
         main(["--concept", "star", "--out", str(tmp_path), "--rank", "64", "--quiet", "--steps", "1"])
     assert not (tmp_path / LORA_FILE).exists()
+
+
+def test_prior_pictures_are_the_shapes_the_model_knows_and_mix_into_each_batch(tmp_path, one_thread):
+    from sdcourse.pipeline import load_pipeline
+    from sdcourse.training.train_lora import LoRASettings, concept_pictures, prior_pictures, train_lora
+
+    images, captions = prior_pictures(24, seed=3)
+    assert images.shape == (24, 64, 64, 3) and len(captions) == 24
+    assert not any("star" in caption for caption in captions)
+    stars = concept_pictures("star", 4)
+    settings = LoRASettings(steps=1, batch=4, prior_share=0.5)
+    with pytest.raises(ValueError, match=r"prior_share=0.5 needs prior=\(images, captions\)"):
+        train_lora(load_pipeline(), *stars, settings, tmp_path / "none", progress=False)
+    assert train_lora(load_pipeline(), *stars, settings, tmp_path / "mixed", progress=False,
+                      prior=(images, captions)).exists()
+
+
+def test_prior_share_goes_with_a_concept_not_with_a_folder(tmp_path, capsys):
+    from sdcourse.training.train_lora import main
+
+    with pytest.raises(SystemExit):
+        main(["--images", str(tmp_path), "--out", str(tmp_path / "out"), "--prior-share", "0.5", "--quiet"])
+    assert "--prior-share 0.5 goes with --concept" in capsys.readouterr().err
+
+
+def test_an_adapter_on_the_resnet_convolutions_too_loads_exactly_in_diffusers(tmp_path, one_thread):
+    from sdcourse.pipeline import load_pipeline
+    from sdcourse.training.train_lora import LoRASettings, concept_pictures, train_lora
+
+    pipe = load_pipeline()
+    targets = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out", "conv1", "conv2")
+    settings = LoRASettings(rank=2, alpha=4, steps=2, batch=2, lr=0.05, targets=targets)
+    path = train_lora(pipe, *concept_pictures("star", 4), settings, tmp_path, progress=False)
+    assert any("conv1.lora_A" in name for name, _ in pipe.unet.named_parameters())
+    g = torch.Generator().manual_seed(0)
+    latents, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([700, 30])
+    text = torch.randn(2, 77, pipe.unet.config.cross_attention_dim, generator=g)
+    fresh = load_pipeline()
+    fresh.load_lora_weights(str(path.parent))
+    with torch.no_grad():
+        assert (fresh.unet(latents, t, text).sample - pipe.unet(latents, t, text).sample).abs().max() <= 1e-5
+
+
+def test_the_same_settings_train_the_same_adapter(tmp_path, one_thread):
+    from safetensors.torch import load_file
+
+    from sdcourse.pipeline import load_pipeline
+    from sdcourse.training.train_lora import LoRASettings, concept_pictures, train_lora
+
+    stars = concept_pictures("star", 4)
+    torch.manual_seed(123)  # whatever the global generator holds, the adapter starts from settings.seed
+    first = load_file(train_lora(load_pipeline(), *stars, LoRASettings(steps=2, batch=2), tmp_path / "a", progress=False))
+    torch.manual_seed(456)
+    second = load_file(train_lora(load_pipeline(), *stars, LoRASettings(steps=2, batch=2), tmp_path / "b", progress=False))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_an_adapter_on_the_text_encoder_too_loads_exactly_in_diffusers(tmp_path, one_thread):
+    from sdcourse.pipeline import load_pipeline
+    from sdcourse.training.train_lora import LoRASettings, concept_pictures, train_lora
+
+    pipe = load_pipeline()
+    settings = LoRASettings(rank=2, alpha=8, steps=3, batch=2, lr=0.05, train_text_encoder=True)
+    path = train_lora(pipe, *concept_pictures("star", 4), settings, tmp_path, progress=False)
+    ids = pipe.tokenizer(["a red star", "a blue triangle"], padding="max_length", max_length=77,
+                         return_tensors="pt").input_ids
+    fresh = load_pipeline()
+    fresh.load_lora_weights(str(path.parent))
+    with torch.no_grad():
+        trained = pipe.text_encoder(ids)[0]
+        assert (trained - load_pipeline().text_encoder(ids)[0]).abs().max() > 1e-3  # the text adapter trained
+        assert (fresh.text_encoder(ids)[0] - trained).abs().max() <= 1e-5
+        latents, t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([700, 30])
+        assert (fresh.unet(latents, t, trained).sample - pipe.unet(latents, t, trained).sample).abs().max() <= 1e-5
+
+
+def test_resuming_with_the_text_encoder_switched_is_refused_by_name(tmp_path, one_thread):
+    from sdcourse.training.train_lora import main
+
+    args = ["--concept", "star", "--out", str(tmp_path), "--batch", "2", "--n-pictures", "4", "--threads", "1",
+            "--quiet", "--steps", "1"]
+    main([*args, "--train-text-encoder"])
+    with pytest.raises(CheckpointError, match="train_text_encoder: the checkpoint has True, this run asks for False"):
+        main([*args[:-1], "2"])

@@ -4,9 +4,13 @@
     python -m sdcourse.training.train_lora --images my-pictures --model path/to/sd15 --out runs/my-lora
 
 The U-Net gets a rank-r adapter on its attention projections (peft's `add_adapter`, as
-diffusers' own LoRA scripts do); only the adapter trains. Everything else (the text encoder,
-the VAE, the U-Net's own weights) stays frozen. The result is
-`--out/pytorch_lora_weights.safetensors`, which `pipe.load_lora_weights(out)` loads.
+diffusers' own LoRA scripts do); only the adapter trains. Everything else (the VAE, the U-Net's
+own weights, the text encoder) stays frozen. `--train-text-encoder` also gives the text
+encoder's attention projections an adapter of the same rank (diffusers' DreamBooth LoRA script
+has the same switch), so that the encoding of a word the text encoder never learned ("star",
+encoded much like "triangle") can move. On the embedded model it did not help (README, "What it
+learns"), so it is off by default. The result is `--out/pytorch_lora_weights.safetensors`,
+which `pipe.load_lora_weights(out)` loads (both adapters).
 
 Data:
 - `--concept star`: pictures of the shape the embedded model never saw, with captions such
@@ -50,6 +54,8 @@ from .trainer import PRECISIONS, CheckpointError, Trainer, TrainSettings  # noqa
 CONCEPTS = shapes.HELD_OUT_SHAPES + tuple(shapes.HELD_OUT_COLOURS)  # never taught to the embedded model
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CHECKPOINT = "lora_ckpt.pt"
+CONCEPT_PRIOR_SHARE = 0.5  # --concept's default prior_share (see LoRASettings)
+TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # CLIP's attention, as diffusers' scripts adapt it
 
 
 @dataclass
@@ -58,12 +64,19 @@ class LoRASettings:
 
     rank: int = 4
     alpha: float = 4.0
-    steps: int = 300
+    steps: int = 600
     batch: int = 16
     lr: float = 1e-3  # the tiny model's; 1e-4 is usual for SD 1.x
     targets: tuple = DEFAULT_TARGETS
     n_pictures: int = 256  # --concept only: how many pictures to draw
     token: str | None = None  # --concept only: the word written instead of the concept's name
+    # The share of each batch drawn from pictures the model already knows, with their captions
+    # (DreamBooth's "prior preservation"), so that learning the new word does not overwrite the
+    # old ones. 0 trains on the new pictures alone (the only choice with --images).
+    prior_share: float = 0.0
+    # Also adapt the text encoder's attention projections (TEXT_ENCODER_TARGETS), same rank and alpha,
+    # so that the new word's encoding can move away from the known words it resembles.
+    train_text_encoder: bool = False
     seed: int = 0
     checkpoint_every: int = 50
     mixed_precision: str = "no"
@@ -80,8 +93,13 @@ class LoRASettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
                 raise ValueError(f"{name}={value!r}; it must be a number above 0")
+        if isinstance(self.prior_share, bool) or not isinstance(self.prior_share, (int, float)) \
+                or not 0 <= self.prior_share < 1:
+            raise ValueError(f"prior_share={self.prior_share!r}; it must be a number from 0 up to (not including) 1")
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"mixed_precision={self.mixed_precision!r}; allowed: {', '.join(PRECISIONS)}")
+        if not isinstance(self.train_text_encoder, bool):
+            raise ValueError(f"train_text_encoder={self.train_text_encoder!r}; it must be True or False")
         if self.token is not None and (not self.token.strip() or " " in self.token.strip()):
             raise ValueError(f"token={self.token!r}; it must be one word, such as 'sks'")
         self.targets = tuple(self.targets)
@@ -113,6 +131,14 @@ def concept_pictures(concept: str, n: int, seed: int = 0, token: str | None = No
             images[i] = shapes.render(scene)
     if token:
         captions = [caption.replace(concept, token) for caption in captions]
+    return images, list(captions)
+
+
+def prior_pictures(n: int, seed: int = 0):
+    """`n` pictures of what the embedded model already knows (its own training distribution:
+    circles, squares and triangles in the named colours), uint8 (n, 64, 64, 3), and their captions.
+    Mixed into a concept's batches, they keep the adapter from overwriting the old words."""
+    images, captions, _ = shapes.make_dataset(n, seed=seed + 1, shapes=shapes.BASE_SHAPES)
     return images, list(captions)
 
 
@@ -179,10 +205,10 @@ def folder_pictures(folder, resolution: int):
 
 @torch.no_grad()
 def _encode(pipe, images: np.ndarray, captions: list[str], batch: int = 16):
-    """Latent distributions (mean, std) and text embeddings, computed once: the VAE and the
-    text encoder are frozen, so every step would compute the same."""
+    """Latent distributions (mean, std), token ids and text embeddings, computed once: the VAE
+    is frozen, so every step would compute the same (and so is the text encoder, unless it trains)."""
     device, dtype = pipe.unet.device, pipe.unet.dtype
-    means, stds, texts = [], [], []
+    means, stds, token_ids, texts = [], [], [], []
     for start in range(0, len(images), batch):
         x = images_to_tensor(images[start : start + batch]).to(device, pipe.vae.dtype)
         dist = pipe.vae.encode(x).latent_dist
@@ -190,46 +216,78 @@ def _encode(pipe, images: np.ndarray, captions: list[str], batch: int = 16):
         stds.append(dist.std.float().cpu())
         ids = pipe.tokenizer(captions[start : start + batch], padding="max_length", truncation=True,
                              max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+        token_ids.append(ids)
         texts.append(pipe.text_encoder(ids.to(device))[0].to(dtype).cpu())
-    return torch.cat(means), torch.cat(stds), torch.cat(texts)
+    return torch.cat(means), torch.cat(stds), torch.cat(token_ids), torch.cat(texts)
 
 
-def add_peft_adapter(unet, settings: LoRASettings) -> list:
-    """peft's LoRA on the U-Net's attention projections; returns the adapter's parameters."""
+def add_peft_adapter(model, settings: LoRASettings, targets=None, what: str = "U-Net") -> list:
+    """peft's LoRA on the layers of `model` (the U-Net, or the text encoder) that `targets`
+    (default settings.targets) name: Linear layers, and the convolutions of the U-Net's ResNet
+    blocks if named. Returns the adapter's parameters."""
     from peft import LoraConfig
 
-    names = [name for name, module in unet.named_modules() if isinstance(module, torch.nn.Linear)]
-    for target in settings.targets:
-        matched = [n for n in names if matches_target(n, target)]
+    targets = tuple(settings.targets if targets is None else targets)
+    layers = {name: module for name, module in model.named_modules() if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))}
+    for target in targets:
+        matched = [name for name in layers if matches_target(name, target)]
         if not matched:
-            raise ValueError(f"targets: {target!r} matches no Linear layer of the U-Net; its Linear layers "
-                             f"end in: {', '.join(linear_layer_endings(unet))}")
+            convolutions = sorted({name.rsplit(".", 1)[-1] for name, m in layers.items() if isinstance(m, torch.nn.Conv2d)})
+            raise ValueError(f"targets: {target!r} matches no Linear layer of the {what}; its Linear layers "
+                             f"end in: {', '.join(linear_layer_endings(model))}"
+                             + (f" (and its convolutions in: {', '.join(convolutions)})" if convolutions else ""))
         for name in matched:  # the narrowest layer decides
-            d_out, d_in = unet.get_submodule(name).weight.shape
+            layer = layers[name]
+            if isinstance(layer, torch.nn.Linear):
+                d_out, d_in = layer.weight.shape
+            else:
+                d_out, d_in = layer.out_channels, layer.in_channels
             check_rank(settings.rank, d_in, d_out)
-    unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=settings.rank, lora_alpha=settings.alpha, init_lora_weights="gaussian",
-                                target_modules=list(settings.targets)))
-    return [p for p in unet.parameters() if p.requires_grad]
+    model.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):  # peft draws A from torch's global generator: the same seed, the same A
+        torch.manual_seed(settings.seed)
+        model.add_adapter(LoraConfig(r=settings.rank, lora_alpha=settings.alpha, init_lora_weights="gaussian",
+                                     target_modules=list(targets)))
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def train_lora(pipe, images: np.ndarray, captions: list[str], settings: LoRASettings, out, progress: bool = True,
-               data_record: dict | None = None):
-    """Train a LoRA adapter on `pipe.unet` (in place) and write it to out/pytorch_lora_weights.safetensors.
+               data_record: dict | None = None, prior: tuple | None = None):
+    """Train a LoRA adapter on `pipe.unet` (and, with settings.train_text_encoder, on
+    `pipe.text_encoder`), in place, and write it to out/pytorch_lora_weights.safetensors.
 
     images: uint8 (N, H, W, 3) at the model's resolution; captions: one per picture.
     data_record: what describes the data (a resumed run must use the same). Returns the path.
+    prior: (images, captions) the model already knows (`prior_pictures`); settings.prior_share of
+        every batch is drawn from them. Needed when settings.prior_share > 0.
     """
     from diffusers import DDPMScheduler, StableDiffusionPipeline
     from peft.utils import get_peft_model_state_dict
 
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} pictures but {len(captions)} captions; give one caption per picture")
+    n_prior = round(settings.batch * settings.prior_share)
+    if n_prior >= settings.batch:
+        raise ValueError(f"prior_share={settings.prior_share} with batch={settings.batch} leaves no room for the new "
+                         "pictures in a batch; use a smaller prior_share or a larger batch")
+    if n_prior and prior is None:
+        raise ValueError(f"prior_share={settings.prior_share} needs prior=(images, captions) to draw from "
+                         "(sdcourse.training.train_lora.prior_pictures)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    unet = pipe.unet
-    params = add_peft_adapter(unet, settings)
-    mean, std, text = _encode(pipe, images, captions)
+    unet, text_encoder = pipe.unet, pipe.text_encoder
+    params = add_peft_adapter(unet, settings)  # first: a bad target or rank stops the run at once
+    if settings.train_text_encoder:
+        params += add_peft_adapter(text_encoder, settings, TEXT_ENCODER_TARGETS, "text encoder")
+    mean, std, ids, text = _encode(pipe, images, captions)  # B = 0: the adapters change nothing yet
+    if n_prior:
+        prior_mean, prior_std, prior_ids, prior_text = _encode(pipe, *prior)
+    if settings.train_text_encoder:
+        # One module holds both, so that the loop trains, checkpoints and moves them together.
+        model = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
+        text, prior_text = ids, (prior_ids if n_prior else None)  # the captions are encoded at every step
+    else:
+        model = unet
     noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
     prediction = noise_schedule.config.prediction_type
     scaling = pipe.vae.config.scaling_factor
@@ -237,16 +295,24 @@ def train_lora(pipe, images: np.ndarray, captions: list[str], settings: LoRASett
 
     def next_batch():
         """Noisy latents of random pictures, their timesteps, what the U-Net must predict, and the captions."""
-        idx = torch.randint(0, len(mean), (settings.batch,), generator=gen)
-        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scaling
+        idx = torch.randint(0, len(mean), (settings.batch - n_prior,), generator=gen)
+        batch_mean, batch_std, batch_text = mean[idx], std[idx], text[idx]
+        if n_prior:  # the rest of the batch: pictures the model already knows
+            old = torch.randint(0, len(prior_mean), (n_prior,), generator=gen)
+            batch_mean, batch_std = torch.cat([batch_mean, prior_mean[old]]), torch.cat([batch_std, prior_std[old]])
+            batch_text = torch.cat([batch_text, prior_text[old]])
+        z0 = (batch_mean + batch_std * torch.randn(batch_mean.shape, generator=gen)) * scaling
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, noise_schedule.config.num_train_timesteps, (settings.batch,), generator=gen)
         target = noise if prediction == "epsilon" else noise_schedule.get_velocity(z0, noise, t)
-        return noise_schedule.add_noise(z0, noise, t), t, text[idx], target
+        return noise_schedule.add_noise(z0, noise, t), t, batch_text, target
 
-    def loss(unet, batch):
-        zt, t, context, target = batch
-        return (unet(zt.to(unet.dtype), t, encoder_hidden_states=context).sample.float() - target).pow(2).mean()
+    def loss(model, batch):
+        zt, t, context, target = batch  # context: text embeddings, or token ids when the text encoder trains
+        if settings.train_text_encoder:
+            model, context = model["unet"], model["text_encoder"](context)[0]
+        return (model(zt.to(model.dtype), t, encoder_hidden_states=context.to(model.dtype)).sample.float()
+                - target).pow(2).mean()
 
     train = TrainSettings(steps=settings.steps, lr=settings.lr, schedule="constant", warmup=min(20, settings.steps),
                           weight_decay=0.0, clip_grad_norm=1.0, checkpoint_every=settings.checkpoint_every,
@@ -255,17 +321,24 @@ def train_lora(pipe, images: np.ndarray, captions: list[str], settings: LoRASett
     record.pop("steps")
     record.pop("checkpoint_every")
     record.pop("mixed_precision")
-    trainer = Trainer(unet, loss, next_batch, train, params=params, generator=gen, checkpoint=out / CHECKPOINT,
+    trainer = Trainer(model, loss, next_batch, train, params=params, generator=gen, checkpoint=out / CHECKPOINT,
                       name="LoRA", record=record, progress=progress, save_trained_only=True)
     trainer.fit()
+    # The trainer hands the model back on the CPU; the pipeline may live on a GPU.
+    unet.to(pipe.vae.device)
+    text_encoder.to(pipe.vae.device)
     if trainer.accelerator.is_main_process:
         # A saved adapter carries no alpha, and loaders then take alpha = rank: fold alpha / rank
         # into B, so that the file gives exactly the trained model (sdcourse.lora.export_lora does the same).
         fold = settings.alpha / settings.rank
-        adapter = {k: (v * fold if ".lora_B." in k else v).contiguous()  # save_lora_weights adds "unet."
-                   for k, v in get_peft_model_state_dict(unet).items()}
-        StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=adapter, weight_name=LORA_FILE,
-                                                  safe_serialization=True)
+
+        def adapter(model):  # save_lora_weights adds "unet." or "text_encoder."
+            return {k: (v * fold if ".lora_B." in k else v).contiguous()
+                    for k, v in get_peft_model_state_dict(model).items()}
+
+        StableDiffusionPipeline.save_lora_weights(
+            out, unet_lora_layers=adapter(unet), weight_name=LORA_FILE, safe_serialization=True,
+            text_encoder_lora_layers=adapter(text_encoder) if settings.train_text_encoder else None)
     return out / LORA_FILE
 
 
@@ -294,6 +367,11 @@ def main(argv=None):
     parser.add_argument("--targets", nargs="+", default=list(defaults.targets), help="Linear layers to adapt")
     parser.add_argument("--n-pictures", type=int, default=defaults.n_pictures, help="--concept: pictures to draw")
     parser.add_argument("--token", default=None, help="--concept: a rare word to use instead of the concept's name")
+    parser.add_argument("--prior-share", type=float, default=None,
+                        help=f"--concept: share of each batch from pictures the model already knows "
+                             f"(default {CONCEPT_PRIOR_SHARE}; 0 for the new pictures alone)")
+    parser.add_argument("--train-text-encoder", action="store_true",
+                        help="also adapt the text encoder's attention projections (same rank)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     parser.add_argument("--mixed-precision", choices=PRECISIONS, default="no", help="bf16 or fp16 on GPUs")
@@ -303,11 +381,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.token is not None and args.images:
         parser.error("--token goes with --concept; with --images, write the rare word in your captions")
+    if args.prior_share and args.images:
+        parser.error(f"--prior-share {args.prior_share} goes with --concept: the course has no pictures of what "
+                     "your model already knows to mix in")
+    prior_share = args.prior_share if args.prior_share is not None else (CONCEPT_PRIOR_SHARE if args.concept else 0.0)
     try:
         settings = LoRASettings(rank=args.rank, alpha=args.alpha, steps=args.steps, batch=args.batch, lr=args.lr,
                                 targets=tuple(args.targets), n_pictures=args.n_pictures, token=args.token,
                                 seed=args.seed, checkpoint_every=args.checkpoint_every,
-                                mixed_precision=args.mixed_precision)
+                                mixed_precision=args.mixed_precision, prior_share=prior_share,
+                                train_text_encoder=args.train_text_encoder)
     except ValueError as error:
         parser.error(str(error))
     set_threads(args.threads)
@@ -321,15 +404,18 @@ def main(argv=None):
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
     if args.concept:
         images, captions = concept_pictures(args.concept, settings.n_pictures, settings.seed, settings.token)
+        prior = prior_pictures(settings.n_pictures, settings.seed) if settings.prior_share else None
         data_record = {"data": f"concept {args.concept}"}
     else:
         images, captions = folder_pictures(args.images, resolution)
+        prior = None
         data_record = {"data": str(Path(args.images).resolve()), "n_images": len(images)}
         if not args.quiet:
             print(f"{len(images)} pictures from {args.images}, {resolution} px")
     data_record["model"] = str(args.model or "embedded")
     out = Path(args.out)
-    path = train_lora(pipe, images, captions, settings, out, progress=not args.quiet, data_record=data_record)
+    path = train_lora(pipe, images, captions, settings, out, progress=not args.quiet, data_record=data_record,
+                      prior=prior)
     if not process.is_main_process:
         return
     word = settings.token or args.concept
