@@ -206,14 +206,17 @@ def _as_float_hwc(image) -> np.ndarray:
 
 
 def _wrap(text, width=22) -> str:
-    words, lines, line = text.split(), [], ""
-    for word in words:
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    lines.append(line)
+    """Lines of at most `width` characters, broken between words; the text's own line breaks stay."""
+    lines = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split():
+            if line and len(line) + 1 + len(word) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}".strip()
+        lines.append(line)
     return "\n".join(lines)
 
 
