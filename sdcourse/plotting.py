@@ -101,25 +101,47 @@ def image_grid(images, captions=None, ncols=None, title=None, size=1.6) -> plt.F
 
 
 @_in_course_style
-def picture_table(rows, row_labels=None, column_labels=None, title=None, size=1.2) -> plt.Figure:
+def picture_table(rows, row_labels=None, column_labels=None, title=None, size=1.2, notes=None,
+                  row_labels_above=False) -> plt.Figure:
     """Pictures in a table: one list of pictures per row, a label left of each row and one above
-    each column. Column labels wrap to the column's width, so long prompts never overlap."""
+    each column. Labels wrap to fit, so long prompts never overlap.
+
+    notes: one short text per picture (a list per row), written under it, such as the judge's verdict.
+    row_labels_above: each row's label goes above the row, for labels too long for the left margin;
+        the column labels then go under the last row (and there is no room for notes).
+    """
     rows = [list(row) for row in rows]
     n_rows, n_cols = len(rows), len(rows[0]) if rows else 0
     if n_cols == 0:
         raise ValueError("rows is empty; give at least one row of pictures")
     if any(len(row) != n_cols for row in rows):
         raise ValueError(f"rows hold {[len(row) for row in rows]} pictures; every row needs the same number")
-    for name, labels, count in (("row_labels", row_labels, n_rows), ("column_labels", column_labels, n_cols)):
+    for name, labels, count, unit in (("row_labels", row_labels, n_rows, "rows"),
+                                      ("column_labels", column_labels, n_cols, "columns"), ("notes", notes, n_rows, "rows")):
         if labels is not None and len(labels) != count:
-            raise ValueError(f"{name} has {len(labels)} entries for {count} {name.split('_')[0]}s; they must match")
-    fontsize = 8
+            raise ValueError(f"{name} has {len(labels)} entries for {count} {unit}; they must match")
+    if notes is not None and any(len(row) != n_cols for row in notes):
+        raise ValueError(f"notes rows hold {[len(row) for row in notes]} texts; give one per picture ({n_cols} a row)")
+    if notes is not None and row_labels_above:
+        raise ValueError("notes and row_labels_above=True both need the space under the pictures; give one of them")
+    fontsize, note_size = 8, 7
     fits = max(6, int(size * 72 / (fontsize * 0.62)) - 1)  # characters of a label that fit over a column
     column_labels = [_wrap(str(label), fits) for label in column_labels] if column_labels else None
+    notes = [[_wrap(str(note), fits + 2) for note in row] for row in notes] if notes is not None else None
+    line = fontsize * 1.3 / 72  # one line of labels, in inches
     label_lines = max(label.count("\n") + 1 for label in column_labels) if column_labels else 0
-    # The layout in inches: labels above and left, a gap between pictures, nothing stretched
-    head = (0.4 if title else 0.05) + label_lines * fontsize * 1.3 / 72
-    left, bottom, gap_x, gap_y = (0.35 if row_labels else 0.05), 0.05, 0.08, 0.15
+    note_lines = max(note.count("\n") + 1 for row in notes for note in row) if notes else 0
+    # The layout in inches: labels around the pictures, a gap between them, nothing stretched
+    head, left, bottom = (0.4 if title else 0.05), 0.05, 0.05
+    gap_x, gap_y = 0.08, 0.15 + note_lines * line
+    if row_labels_above:
+        gap_y += line if row_labels else 0
+        head += line if row_labels else 0
+        bottom += label_lines * line
+    else:
+        head += label_lines * line
+        left += 0.3 if row_labels else 0
+        bottom += note_lines * line
     width = left + n_cols * size + (n_cols - 1) * gap_x + 0.05
     height = head + n_rows * size + (n_rows - 1) * gap_y + bottom
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, height), squeeze=False)
@@ -131,9 +153,16 @@ def picture_table(rows, row_labels=None, column_labels=None, title=None, size=1.
             ax.imshow(to_image(picture), interpolation="nearest")
             ax.set(xticks=[], yticks=[])
             ax.grid(False)
-            if column_labels and r == 0:
-                ax.set_title(column_labels[c], fontsize=fontsize)
-        if row_labels:
+            if column_labels and r == (n_rows - 1 if row_labels_above else 0):
+                if row_labels_above:
+                    ax.set_xlabel(column_labels[c], fontsize=fontsize)
+                else:
+                    ax.set_title(column_labels[c], fontsize=fontsize)
+            if notes:
+                ax.set_xlabel(notes[r][c], fontsize=note_size)
+        if row_labels and row_labels_above:
+            axes[r, 0].set_title(str(row_labels[r]), loc="left", fontsize=fontsize)
+        elif row_labels:
             axes[r, 0].set_ylabel(_wrap(str(row_labels[r]), 14), fontsize=fontsize)
     if title:
         fig.suptitle(title, y=1 - 0.08 / height, va="top")

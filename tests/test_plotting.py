@@ -49,6 +49,21 @@ def test_picture_table_labels_rows_and_wraps_long_column_labels():
     plt.close("all")
 
 
+def test_picture_table_writes_notes_under_pictures_or_row_labels_above_rows():
+    rows = [[torch.rand(3, 8, 8) for _ in range(2)] for _ in range(2)]
+    fig = picture_table(rows, ["3 steps", "25 steps"], ["a red circle", "a blue square"],
+                        notes=[["judge: red circle", "judge: blue circle"], ["judge: red circle", "judge: blue square"]])
+    assert [ax.get_xlabel().replace("\n", " ") for ax in fig.axes] == [
+        "judge: red circle", "judge: blue circle", "judge: red circle", "judge: blue square"]
+    assert fig.axes[0].get_title() == "a red circle" and fig.axes[2].get_ylabel() == "25 steps"
+    long_labels = ["x_t: what the U-Net is given at each step", "x0 guess: what it makes of it"]
+    fig = picture_table(rows, long_labels, ["t=981", "t=1"], row_labels_above=True)
+    assert fig.axes[0].get_title(loc="left") == long_labels[0] and fig.axes[2].get_title(loc="left") == long_labels[1]
+    assert fig.axes[0].get_ylabel() == ""  # not in the left margin, where it would not fit
+    assert [ax.get_xlabel() for ax in fig.axes] == ["", "", "t=981", "t=1"]  # under the last row
+    plt.close("all")
+
+
 def test_picture_table_refuses_ragged_rows_and_wrong_label_counts():
     picture = torch.rand(3, 4, 4)
     with pytest.raises(ValueError, match=r"rows hold \[2, 1\] pictures"):
@@ -57,3 +72,9 @@ def test_picture_table_refuses_ragged_rows_and_wrong_label_counts():
         picture_table([[picture, picture]], column_labels=["one"])
     with pytest.raises(ValueError, match="rows is empty"):
         picture_table([])
+    with pytest.raises(ValueError, match="notes has 2 entries for 1 rows"):
+        picture_table([[picture, picture]], notes=[["a", "b"], ["c", "d"]])
+    with pytest.raises(ValueError, match=r"notes rows hold \[1\] texts"):
+        picture_table([[picture, picture]], notes=[["a"]])
+    with pytest.raises(ValueError, match="notes and row_labels_above=True"):
+        picture_table([[picture]], ["row"], notes=[["a"]], row_labels_above=True)
