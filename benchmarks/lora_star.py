@@ -54,6 +54,10 @@ def main():
     parser.add_argument("--prior-share", type=float, default=CONCEPT_PRIOR_SHARE,
                         help="share of each batch from pictures the model already knows (0: stars alone)")
     parser.add_argument("--train-text-encoder", action="store_true", help="also adapt the text encoder's attention")
+    parser.add_argument("--min-snr-gamma", type=float, default=LoRASettings.min_snr_gamma,
+                        help="min-SNR loss weighting (0: plain squared error)")
+    parser.add_argument("--caption-dropout", type=float, default=LoRASettings.caption_dropout,
+                        help="share of captions replaced by the empty prompt")
     parser.add_argument("--targets", nargs="+", default=list(LoRASettings.targets), help="U-Net layers to adapt")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu (the figures in the README), or cuda for a quick sweep")
@@ -74,7 +78,8 @@ def main():
     for rank in args.ranks:
         settings = LoRASettings(rank=rank, alpha=float(args.alpha or rank), steps=args.steps, batch=args.batch,
                                 lr=args.lr, token=args.token, prior_share=args.prior_share,
-                                targets=tuple(args.targets), train_text_encoder=args.train_text_encoder)
+                                targets=tuple(args.targets), train_text_encoder=args.train_text_encoder,
+                                min_snr_gamma=args.min_snr_gamma, caption_dropout=args.caption_dropout)
         pipe = load_pipeline(args.model, device=args.device)
         images, captions = concept_pictures("star", settings.n_pictures, settings.seed, settings.token)
         with tempfile.TemporaryDirectory() as out:
@@ -92,7 +97,7 @@ def main():
         print(f"rank {rank}: trained in {minutes:.2f} min", flush=True)
 
     print(f"\n{args.steps} steps x batch {args.batch} ({args.prior_share:.0%} known pictures), lr {args.lr:g}, "
-          f"targets {' '.join(args.targets)}, text encoder {'adapted' if args.train_text_encoder else 'frozen'}, "
+          f"min-SNR gamma {args.min_snr_gamma:g}, caption dropout {args.caption_dropout:g}, targets {' '.join(args.targets)}, text encoder {'adapted' if args.train_text_encoder else 'frozen'}, "
           f"{args.device}, {args.threads} threads; U-Net {unet_parameters / 1e6:.2f} M parameters")
     print("| rank | parameters | share of U-Net | file | train time | star right | base both right | change |")
     print("|---|---|---|---|---|---|---|---|")

@@ -2,6 +2,7 @@
 same numbers; and every bad input refused by name."""
 
 import copy
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -303,7 +304,9 @@ def test_a_bad_folder_names_the_file(tmp_path):
 
 @pytest.mark.parametrize("field, value", [("rank", 0), ("alpha", -1.0), ("steps", 2.5), ("batch", 0),
                                           ("token", "two words"), ("mixed_precision", "fp8"),
-                                          ("prior_share", 1.0), ("prior_share", -0.1), ("train_text_encoder", "yes")])
+                                          ("prior_share", 1.0), ("prior_share", -0.1), ("train_text_encoder", "yes"),
+                                          ("caption_dropout", 1.0), ("caption_dropout", -0.1),
+                                          ("min_snr_gamma", -1.0), ("min_snr_gamma", True)])
 def test_bad_lora_settings_are_refused_by_name(field, value):
     from sdcourse.training.train_lora import LoRASettings
 
@@ -387,6 +390,38 @@ def test_prior_pictures_are_the_shapes_the_model_knows_and_mix_into_each_batch(t
         train_lora(load_pipeline(), *stars, settings, tmp_path / "none", progress=False)
     assert train_lora(load_pipeline(), *stars, settings, tmp_path / "mixed", progress=False,
                       prior=(images, captions)).exists()
+
+
+def test_batches_drop_captions_to_the_empty_prompt_and_weight_each_timestep(tmp_path, monkeypatch):
+    """What the trainer is given: caption_dropout of the captions are the empty prompt's encoding,
+    the others their own caption's; each picture's loss weight is the min-SNR weight of its timestep."""
+    import sdcourse.training.train_lora as train_lora_module
+    from sdcourse.pipeline import load_pipeline
+    from sdcourse.training.common import min_snr_weights
+
+    batches = []
+
+    class RecordingTrainer:  # stands in for the training loop: draws batches, trains nothing
+        def __init__(self, model, loss, next_batch, *args, **kwargs):
+            self.next_batch, self.accelerator = next_batch, SimpleNamespace(is_main_process=False)
+
+        def fit(self):
+            batches.extend(self.next_batch() for _ in range(4))
+
+    monkeypatch.setattr(train_lora_module, "Trainer", RecordingTrainer)
+    pipe = load_pipeline()
+    images, captions = train_lora_module.concept_pictures("star", 8)
+    settings = train_lora_module.LoRASettings(batch=64, caption_dropout=0.25, min_snr_gamma=5.0)
+    train_lora_module.train_lora(pipe, images, captions, settings, tmp_path, progress=False)
+    _, empty = train_lora_module._encode_captions(pipe, [""])
+    _, own = train_lora_module._encode_captions(pipe, captions)
+    texts = torch.cat([batch[2] for batch in batches])
+    dropped = (texts == empty).flatten(1).all(1)
+    assert 0.15 < dropped.float().mean() < 0.35  # about a quarter of 256 captions
+    kept = texts[~dropped]
+    assert all(any(torch.allclose(text, caption, atol=1e-5) for caption in own) for text in kept)
+    weights = min_snr_weights(pipe.scheduler.alphas_cumprod, 5.0)
+    assert all(torch.equal(batch[4], weights[batch[1]]) for batch in batches)
 
 
 def test_prior_share_goes_with_a_concept_not_with_a_folder(tmp_path, capsys):

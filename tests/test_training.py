@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from sdcourse.tokenizer import MAX_LENGTH
-from sdcourse.training.common import EMA, load_checkpoint
+from sdcourse.training.common import EMA, load_checkpoint, min_snr_weights
 from sdcourse.training.config import fast_config
 from sdcourse.training.datasets import tokenize_ids
 from sdcourse.training.train_unet import train_unet
@@ -173,6 +173,22 @@ def test_trainer_refuses_a_damaged_checkpoint_naming_it(tmp_path):
     with pytest.raises(CheckpointError, match="damaged") as error:
         toy_run(path, steps=4)
     assert str(path) in str(error.value) and "Delete it" in str(error.value)
+
+
+def test_min_snr_weights_count_noisy_steps_fully_and_clean_ones_less():
+    from diffusers import DDPMScheduler
+
+    from sdcourse.schedules import SD_SCHEDULE
+
+    alphas_cumprod = DDPMScheduler(**SD_SCHEDULE).alphas_cumprod
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    weights = min_snr_weights(alphas_cumprod, 5.0)
+    assert torch.all(weights[snr <= 5] == 1)  # noisy steps: weight 1
+    assert torch.allclose(weights[0], 5 / snr[0]) and weights[0] < 0.01  # t = 0: almost clean, counts little
+    assert torch.all(weights.diff() >= 0)  # the noisier the step, the more it counts
+    v_weights = min_snr_weights(alphas_cumprod, 5.0, "v_prediction")
+    assert torch.allclose(v_weights, snr.clamp(max=5) / (snr + 1))
+    assert torch.all(min_snr_weights(alphas_cumprod, 0) == 1)  # gamma 0: plain squared error
 
 
 def test_learning_rate_schedules():

@@ -126,6 +126,17 @@ def save_grid(images: np.ndarray, path: Path, titles=None, columns: int = 8):
     plt.close(fig)
 
 
+def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float, prediction: str = "epsilon") -> torch.Tensor:
+    """Each timestep's loss weight under "min-SNR" weighting (Hang et al. 2023): min(SNR, gamma) / SNR
+    for a model that predicts the noise, min(SNR, gamma) / (SNR + 1) for one that predicts v.
+    Nearly clean timesteps, which only polish details, count less; the noisy ones, where colour,
+    shape and layout are decided, count fully. gamma = 0: every weight is 1 (plain squared error)."""
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    if not gamma:
+        return torch.ones_like(snr)
+    return snr.clamp(max=gamma) / (snr + 1 if prediction == "v_prediction" else snr)
+
+
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)

@@ -9,8 +9,11 @@ own weights, the text encoder) stays frozen. `--train-text-encoder` also gives t
 encoder's attention projections an adapter of the same rank (diffusers' DreamBooth LoRA script
 has the same switch), so that the encoding of a word the text encoder never learned ("star",
 encoded much like "triangle") can move. On the embedded model it did not help (README, "What it
-learns"), so it is off by default. The result is `--out/pytorch_lora_weights.safetensors`,
-which `pipe.load_lora_weights(out)` loads (both adapters).
+learns"), so it is off by default. `--min-snr-gamma 5` and `--caption-dropout 0.1` train the
+adapter with two parts of the embedded model's own recipe (the loss weighted towards the noisy
+timesteps; some captions left empty); they are off by default, as in diffusers' LoRA scripts.
+The result is `--out/pytorch_lora_weights.safetensors`, which `pipe.load_lora_weights(out)`
+loads (both adapters).
 
 Data:
 - `--concept star`: pictures of the shape the embedded model never saw, with captions such
@@ -48,7 +51,7 @@ import torch  # noqa: E402
 
 from ..data import shapes  # noqa: E402
 from ..lora import DEFAULT_TARGETS, LORA_FILE, check_rank, linear_layer_endings, matches_target  # noqa: E402
-from .common import images_to_tensor, save_grid, set_threads  # noqa: E402
+from .common import images_to_tensor, min_snr_weights, save_grid, set_threads  # noqa: E402
 from .trainer import PRECISIONS, CheckpointError, Trainer, TrainSettings  # noqa: E402
 
 CONCEPTS = shapes.HELD_OUT_SHAPES + tuple(shapes.HELD_OUT_COLOURS)  # never taught to the embedded model
@@ -77,6 +80,13 @@ class LoRASettings:
     # Also adapt the text encoder's attention projections (TEXT_ENCODER_TARGETS), same rank and alpha,
     # so that the new word's encoding can move away from the known words it resembles.
     train_text_encoder: bool = False
+    # Each timestep's loss weighted by min(SNR, gamma) / SNR, as the embedded model was trained
+    # (train_unet.py; 5 there): the noisy timesteps, where a picture's shape is decided, count fully.
+    # 0: plain squared error, as diffusers' LoRA scripts default to.
+    min_snr_gamma: float = 0.0
+    # The share of captions replaced by the empty prompt (0.1 in the embedded model's training), so
+    # that the adapter also learns the unconditional prediction that guidance subtracts.
+    caption_dropout: float = 0.0
     seed: int = 0
     checkpoint_every: int = 50
     mixed_precision: str = "no"
@@ -89,13 +99,17 @@ class LoRASettings:
                                  f"{0 if name == 'checkpoint_every' else 1} or more")
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
             raise ValueError(f"rank={self.rank!r}; it must be a whole number, 1 or more")
+        if isinstance(self.min_snr_gamma, bool) or not isinstance(self.min_snr_gamma, (int, float)) \
+                or not 0 <= self.min_snr_gamma < float("inf"):
+            raise ValueError(f"min_snr_gamma={self.min_snr_gamma!r}; it must be a number, 0 (no weighting) or more")
         for name in ("alpha", "lr"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
                 raise ValueError(f"{name}={value!r}; it must be a number above 0")
-        if isinstance(self.prior_share, bool) or not isinstance(self.prior_share, (int, float)) \
-                or not 0 <= self.prior_share < 1:
-            raise ValueError(f"prior_share={self.prior_share!r}; it must be a number from 0 up to (not including) 1")
+        for name in ("prior_share", "caption_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"{name}={value!r}; it must be a number from 0 up to (not including) 1")
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"mixed_precision={self.mixed_precision!r}; allowed: {', '.join(PRECISIONS)}")
         if not isinstance(self.train_text_encoder, bool):
@@ -204,20 +218,26 @@ def folder_pictures(folder, resolution: int):
 
 
 @torch.no_grad()
+def _encode_captions(pipe, captions: list[str]):
+    """Token ids and the frozen text encoder's embeddings of `captions`, on the CPU."""
+    ids = pipe.tokenizer(captions, padding="max_length", truncation=True, max_length=pipe.tokenizer.model_max_length,
+                         return_tensors="pt").input_ids
+    return ids, pipe.text_encoder(ids.to(pipe.unet.device))[0].to(pipe.unet.dtype).cpu()
+
+
+@torch.no_grad()
 def _encode(pipe, images: np.ndarray, captions: list[str], batch: int = 16):
     """Latent distributions (mean, std), token ids and text embeddings, computed once: the VAE
     is frozen, so every step would compute the same (and so is the text encoder, unless it trains)."""
-    device, dtype = pipe.unet.device, pipe.unet.dtype
     means, stds, token_ids, texts = [], [], [], []
     for start in range(0, len(images), batch):
-        x = images_to_tensor(images[start : start + batch]).to(device, pipe.vae.dtype)
+        x = images_to_tensor(images[start : start + batch]).to(pipe.vae.device, pipe.vae.dtype)
         dist = pipe.vae.encode(x).latent_dist
         means.append(dist.mean.float().cpu())
         stds.append(dist.std.float().cpu())
-        ids = pipe.tokenizer(captions[start : start + batch], padding="max_length", truncation=True,
-                             max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+        ids, text = _encode_captions(pipe, captions[start : start + batch])
         token_ids.append(ids)
-        texts.append(pipe.text_encoder(ids.to(device))[0].to(dtype).cpu())
+        texts.append(text)
     return torch.cat(means), torch.cat(stds), torch.cat(token_ids), torch.cat(texts)
 
 
@@ -282,14 +302,17 @@ def train_lora(pipe, images: np.ndarray, captions: list[str], settings: LoRASett
     mean, std, ids, text = _encode(pipe, images, captions)  # B = 0: the adapters change nothing yet
     if n_prior:
         prior_mean, prior_std, prior_ids, prior_text = _encode(pipe, *prior)
+    empty_ids, empty_text = _encode_captions(pipe, [""])  # the empty prompt, for caption dropout
     if settings.train_text_encoder:
         # One module holds both, so that the loop trains, checkpoints and moves them together.
         model = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
         text, prior_text = ids, (prior_ids if n_prior else None)  # the captions are encoded at every step
+        empty_text = empty_ids
     else:
         model = unet
     noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
     prediction = noise_schedule.config.prediction_type
+    snr_weight = min_snr_weights(noise_schedule.alphas_cumprod, settings.min_snr_gamma, prediction)
     scaling = pipe.vae.config.scaling_factor
     gen = torch.Generator().manual_seed(settings.seed)
 
@@ -301,18 +324,21 @@ def train_lora(pipe, images: np.ndarray, captions: list[str], settings: LoRASett
             old = torch.randint(0, len(prior_mean), (n_prior,), generator=gen)
             batch_mean, batch_std = torch.cat([batch_mean, prior_mean[old]]), torch.cat([batch_std, prior_std[old]])
             batch_text = torch.cat([batch_text, prior_text[old]])
+        if settings.caption_dropout:
+            drop = torch.rand(settings.batch, generator=gen) < settings.caption_dropout
+            batch_text = torch.where(drop.view(-1, *[1] * (batch_text.dim() - 1)), empty_text, batch_text)
         z0 = (batch_mean + batch_std * torch.randn(batch_mean.shape, generator=gen)) * scaling
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, noise_schedule.config.num_train_timesteps, (settings.batch,), generator=gen)
         target = noise if prediction == "epsilon" else noise_schedule.get_velocity(z0, noise, t)
-        return noise_schedule.add_noise(z0, noise, t), t, batch_text, target
+        return noise_schedule.add_noise(z0, noise, t), t, batch_text, target, snr_weight[t]
 
     def loss(model, batch):
-        zt, t, context, target = batch  # context: text embeddings, or token ids when the text encoder trains
+        zt, t, context, target, weight = batch  # context: text embeddings, or token ids when the text encoder trains
         if settings.train_text_encoder:
             model, context = model["unet"], model["text_encoder"](context)[0]
-        return (model(zt.to(model.dtype), t, encoder_hidden_states=context.to(model.dtype)).sample.float()
-                - target).pow(2).mean()
+        error = model(zt.to(model.dtype), t, encoder_hidden_states=context.to(model.dtype)).sample.float() - target
+        return (error.pow(2).mean((1, 2, 3)) * weight.to(error.device)).mean()
 
     train = TrainSettings(steps=settings.steps, lr=settings.lr, schedule="constant", warmup=min(20, settings.steps),
                           weight_decay=0.0, clip_grad_norm=1.0, checkpoint_every=settings.checkpoint_every,
@@ -372,6 +398,10 @@ def main(argv=None):
                              f"(default {CONCEPT_PRIOR_SHARE}; 0 for the new pictures alone)")
     parser.add_argument("--train-text-encoder", action="store_true",
                         help="also adapt the text encoder's attention projections (same rank)")
+    parser.add_argument("--min-snr-gamma", type=float, default=defaults.min_snr_gamma,
+                        help="weight each timestep's loss by min(SNR, gamma) / SNR (0: plain squared error)")
+    parser.add_argument("--caption-dropout", type=float, default=defaults.caption_dropout,
+                        help="share of captions replaced by the empty prompt (0: none)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     parser.add_argument("--mixed-precision", choices=PRECISIONS, default="no", help="bf16 or fp16 on GPUs")
@@ -390,7 +420,8 @@ def main(argv=None):
                                 targets=tuple(args.targets), n_pictures=args.n_pictures, token=args.token,
                                 seed=args.seed, checkpoint_every=args.checkpoint_every,
                                 mixed_precision=args.mixed_precision, prior_share=prior_share,
-                                train_text_encoder=args.train_text_encoder)
+                                train_text_encoder=args.train_text_encoder, min_snr_gamma=args.min_snr_gamma,
+                                caption_dropout=args.caption_dropout)
     except ValueError as error:
         parser.error(str(error))
     set_threads(args.threads)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..schedules import SD_SCHEDULE
 from ..tokenizer import MAX_LENGTH
-from .common import images_to_tensor, save_grid
+from .common import images_to_tensor, min_snr_weights, save_grid
 from .config import DATA_SETTINGS, UNET_MODEL_SETTINGS
 from .trainer import Trainer, TrainSettings
 
@@ -131,8 +131,7 @@ def train_unet(cfg, latents: tuple, token_ids: np.ndarray, text_encoder, vae, to
     run_dir = Path(run_dir)
     unet = make_unet(cfg) if init_unet is None else copy.deepcopy(init_unet).train().requires_grad_(True)
     noise_schedule = DDPMScheduler(**SD_SCHEDULE)
-    snr = noise_schedule.alphas_cumprod / (1 - noise_schedule.alphas_cumprod)
-    snr_weight = snr.clamp(max=cfg.min_snr_gamma or 1.0) / snr
+    snr_weight = min_snr_weights(noise_schedule.alphas_cumprod, cfg.min_snr_gamma)
     text_encoder.requires_grad_(False).eval()
     mean, std = (torch.from_numpy(a) for a in latents)
     token_ids = torch.from_numpy(token_ids).long()
@@ -157,10 +156,7 @@ def train_unet(cfg, latents: tuple, token_ids: np.ndarray, text_encoder, vae, to
     def loss(unet, batch):
         zt, noise, t, context = batch
         pred = unet(zt, t, encoder_hidden_states=context).sample
-        loss = (pred - noise).pow(2).mean((1, 2, 3))
-        if cfg.min_snr_gamma:
-            loss = loss * snr_weight.to(t.device)[t]
-        return loss.mean()
+        return ((pred - noise).pow(2).mean((1, 2, 3)) * snr_weight.to(t.device)[t]).mean()
 
     def after_step(trainer, done):
         if done % cfg.sample_every == 0 or done == total_steps:
