@@ -57,7 +57,7 @@ from .trainer import PRECISIONS, CheckpointError, Trainer, TrainSettings  # noqa
 CONCEPTS = shapes.HELD_OUT_SHAPES + tuple(shapes.HELD_OUT_COLOURS)  # never taught to the embedded model
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CHECKPOINT = "lora_ckpt.pt"
-CONCEPT_PRIOR_SHARE = 0.5  # --concept's default prior_share (see LoRASettings)
+CONCEPT_PRIOR_SHARE = 0.75  # --concept's default prior_share (see LoRASettings; README, "What it learns")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # CLIP's attention, as diffusers' scripts adapt it
 
 
