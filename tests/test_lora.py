@@ -486,7 +486,7 @@ def test_an_adapter_on_the_text_encoder_too_loads_exactly_in_diffusers(tmp_path,
 def test_resuming_with_the_text_encoder_switched_is_refused_by_name(tmp_path, one_thread):
     from sdcourse.training.train_lora import main
 
-    args = ["--concept", "star", "--out", str(tmp_path), "--batch", "2", "--n-pictures", "4", "--threads", "1",
+    args = ["--concept", "star", "--out", str(tmp_path), "--batch", "4", "--n-pictures", "4", "--threads", "1",
             "--quiet", "--steps", "1"]
     main([*args, "--train-text-encoder"])
     with pytest.raises(CheckpointError, match="train_text_encoder: the checkpoint has True, this run asks for False"):
