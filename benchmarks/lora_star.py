@@ -97,7 +97,8 @@ def main():
         print(f"rank {rank}: trained in {minutes:.2f} min", flush=True)
 
     print(f"\n{args.steps} steps x batch {args.batch} ({args.prior_share:.0%} known pictures), lr {args.lr:g}, "
-          f"min-SNR gamma {args.min_snr_gamma:g}, caption dropout {args.caption_dropout:g}, targets {' '.join(args.targets)}, text encoder {'adapted' if args.train_text_encoder else 'frozen'}, "
+          f"min-SNR gamma {args.min_snr_gamma:g}, caption dropout {args.caption_dropout:g}, "
+          f"targets {' '.join(args.targets)}, text encoder {'adapted' if args.train_text_encoder else 'frozen'}, "
           f"{args.device}, {args.threads} threads; U-Net {unet_parameters / 1e6:.2f} M parameters")
     print("| rank | parameters | share of U-Net | file | train time | star right | base both right | change |")
     print("|---|---|---|---|---|---|---|---|")
