@@ -27,7 +27,10 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT))
 from run_notebooks import execute  # noqa: E402
+
+from sdcourse.quiz import Quiz  # noqa: E402
 
 READING_WORDS_PER_MINUTE = 120
 CODE_LINES_PER_MINUTE = 10
@@ -53,6 +56,15 @@ def exercises(path: Path) -> int:
     return len(called)
 
 
+def quiz_questions(notebook) -> int:
+    """The questions of every quiz the lesson shows (`show_quiz("07")`, the capstone's module test too)."""
+    shown = set()
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            shown.update(re.findall(r"show_quiz\(\s*[\"']?(\w+)", cell.source))
+    return sum(len(Quiz.from_lesson(lesson).questions) for lesson in shown)
+
+
 def run_seconds(path: Path) -> float:
     """Run the notebook as the course's tools do (an executed copy, dropped); return the seconds."""
     return execute(path, timeout=1800)[1] if path.exists() else 0.0
@@ -72,7 +84,7 @@ def main():
         notebook = nbformat.read(lecture, as_version=4)
         words, code = words_and_code(notebook)
         n_exercises = exercises(ROOT / "exercises" / lecture.name)
-        questions = 15 + 5 if lecture.name.startswith("12") else 5  # the capstone's quiz and the module test
+        questions = quiz_questions(notebook)
         seconds = 0.0 if args.no_run else run_seconds(lecture) + run_seconds(ROOT / "solutions" / lecture.name)
         minutes = (words / READING_WORDS_PER_MINUTE + code / CODE_LINES_PER_MINUTE + seconds / 60
                    + n_exercises * MINUTES_PER_EXERCISE + questions * MINUTES_PER_QUESTION)

@@ -92,24 +92,22 @@ class LoRASettings:
     mixed_precision: str = "no"
 
     def __post_init__(self):
-        for name in ("steps", "batch", "n_pictures", "checkpoint_every"):
+        whole = {"steps": 1, "batch": 1, "n_pictures": 1, "rank": 1, "checkpoint_every": 0}  # name: the least allowed
+        for name, least in whole.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "checkpoint_every" else 1):
-                raise ValueError(f"{name}={value!r}; it must be a whole number, "
-                                 f"{0 if name == 'checkpoint_every' else 1} or more")
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
-            raise ValueError(f"rank={self.rank!r}; it must be a whole number, 1 or more")
-        if isinstance(self.min_snr_gamma, bool) or not isinstance(self.min_snr_gamma, (int, float)) \
-                or not 0 <= self.min_snr_gamma < float("inf"):
-            raise ValueError(f"min_snr_gamma={self.min_snr_gamma!r}; it must be a number, 0 (no weighting) or more")
-        for name in ("alpha", "lr"):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{name}={value!r}; it must be a whole number, {least} or more")
+        # name: (the allowed range, as the error says it; 0 allowed; the bound the value stays below)
+        numbers = {"alpha": ("a number above 0", False, float("inf")),
+                   "lr": ("a number above 0", False, float("inf")),
+                   "min_snr_gamma": ("a number, 0 (no weighting) or more", True, float("inf")),
+                   "prior_share": ("a number from 0 up to (not including) 1", True, 1),
+                   "caption_dropout": ("a number from 0 up to (not including) 1", True, 1)}
+        for name, (allowed, zero_allowed, high) in numbers.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
-                raise ValueError(f"{name}={value!r}; it must be a number above 0")
-        for name in ("prior_share", "caption_dropout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise ValueError(f"{name}={value!r}; it must be a number from 0 up to (not including) 1")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not (0 <= value if zero_allowed else 0 < value) or not value < high:
+                raise ValueError(f"{name}={value!r}; it must be {allowed}")
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"mixed_precision={self.mixed_precision!r}; allowed: {', '.join(PRECISIONS)}")
         if not isinstance(self.train_text_encoder, bool):
