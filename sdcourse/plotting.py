@@ -93,7 +93,7 @@ def image_grid(images, captions=None, ncols=None, title=None, size=1.6) -> plt.F
         if i < len(images):
             ax.imshow(to_image(images[i]), interpolation="nearest")
             if captions is not None:
-                ax.set_title(_wrap(str(captions[i])), fontsize=8)
+                ax.set_title(_wrap(str(captions[i]), _characters_over(size)), fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -125,7 +125,7 @@ def picture_table(rows, row_labels=None, column_labels=None, title=None, size=1.
     if notes is not None and row_labels_above:
         raise ValueError("notes and row_labels_above=True both need the space under the pictures; give one of them")
     fontsize, note_size = 8, 7
-    fits = max(6, int(size * 72 / (fontsize * 0.62)) - 1)  # characters of a label that fit over a column
+    fits = _characters_over(size, fontsize)
     column_labels = [_wrap(str(label), fits) for label in column_labels] if column_labels else None
     notes = [[_wrap(str(note), fits + 2) for note in row] for row in notes] if notes is not None else None
     line = fontsize * 1.3 / 72  # one line of labels, in inches
@@ -232,6 +232,11 @@ def _as_float_hwc(image) -> np.ndarray:
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
         array = array.transpose(1, 2, 0)
     return array if array.ndim == 3 else array[..., None]
+
+
+def _characters_over(inches: float, fontsize: float = 8) -> int:
+    """How many characters of a label fit over a picture `inches` wide."""
+    return max(6, int(inches * 72 / (fontsize * 0.62)) - 1)
 
 
 def _wrap(text, width=22) -> str:

@@ -31,6 +31,15 @@ def test_figures_have_the_right_panels():
     plt.close("all")
 
 
+def test_image_grid_wraps_captions_to_the_width_of_a_picture():
+    caption = "an orange star in the top right on a white background"
+    narrow = image_grid([torch.rand(3, 8, 8)] * 2, [caption] * 2, size=1.15).axes[0].get_title()
+    wide = image_grid([torch.rand(3, 8, 8)] * 2, [caption] * 2, size=2.2).axes[0].get_title()
+    assert narrow.replace("\n", " ") == caption == wide.replace("\n", " ")
+    assert max(map(len, narrow.split("\n"))) <= 15 < max(map(len, wide.split("\n")))  # neighbours' titles never meet
+    plt.close("all")
+
+
 def test_mismatched_captions_are_refused():
     with pytest.raises(ValueError, match="captions has 1 entries for 2 images"):
         image_grid([torch.rand(3, 4, 4)] * 2, ["one"])
