@@ -3,6 +3,7 @@
     python benchmarks/lora_star.py                 # the trainer's defaults (rank 4)
     python benchmarks/lora_star.py --ranks 1 2 4 8 16
     python benchmarks/lora_star.py --quick         # fewer prompts and seeds
+    python benchmarks/lora_star.py --full-unet --lr 3e-4   # the ceiling: every U-Net weight trained
 
 For each rank it trains `python -m sdcourse.training.train_lora --concept star` with the given
 settings (timed), then judges, with the fixed judge:
@@ -54,6 +55,8 @@ def main():
     parser.add_argument("--prior-share", type=float, default=CONCEPT_PRIOR_SHARE,
                         help="share of each batch from pictures the model already knows (0: stars alone)")
     parser.add_argument("--train-text-encoder", action="store_true", help="also adapt the text encoder's attention")
+    parser.add_argument("--full-unet", action="store_true",
+                        help="train every U-Net weight instead of an adapter, same data and loop (the ceiling)")
     parser.add_argument("--min-snr-gamma", type=float, default=LoRASettings.min_snr_gamma,
                         help="min-SNR loss weighting (0: plain squared error)")
     parser.add_argument("--caption-dropout", type=float, default=LoRASettings.caption_dropout,
@@ -63,6 +66,8 @@ def main():
     parser.add_argument("--device", default="cpu", help="cpu (the figures in the README), or cuda for a quick sweep")
     parser.add_argument("--quick", action="store_true", help="16 prompts x 2 seeds instead of 32 x 4")
     args = parser.parse_args()
+    if args.full_unet and len(args.ranks) > 1:
+        parser.error(f"--full-unet trains no adapter, so --ranks {' '.join(map(str, args.ranks))} has nothing to sweep")
     torch.set_num_threads(args.threads)
 
     n_prompts, seeds = (16, (1000, 1001)) if args.quick else (32, (1000, 1001, 1002, 1003))
@@ -79,6 +84,7 @@ def main():
         settings = LoRASettings(rank=rank, alpha=float(args.alpha or rank), steps=args.steps, batch=args.batch,
                                 lr=args.lr, token=args.token, prior_share=args.prior_share,
                                 targets=tuple(args.targets), train_text_encoder=args.train_text_encoder,
+                                full_unet=args.full_unet,
                                 min_snr_gamma=args.min_snr_gamma, caption_dropout=args.caption_dropout)
         pipe = load_pipeline(args.model, device=args.device)
         images, captions = concept_pictures("star", settings.n_pictures, settings.seed, settings.token)
@@ -88,17 +94,19 @@ def main():
             path = train_lora(pipe, images, captions, settings, out, progress=False, prior=prior)
             minutes = (time.time() - started) / 60
             size_mb = path.stat().st_size / 1e6
-        lora_parameters = sum(p.numel() for model in (pipe.unet, pipe.text_encoder)
-                              for n, p in model.named_parameters() if "lora" in n)
+        lora_parameters = unet_parameters if args.full_unet else sum(
+            p.numel() for model in (pipe.unet, pipe.text_encoder) for n, p in model.named_parameters() if "lora" in n)
         star = prompt_adherence(pipe, stars, seeds=seeds)
         after = prompt_adherence(pipe, base_prompts, seeds=seeds)
-        rows.append((rank, lora_parameters, 100 * lora_parameters / unet_parameters, size_mb, minutes,
+        rows.append(("full U-Net" if args.full_unet else rank, lora_parameters,
+                     100 * lora_parameters / unet_parameters, size_mb, minutes,
                      star["shape_correct"], after["both_correct"], after["both_correct"] - before["both_correct"]))
-        print(f"rank {rank}: trained in {minutes:.2f} min", flush=True)
+        print(f"{'full U-Net' if args.full_unet else f'rank {rank}'}: trained in {minutes:.2f} min", flush=True)
 
     print(f"\n{args.steps} steps x batch {args.batch} ({args.prior_share:.0%} known pictures), lr {args.lr:g}, "
           f"min-SNR gamma {args.min_snr_gamma:g}, caption dropout {args.caption_dropout:g}, "
-          f"targets {' '.join(args.targets)}, text encoder {'adapted' if args.train_text_encoder else 'frozen'}, "
+          f"trained: {'every U-Net weight' if args.full_unet else ' '.join(args.targets)}, "
+          f"text encoder {'adapted' if args.train_text_encoder else 'frozen'}, "
           f"{args.device}, {args.threads} threads; U-Net {unet_parameters / 1e6:.2f} M parameters")
     print("| rank | parameters | share of U-Net | file | train time | star right | base both right | change |")
     print("|---|---|---|---|---|---|---|---|")

@@ -306,7 +306,7 @@ def test_a_bad_folder_names_the_file(tmp_path):
                                           ("token", "two words"), ("mixed_precision", "fp8"),
                                           ("prior_share", 1.0), ("prior_share", -0.1), ("train_text_encoder", "yes"),
                                           ("caption_dropout", 1.0), ("caption_dropout", -0.1),
-                                          ("min_snr_gamma", -1.0), ("min_snr_gamma", True)])
+                                          ("min_snr_gamma", -1.0), ("min_snr_gamma", True), ("full_unet", 1)])
 def test_bad_lora_settings_are_refused_by_name(field, value):
     from sdcourse.training.train_lora import LoRASettings
 
@@ -448,6 +448,30 @@ def test_an_adapter_on_the_resnet_convolutions_too_loads_exactly_in_diffusers(tm
     fresh.load_lora_weights(str(path.parent))
     with torch.no_grad():
         assert (fresh.unet(latents, t, text).sample - pipe.unet(latents, t, text).sample).abs().max() <= 1e-5
+
+
+def test_a_full_fine_tune_trains_every_unet_weight_and_saves_the_unet_the_pipeline_loads(tmp_path, one_thread):
+    from diffusers import UNet2DConditionModel
+
+    from sdcourse.pipeline import load_pipeline
+    from sdcourse.training.train_lora import LoRASettings, concept_pictures, train_lora
+
+    pipe, base = load_pipeline(), load_pipeline()
+    settings = LoRASettings(steps=2, batch=2, lr=1e-3, full_unet=True)
+    path = train_lora(pipe, *concept_pictures("star", 4), settings, tmp_path, progress=False)
+    assert path == tmp_path / "unet" / "diffusion_pytorch_model.safetensors" and path.exists()
+    assert not any("lora" in name for name, _ in pipe.unet.named_parameters())
+    trained = dict(pipe.unet.named_parameters())
+    assert all(not torch.equal(p, trained[name]) for name, p in base.unet.named_parameters() if "to_q" in name)
+    saved = UNet2DConditionModel.from_pretrained(path.parent)
+    assert all(torch.equal(p, trained[name]) for name, p in saved.named_parameters())
+
+
+def test_a_full_fine_tune_with_a_text_encoder_adapter_is_refused_by_name():
+    from sdcourse.training.train_lora import LoRASettings
+
+    with pytest.raises(ValueError, match="full_unet=True with train_text_encoder=True"):
+        LoRASettings(full_unet=True, train_text_encoder=True)
 
 
 def test_the_same_settings_train_the_same_adapter(tmp_path, one_thread):

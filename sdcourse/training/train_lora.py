@@ -13,7 +13,8 @@ learns"), so it is off by default. `--min-snr-gamma 5` and `--caption-dropout 0.
 adapter with two parts of the embedded model's own recipe (the loss weighted towards the noisy
 timesteps; some captions left empty); they are off by default, as in diffusers' LoRA scripts.
 The result is `--out/pytorch_lora_weights.safetensors`, which `pipe.load_lora_weights(out)`
-loads (both adapters).
+loads (both adapters). `--full-unet` trains every U-Net weight instead, with the same data and
+loop, and writes `--out/unet`: the ceiling an adapter is measured against.
 
 Data:
 - `--concept star`: pictures of the shape the embedded model never saw, with captions such
@@ -87,6 +88,10 @@ class LoRASettings:
     # The share of captions replaced by the empty prompt (0.1 in the embedded model's training), so
     # that the adapter also learns the unconditional prediction that guidance subtracts.
     caption_dropout: float = 0.0
+    # Train every weight of the U-Net instead of an adapter (a full fine-tune): the ceiling an
+    # adapter is measured against (benchmarks/lora_star.py --full-unet). rank, alpha and targets
+    # are then unused, and out/unet holds the whole U-Net, which is what the pipeline loads.
+    full_unet: bool = False
     seed: int = 0
     checkpoint_every: int = 50
     mixed_precision: str = "no"
@@ -110,8 +115,12 @@ class LoRASettings:
                 raise ValueError(f"{name}={value!r}; it must be {allowed}")
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"mixed_precision={self.mixed_precision!r}; allowed: {', '.join(PRECISIONS)}")
-        if not isinstance(self.train_text_encoder, bool):
-            raise ValueError(f"train_text_encoder={self.train_text_encoder!r}; it must be True or False")
+        for name in ("train_text_encoder", "full_unet"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r}; it must be True or False")
+        if self.full_unet and self.train_text_encoder:
+            raise ValueError("full_unet=True with train_text_encoder=True: a full fine-tune trains the U-Net alone; "
+                             "switch one of them off")
         if self.token is not None and (not self.token.strip() or " " in self.token.strip()):
             raise ValueError(f"token={self.token!r}; it must be one word, such as 'sks'")
         self.targets = tuple(self.targets)
@@ -273,6 +282,7 @@ def train_lora(pipe, images: np.ndarray, captions: list[str], settings: LoRASett
                data_record: dict | None = None, prior: tuple | None = None):
     """Train a LoRA adapter on `pipe.unet` (and, with settings.train_text_encoder, on
     `pipe.text_encoder`), in place, and write it to out/pytorch_lora_weights.safetensors.
+    With settings.full_unet, train the U-Net's own weights instead and write out/unet.
 
     images: uint8 (N, H, W, 3) at the model's resolution; captions: one per picture.
     data_record: what describes the data (a resumed run must use the same). Returns the path.
@@ -294,7 +304,11 @@ def train_lora(pipe, images: np.ndarray, captions: list[str], settings: LoRASett
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     unet, text_encoder = pipe.unet, pipe.text_encoder
-    params = add_peft_adapter(unet, settings)  # first: a bad target or rank stops the run at once
+    if settings.full_unet:
+        unet.requires_grad_(True)
+        params = list(unet.parameters())
+    else:
+        params = add_peft_adapter(unet, settings)  # first: a bad target or rank stops the run at once
     if settings.train_text_encoder:
         params += add_peft_adapter(text_encoder, settings, TEXT_ENCODER_TARGETS, "text encoder")
     mean, std, ids, text = _encode(pipe, images, captions)  # B = 0: the adapters change nothing yet
@@ -351,6 +365,10 @@ def train_lora(pipe, images: np.ndarray, captions: list[str], settings: LoRASett
     # The trainer hands the model back on the CPU; the pipeline may live on a GPU.
     unet.to(pipe.vae.device)
     text_encoder.to(pipe.vae.device)
+    if settings.full_unet:
+        if trainer.accelerator.is_main_process:
+            unet.save_pretrained(out / "unet", safe_serialization=True)
+        return out / "unet" / "diffusion_pytorch_model.safetensors"
     if trainer.accelerator.is_main_process:
         # A saved adapter carries no alpha, and loaders then take alpha = rank: fold alpha / rank
         # into B, so that the file gives exactly the trained model (sdcourse.lora.export_lora does the same).
@@ -396,6 +414,9 @@ def main(argv=None):
                              f"(default {CONCEPT_PRIOR_SHARE}; 0 for the new pictures alone)")
     parser.add_argument("--train-text-encoder", action="store_true",
                         help="also adapt the text encoder's attention projections (same rank)")
+    parser.add_argument("--full-unet", action="store_true",
+                        help="train every U-Net weight instead of an adapter (the ceiling a LoRA is measured against); "
+                             "writes --out/unet")
     parser.add_argument("--min-snr-gamma", type=float, default=defaults.min_snr_gamma,
                         help="weight each timestep's loss by min(SNR, gamma) / SNR (0: plain squared error)")
     parser.add_argument("--caption-dropout", type=float, default=defaults.caption_dropout,
@@ -418,7 +439,8 @@ def main(argv=None):
                                 targets=tuple(args.targets), n_pictures=args.n_pictures, token=args.token,
                                 seed=args.seed, checkpoint_every=args.checkpoint_every,
                                 mixed_precision=args.mixed_precision, prior_share=prior_share,
-                                train_text_encoder=args.train_text_encoder, min_snr_gamma=args.min_snr_gamma,
+                                train_text_encoder=args.train_text_encoder, full_unet=args.full_unet,
+                                min_snr_gamma=args.min_snr_gamma,
                                 caption_dropout=args.caption_dropout)
     except ValueError as error:
         parser.error(str(error))
@@ -458,7 +480,8 @@ def main(argv=None):
     minutes = (time.time() - started) / 60
     (out / "train_lora.json").write_text(json.dumps({**asdict(settings), **data_record, "minutes": round(minutes, 2),
                                                     "pictures": len(images)}, indent=2))
-    print(f"adapter written to {path} ({path.stat().st_size / 1e6:.2f} MB) in {minutes:.1f} min; "
+    what = "U-Net" if settings.full_unet else "adapter"
+    print(f"{what} written to {path} ({path.stat().st_size / 1e6:.2f} MB) in {minutes:.1f} min; "
           f"samples in {out / 'samples.png'}")
 
 
