@@ -98,20 +98,21 @@ def main():
             p.numel() for model in (pipe.unet, pipe.text_encoder) for n, p in model.named_parameters() if "lora" in n)
         star = prompt_adherence(pipe, stars, seeds=seeds)
         after = prompt_adherence(pipe, base_prompts, seeds=seeds)
-        rows.append(("full U-Net" if args.full_unet else rank, lora_parameters,
+        label = "full U-Net" if args.full_unet else f"rank {rank}"
+        rows.append((label, lora_parameters,
                      100 * lora_parameters / unet_parameters, size_mb, minutes,
                      star["shape_correct"], after["both_correct"], after["both_correct"] - before["both_correct"]))
-        print(f"{'full U-Net' if args.full_unet else f'rank {rank}'}: trained in {minutes:.2f} min", flush=True)
+        print(f"{label}: trained in {minutes:.2f} min", flush=True)
 
     print(f"\n{args.steps} steps x batch {args.batch} ({args.prior_share:.0%} known pictures), lr {args.lr:g}, "
           f"min-SNR gamma {args.min_snr_gamma:g}, caption dropout {args.caption_dropout:g}, "
           f"trained: {'every U-Net weight' if args.full_unet else ' '.join(args.targets)}, "
           f"text encoder {'adapted' if args.train_text_encoder else 'frozen'}, "
           f"{args.device}, {args.threads} threads; U-Net {unet_parameters / 1e6:.2f} M parameters")
-    print("| rank | parameters | share of U-Net | file | train time | star right | base both right | change |")
+    print("| trained | parameters | share of U-Net | file | train time | star right | base both right | change |")
     print("|---|---|---|---|---|---|---|---|")
-    for rank, count, share, size_mb, minutes, star_ok, base_ok, change in rows:
-        print(f"| {rank} | {count:,} | {share:.2f}% | {size_mb:.2f} MB | {minutes:.2f} min | {star_ok:.1f}% | "
+    for label, count, share, size_mb, minutes, star_ok, base_ok, change in rows:
+        print(f"| {label} | {count:,} | {share:.2f}% | {size_mb:.2f} MB | {minutes:.2f} min | {star_ok:.1f}% | "
               f"{base_ok:.1f}% | {change:+.1f} |")
 
 
