@@ -107,3 +107,18 @@ def test_env_var_chooses_model(monkeypatch, tmp_path):
     monkeypatch.setenv("SDCOURSE_MODEL", str(tmp_path / "missing-folder"))
     with pytest.raises(FileNotFoundError, match="missing-folder"):
         load_pipeline()
+
+
+def test_each_loaded_pipeline_has_a_tokenizer_of_its_own(tmp_path):
+    """A word added to one pipeline (textual inversion) is in that pipeline alone."""
+    from safetensors.torch import save_file
+
+    first, second = load_pipeline(), load_pipeline()
+    assert first.tokenizer is not second.tokenizer
+    width = first.text_encoder.get_input_embeddings().weight.shape[1]
+    save_file({"<blob>": torch.randn(width)}, str(tmp_path / "learned_embeds.safetensors"))
+    first.load_textual_inversion(str(tmp_path / "learned_embeds.safetensors"), token="<blob>")
+    assert len(first.tokenizer) == len(second.tokenizer) + 1
+    third = load_pipeline()
+    assert len(third.tokenizer) == third.text_encoder.get_input_embeddings().weight.shape[0]
+    third("a red <blob>", num_inference_steps=2, output_type="np")  # no IndexError: "<blob>" is plain text here

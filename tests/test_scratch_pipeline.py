@@ -379,3 +379,19 @@ def test_an_unknown_sampler_is_refused_with_the_known_ones_listed(embedded):
 def test_a_misspelled_keyword_is_a_type_error(scratch, kind):
     with pytest.raises(TypeError, match="num_inference_step"):
         call(scratch, kind, num_inference_step=3)
+
+
+def test_a_word_added_by_textual_inversion_reaches_the_from_scratch_pipeline(tmp_path):
+    """The from-scratch pipeline tokenizes with the pipeline's tokenizer, its added words included."""
+    from safetensors.torch import save_file
+
+    theirs = load_pipeline()
+    star_row = theirs.text_encoder.get_input_embeddings().weight[theirs.tokenizer.convert_tokens_to_ids("star</w>")]
+    save_file({"<star>": star_row.detach() * 3}, str(tmp_path / "learned_embeds.safetensors"))
+    theirs.load_textual_inversion(str(tmp_path / "learned_embeds.safetensors"), token="<star>")
+    ours = TextToImage.from_pretrained(theirs)
+    assert ours.tokenizer.convert_tokens_to_ids("<star>") == len(ours.tokenizer) - 1
+    reference = theirs("a red <star>", height=64, width=64, num_inference_steps=3, generator=seeded(0)).images
+    plain = theirs("a red star", height=64, width=64, num_inference_steps=3, generator=seeded(0)).images
+    assert max_difference(reference, plain) > 1  # the new word's embedding changes the picture
+    assert max_difference(ours("a red <star>", num_inference_steps=3, generator=seeded(0)), reference) <= 1

@@ -1,0 +1,494 @@
+"""The whole Stable Diffusion pipeline, written with the course's own parts.
+
+`TextToImage`, `ImageToImage` and `Inpaint` run the tokenizer, text encoder, U-Net, VAE and
+samplers of the course, step by step. With the same weights, seed and arguments, their
+pictures are the ones diffusers' StableDiffusion(Img2Img|Inpaint)Pipeline makes:
+
+    >>> import torch
+    >>> from sdcourse.pipeline import TextToImage
+    >>> sd = TextToImage.from_pretrained()          # the embedded model's weights, DDIM
+    >>> images = sd("a red circle", num_inference_steps=25, generator=torch.Generator().manual_seed(0))
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from sdcourse import CourseWarning, warn
+from sdcourse.arguments import whole_number
+from sdcourse.guidance import guided_noise_prediction, uses_guidance
+from sdcourse.loading import load_pipeline
+from sdcourse.request_checks import (
+    check_generator,
+    check_images,
+    check_memory,
+    check_prompts,
+    check_size,
+    check_strength,
+)
+from sdcourse.samplers import (
+    SAMPLERS,
+    DPMSolverMultistepSampler,
+    EulerSampler,
+    check_num_inference_steps,
+    make_sampler,
+    randn_like_diffusers,
+)
+from sdcourse.text_encoder import TextEncoder
+from sdcourse.tokenizer import END_TOKEN_ID, load_tokenizer, tokenize
+from sdcourse.unet import UNet
+from sdcourse.vae import VAE
+
+# The whole pipeline, from scratch
+#
+# Every picture goes through the same steps:
+#   1. encode the prompt      tokens -> text encoder -> context c (and c_neg for guidance)
+#   2. choose the timesteps   the sampler's t_1 > t_2 > ... (img2img and inpainting skip the first ones)
+#   3. prepare the latents    text-to-image: pure noise; img2img / inpainting: the picture's latents, noised
+#   4. the denoising loop     eps = U-Net(x_t, t, c) with guidance; x_t -> x_next by the sampler
+#   5. decode                 pixels = VAE decoder(z / scaling_factor)
+# The three classes share steps 1, 2, 4 and 5 (`StableDiffusion`) and differ in step 3.
+
+# "DDIMScheduler" -> "ddim": the from-scratch sampler that reproduces each diffusers scheduler
+TWIN_SAMPLERS = {cls.twin: name for name, cls in SAMPLERS.items()}
+FALLBACK_SAMPLER = "ddim"  # for a scheduler without a twin (PNDMScheduler, SD 1.x's default)
+
+
+def make_sampler_for(scheduler, name=None):
+    """The from-scratch sampler for a diffusers scheduler: its twin, or the sampler called `name`.
+
+    It is built from the scheduler's config by `samplers.make_sampler`, as diffusers'
+    `OtherScheduler.from_config(scheduler.config)` builds one. A field the sampler has for a
+    feature it lacks (karras sigmas, thresholding...) must still be at its default.
+    """
+    if name is None:
+        name = TWIN_SAMPLERS.get(type(scheduler).__name__)
+        if name is None:
+            name = FALLBACK_SAMPLER
+            warn(
+                f"the pipeline's {type(scheduler).__name__} has no from-scratch twin: using the {name!r} sampler, "
+                f"so the pictures will differ from the pipeline's. Pass sampler= to choose one of "
+                f"{', '.join(map(repr, SAMPLERS))}",
+                CourseWarning,
+                stacklevel=3,
+            )
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler={name!r} is not a known sampler; choose one of {', '.join(map(repr, SAMPLERS))}")
+    return make_sampler(name, scheduler.config)
+
+
+def add_noise(sampler, x0, noise, index):
+    """The forward process: clean latents x0 noised to the level of `sampler.timesteps[index]`.
+
+    Each sampler works in its own variable, so the same noising reads differently:
+        DDPM, DDIM:   x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
+        Euler:        x   = x_0 + sigma eps                 (x = x_t / sqrt(alpha_bar_t))
+        DPM-Solver:   x_t = alpha x_0 + sigma_t eps,  alpha = 1 / sqrt(sigma^2 + 1), sigma_t = sigma alpha
+    The schedule is cast to the latents' dtype first, as diffusers' `add_noise` does.
+    """
+    if isinstance(sampler, (EulerSampler, DPMSolverMultistepSampler)):
+        sigma = sampler.sigmas.to(x0.device, x0.dtype)[index]
+        if isinstance(sampler, EulerSampler):
+            return x0 + noise * sigma
+        alpha = 1 / ((sigma**2 + 1) ** 0.5)
+        sigma_t = sigma * alpha
+        return alpha * x0 + sigma_t * noise
+    alpha_bar = sampler.alphas_cumprod.to(x0.device, x0.dtype)[int(sampler.timesteps[index])]
+    return alpha_bar**0.5 * x0 + (1 - alpha_bar) ** 0.5 * noise
+
+
+def first_step(num_inference_steps, strength) -> int:
+    """The index of the first timestep to run: strength s runs the last int(n s) of the n timesteps.
+
+    The picture is then noised to the level of that timestep, not to pure noise (s = 1 runs all).
+    """
+    steps_to_run = min(int(num_inference_steps * strength), num_inference_steps)
+    if steps_to_run < 1:
+        raise ValueError(
+            f"strength={strength} with num_inference_steps={num_inference_steps} leaves "
+            f"int({num_inference_steps} * {strength}) = 0 denoising steps: raise strength or num_inference_steps"
+        )
+    return num_inference_steps - steps_to_run
+
+
+def _check_image_count(count, batch):
+    if batch % count:
+        raise ValueError(f"image: {count} images for {batch} pictures; the number of pictures "
+                         "(len(prompt) * num_images_per_prompt) must be a multiple of the number of images")
+
+
+def repeat_to(x, batch):
+    """Repeat a batch of k tensors to `batch` of them (k divides batch): [a, b] -> [a, b, a, b]."""
+    return x.repeat(batch // len(x), *[1] * (x.ndim - 1))
+# ---- pictures in and out
+
+
+def _resized(picture, height, width):
+    """Resize with the Lanczos filter, as diffusers' image processor does (a copy if the size is right)."""
+    return picture.resize((width, height), resample=Image.Resampling.LANCZOS)
+
+
+def image_to_tensor(images, height, width):
+    """PIL images -> (k, 3, height, width) float32 in [-1, 1]: resize, then x / 255 * 2 - 1."""
+    arrays = [np.asarray(_resized(im, height, width).convert("RGB")).astype(np.float32) / 255.0 for im in images]
+    pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # (k, 3, H, W) in [0, 1]
+    return 2.0 * pixels - 1.0
+
+
+def mask_to_tensor(masks, height, width):
+    """PIL masks -> (k, 1, height, width) float32 of 0s and 1s; 1 (white) is where to paint.
+
+    Resize, convert to grayscale, then binarize: values >= 0.5 become 1, the others 0.
+    """
+    arrays = [np.asarray(_resized(m, height, width).convert("L")).astype(np.float32) / 255.0 for m in masks]
+    mask = torch.from_numpy(np.stack(arrays))[:, None]  # (k, 1, H, W) in [0, 1]
+    return (mask >= 0.5).to(torch.float32)
+
+
+def tensor_to_images(pixels):
+    """(batch, 3, H, W) in [-1, 1] -> PIL images: x / 2 + 1/2, clamp to [0, 1], * 255, round."""
+    pixels = (pixels / 2 + 0.5).clamp(0, 1)
+    arrays = pixels.cpu().permute(0, 2, 3, 1).float().numpy()  # (batch, H, W, 3)
+    return [Image.fromarray(a) for a in (arrays * 255).round().astype(np.uint8)]
+
+
+class StableDiffusion:
+    """What the three pipelines share: the networks, the sampler and the steps every picture takes.
+
+    Build one with `from_pretrained`, or from networks already built:
+    `ImageToImage(sd.text_encoder, sd.unet, sd.vae, sd.sampler)` reuses a TextToImage's networks.
+    `on_step(step, t, latents, x0_pred)`, if given to a call, runs after each denoising step
+    with the step's index, its timestep, the latents after the step and the sampler's guess of
+    the clean latents (`sampler.last_x0`); `sd.decode(x0_pred)` shows that guess as pictures.
+    """
+
+    def __init__(self, text_encoder: TextEncoder, unet: UNet, vae: VAE, sampler, tokenizer=None):
+        self.tokenizer = load_tokenizer() if tokenizer is None else tokenizer
+        self.text_encoder = text_encoder.eval()
+        self.unet = unet.eval()
+        self.vae = vae.eval()
+        self.sampler = sampler
+        self.vae_scale_factor = vae.downsample_factor  # 8: one latent pixel covers 8 x 8 pixels
+
+    @property
+    def pad_token_id(self) -> int:
+        """The id prompts are padded with: SD 1.x pads with the end token, SD 2.x's tokenizer with "!" (0)."""
+        pad = self.tokenizer.pad_token_id
+        return END_TOKEN_ID if pad is None else pad
+
+    @classmethod
+    def from_pretrained(cls, path_or_diffusers_pipeline=None, sampler=None):
+        """The from-scratch networks, holding a Stable Diffusion 1.x / 2.x pipeline's weights.
+
+        path_or_diffusers_pipeline: None (the embedded tiny model, or $SDCOURSE_MODEL), a model
+            folder or cached hub id (loaded with `load_pipeline`), or a diffusers pipeline already
+            loaded. The result runs on that pipeline's device and dtype; `.to()` moves it.
+        sampler: a name from `sdcourse.samplers.SAMPLERS` ("ddim", "euler_a", "dpm++2m"...);
+            None: the twin of the pipeline's scheduler, built from its config.
+        """
+        pipe = path_or_diffusers_pipeline
+        if pipe is None or isinstance(pipe, (str, os.PathLike)):
+            pipe = load_pipeline(pipe)
+        missing = [part for part in ("text_encoder", "unet", "vae", "scheduler", "tokenizer")
+                   if getattr(pipe, part, None) is None]
+        if missing:
+            raise ValueError(f"expected a Stable Diffusion pipeline; {type(pipe).__name__} has no {', '.join(missing)}")
+        new_sampler = make_sampler_for(pipe.scheduler, sampler)
+        # each network is built from its twin's config, then takes its weights (strict: every key must fit)
+        text_encoder = TextEncoder.from_config(pipe.text_encoder.config)
+        text_encoder.load_state_dict(pipe.text_encoder.state_dict())
+        unet = UNet.from_config(pipe.unet.config)
+        unet.load_state_dict(pipe.unet.state_dict())
+        vae = VAE.from_config(pipe.vae.config)
+        vae.load_state_dict(pipe.vae.state_dict())
+        # a copy of the pipeline's tokenizer, added words (textual inversion) included: a word added to
+        # the pipeline later is not in this one, whose text encoder has no embedding row for it
+        scratch = cls(text_encoder, unet, vae, new_sampler, copy.deepcopy(pipe.tokenizer))
+        return scratch.to(pipe.unet.device, pipe.unet.dtype)
+
+    def to(self, device=None, dtype=None):
+        """Move the networks to a device and/or dtype, like nn.Module.to: `.to("cuda", torch.float16)`."""
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
+        for network in (self.text_encoder, self.unet, self.vae):
+            network.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def __repr__(self):
+        return f"{type(self).__name__}(sampler={type(self.sampler).__name__}, device={self.device}, dtype={self.dtype})"
+
+    # ---- the steps
+
+    def encode_prompt(self, prompts):
+        """Prompts -> context (batch, 77, width): tokenize (pad or cut to 77 tokens), then the text encoder."""
+        tokens = tokenize(prompts, self.tokenizer)
+        ids = tokens.input_ids.masked_fill(tokens.attention_mask == 0, self.pad_token_id)
+        return self.text_encoder(ids.to(self.device))
+
+    def encode_prompts(self, prompts, negative_prompts, guided, num_images_per_prompt):
+        """The context c of the prompts and, when `guided` (guidance_scale > 1), c_neg of the negative prompts.
+
+        Each is repeated for the pictures of one prompt: [p0, p0, p1, p1] for two per prompt.
+        """
+        cond = self.encode_prompt(prompts).repeat_interleave(num_images_per_prompt, dim=0)
+        if not guided:
+            return cond, None  # no guidance: the negative prompt is not used
+        uncond = self.encode_prompt(negative_prompts).repeat_interleave(num_images_per_prompt, dim=0)
+        return cond, uncond
+
+    def set_timesteps(self, num_inference_steps):
+        """The sampler's timesteps t_1 > t_2 > ... > t_n, on the networks' device."""
+        self.sampler.set_timesteps(num_inference_steps, device=self.device)
+        return self.sampler.timesteps
+
+    def initial_noise(self, batch, height, width, generator):
+        """eps ~ N(0, I) of shape (batch, 4, height / 8, width / 8), drawn as diffusers' randn_tensor draws it."""
+        f = self.vae_scale_factor
+        shape = (batch, self.vae.latent_channels, height // f, width // f)
+        return randn_like_diffusers(shape, generator, self.device, self.dtype)
+
+    def encode_images(self, pixels, generator):
+        """Pixels in [-1, 1] -> latents z = scaling_factor * (a sample of the VAE encoder's Gaussian).
+
+        With a list of generators each picture is encoded alone and sampled with its own generator.
+        """
+        pixels = pixels.to(self.device, self.dtype)
+        if isinstance(generator, list):
+            z = torch.cat([self.vae.encode(pixels[i : i + 1]).sample(generator[i]) for i in range(len(pixels))])
+        else:
+            z = self.vae.encode(pixels).sample(generator)
+        return self.vae.scaling_factor * z
+
+    def predict_noise(self, latents, t, cond, uncond, guidance_scale, extra_channels=None):
+        """The U-Net's guided noise prediction at timestep t.
+
+        eps = eps(x, c_neg) + w * (eps(x, c) - eps(x, c_neg)), both from ONE U-Net call on the
+        doubled batch (`guided_noise_prediction`); with w <= 1 only eps(x, c).
+        extra_channels (inpainting U-Nets): the mask and masked picture, put next to the latents.
+        """
+        model_input = self.sampler.scale_model_input(latents, t)
+        if extra_channels is not None:
+            model_input = torch.cat([model_input, extra_channels], dim=1)
+        return guided_noise_prediction(self.unet, model_input, t, cond, uncond, guidance_scale)
+
+    def denoise(self, latents, timesteps, cond, uncond, guidance_scale, generator,
+                on_step=None, extra_channels=None, after_step=None):
+        """The denoising loop: for each t, predict the noise, then let the sampler take one step.
+
+        after_step(i, latents) -> latents, if given, changes the latents after each step
+        (inpainting puts the known part of the picture back).
+        """
+        for i, t in enumerate(timesteps):
+            eps = self.predict_noise(latents, t, cond, uncond, guidance_scale, extra_channels)
+            latents = self.sampler.step(eps, t, latents, generator=generator)  # x_t -> x_next
+            if after_step is not None:
+                latents = after_step(i, latents)
+            if on_step is not None:
+                on_step(i, t.item(), latents, self.sampler.last_x0)
+        return latents
+
+    @torch.no_grad()
+    def decode(self, latents):
+        """Latents -> PIL images: pixels = VAE decoder(z / scaling_factor)."""
+        return tensor_to_images(self.vae.decode(latents.to(self.device, self.dtype) / self.vae.scaling_factor))
+
+    # ---- shared checks
+
+    def _check_arguments(self, prompt, negative_prompt, num_inference_steps, guidance_scale,
+                         num_images_per_prompt, generator, on_step):
+        """Check what every call takes, and decide once whether it uses guidance.
+
+        Returns (prompts, negative prompts, steps, guided, batch, generator).
+        """
+        prompts, negatives = check_prompts(prompt, negative_prompt)
+        steps = check_num_inference_steps(num_inference_steps, self.sampler.num_train_timesteps)
+        guided = uses_guidance(guidance_scale)
+        batch = len(prompts) * whole_number("num_images_per_prompt", num_images_per_prompt, minimum=1)
+        generator = check_generator(generator, batch)
+        if on_step is not None and not callable(on_step):
+            raise ValueError(f"on_step must be a function on_step(step, t, latents, x0_pred), got {on_step!r}")
+        return prompts, negatives, steps, guided, batch, generator
+
+    def _check_size(self, height, width, default_height, default_width, batch):
+        """height and width as ints, each a positive multiple of the VAE's factor (8), for a batch
+        that fits in memory (`check_memory`)."""
+        height, width = check_size(default_height if height is None else height,
+                                   default_width if width is None else width, self.vae_scale_factor)
+        check_memory(batch, height, width, self.device)
+        return height, width
+
+    def _native_size(self):
+        """The size the U-Net was trained at, in pixels: 64 for the tiny model, 512 for SD 1.x."""
+        return self.unet.sample_size * self.vae_scale_factor
+
+    def _check_plain_unet(self):
+        if self.unet.in_channels != self.vae.latent_channels:
+            raise ValueError(
+                f"this U-Net reads {self.unet.in_channels} channels, not the {self.vae.latent_channels} of the "
+                "latents: it is an inpainting model; use Inpaint"
+            )
+
+
+class TextToImage(StableDiffusion):
+    """Text to image: start from pure noise and denoise it towards the prompt."""
+
+    @torch.no_grad()
+    def __call__(self, prompt, negative_prompt=None, height=None, width=None, num_inference_steps=50,
+                 guidance_scale=7.5, num_images_per_prompt=1, generator=None, on_step=None):
+        """Pictures for the prompt(s), as a list of PIL images (diffusers' argument names and defaults).
+
+        height, width: multiples of 8; default: the model's native size.
+        """
+        self._check_plain_unet()
+        prompts, negatives, steps, guided, batch, generator = self._check_arguments(
+            prompt, negative_prompt, num_inference_steps, guidance_scale, num_images_per_prompt, generator, on_step)
+        height, width = self._check_size(height, width, self._native_size(), self._native_size(), batch)
+
+        # 1. encode the prompt: c = text_encoder(tokens), c_neg for the negative prompt
+        cond, uncond = self.encode_prompts(prompts, negatives, guided, num_images_per_prompt)
+        # 2. the timesteps, all of them
+        timesteps = self.set_timesteps(steps)
+        # 3. prepare the latents: x_T = init_noise_sigma * eps, eps ~ N(0, I)
+        latents = self.initial_noise(batch, height, width, generator) * self.sampler.init_noise_sigma
+        # 4. the denoising loop
+        latents = self.denoise(latents, timesteps, cond, uncond, guidance_scale, generator, on_step)
+        # 5. decode
+        return self.decode(latents)
+
+
+class ImageToImage(StableDiffusion):
+    """Image to image (SDEdit): noise a picture part of the way, then denoise it towards the prompt."""
+
+    @torch.no_grad()
+    def __call__(self, prompt, image, strength=0.8, negative_prompt=None, num_inference_steps=50,
+                 guidance_scale=7.5, num_images_per_prompt=1, generator=None, height=None, width=None,
+                 on_step=None):
+        """Pictures for the prompt(s) starting from `image`, as a list of PIL images.
+
+        image: a PIL image, or a list of them (their number must divide the number of pictures).
+        strength in [0, 1]: how far the picture is noised; int(num_inference_steps * strength)
+            steps run. height, width: default the first image's size rounded down to a multiple
+            of 8, as diffusers does; the images are resized (Lanczos) to that size.
+        """
+        self._check_plain_unet()
+        images = check_images(image, "image")
+        strength = check_strength(strength)
+        prompts, negatives, steps, guided, batch, generator = self._check_arguments(
+            prompt, negative_prompt, num_inference_steps, guidance_scale, num_images_per_prompt, generator, on_step)
+        f = self.vae_scale_factor
+        height, width = self._check_size(height, width, images[0].height // f * f, images[0].width // f * f,
+                                          batch)
+        _check_image_count(len(images), batch)
+        start = first_step(steps, strength)
+
+        # 1. encode the prompt
+        cond, uncond = self.encode_prompts(prompts, negatives, guided, num_images_per_prompt)
+        # 2. the timesteps, from index `start` on: the first (noisiest) ones are skipped
+        timesteps = self.set_timesteps(steps)[start:]
+        # 3. prepare the latents: z_0 = scaling_factor * VAE encoding of the picture, then noise it to
+        #    t = timesteps[start]: x_t = sqrt(alpha_bar_t) z_0 + sqrt(1 - alpha_bar_t) eps (see add_noise)
+        pixels = image_to_tensor(images, height, width)
+        if isinstance(generator, list):  # one generator per picture: each picture is encoded with its own
+            pixels = repeat_to(pixels, batch)
+        z0 = repeat_to(self.encode_images(pixels, generator), batch)
+        noise = randn_like_diffusers(z0.shape, generator, self.device, self.dtype)
+        latents = add_noise(self.sampler, z0, noise, start)
+        # 4. the denoising loop, from timesteps[start]
+        latents = self.denoise(latents, timesteps, cond, uncond, guidance_scale, generator, on_step)
+        # 5. decode
+        return self.decode(latents)
+
+
+class Inpaint(StableDiffusion):
+    """Inpainting: repaint the white part of a mask, keep the rest of the picture.
+
+    With a plain U-Net (4 input channels, "latent masking"), after every step the latents outside
+    the mask are replaced by the picture's own latents, noised to the level of the next step:
+        x = (1 - m) * noised(z_0, t_next) + m * x          (m: the mask at latent size)
+    An inpainting U-Net (9 input channels: latents, mask, masked picture's latents) sees the
+    mask and the rest of the picture at every step instead.
+    """
+
+    @torch.no_grad()
+    def __call__(self, prompt, image, mask_image, strength=1.0, negative_prompt=None, height=None, width=None,
+                 num_inference_steps=50, guidance_scale=7.5, num_images_per_prompt=1, generator=None,
+                 on_step=None):
+        """Pictures with the mask's white part repainted for the prompt(s), as a list of PIL images.
+
+        image: a PIL image or a list of them; mask_image: one mask of the same size (white = paint,
+            black = keep), or one per image. height, width: default the model's native size, as in
+            diffusers; image and mask are resized (Lanczos) to it.
+        strength in [0, 1]: 1 starts the painted part from pure noise.
+        """
+        latent_channels = self.vae.latent_channels
+        if self.unet.in_channels not in (latent_channels, 2 * latent_channels + 1):
+            raise ValueError(f"Inpaint needs a U-Net with {latent_channels} or {2 * latent_channels + 1} input "
+                             f"channels, this one has {self.unet.in_channels}")
+        images = check_images(image, "image")
+        masks = check_images(mask_image, "mask_image")
+        if len(masks) not in (1, len(images)):
+            raise ValueError(f"mask_image: {len(masks)} masks for {len(images)} images; "
+                             "give one mask, or one per image")
+        for i, im in enumerate(images):
+            mask = masks[i if len(masks) > 1 else 0]
+            if mask.size != im.size:
+                raise ValueError(f"mask_image is {mask.width}x{mask.height} pixels but image is "
+                                 f"{im.width}x{im.height}: the mask must have the image's size")
+        strength = check_strength(strength)
+        prompts, negatives, steps, guided, batch, generator = self._check_arguments(
+            prompt, negative_prompt, num_inference_steps, guidance_scale, num_images_per_prompt, generator, on_step)
+        height, width = self._check_size(height, width, self._native_size(), self._native_size(), batch)
+        _check_image_count(len(images), batch)
+        start = first_step(steps, strength)
+
+        # 1. encode the prompt
+        cond, uncond = self.encode_prompts(prompts, negatives, guided, num_images_per_prompt)
+        # 2. the timesteps, from index `start` on (all of them at strength 1)
+        timesteps = self.set_timesteps(steps)[start:]
+        # 3. prepare the latents, drawing the random numbers in diffusers' order:
+        #    the picture's latents z_0, the noise, then the masked picture's latents
+        pixels = image_to_tensor(images, height, width)  # (k, 3, H, W) in [-1, 1]
+        mask = mask_to_tensor(masks, height, width)  # (k or 1, 1, H, W), 1 = paint
+        latent_masking = self.unet.in_channels == latent_channels
+        z0 = repeat_to(self.encode_images(pixels, generator), batch) if latent_masking or strength < 1 else None
+        noise = self.initial_noise(batch, height, width, generator)
+        if strength == 1:  # pure noise: x_T = init_noise_sigma * eps
+            latents = noise * self.sampler.init_noise_sigma
+        else:  # the noised picture: x_t = sqrt(alpha_bar_t) z_0 + sqrt(1 - alpha_bar_t) eps (see add_noise)
+            latents = add_noise(self.sampler, z0, noise, start)
+        # the picture with the painted part blacked out, and the mask at latent size (nearest pixel).
+        # A plain U-Net does not read the masked picture's latents, but diffusers encodes them all the
+        # same, and that encoding draws random numbers: so does this, to keep the generator in step.
+        masked_latents = repeat_to(self.encode_images(pixels * (mask < 0.5), generator), batch)
+        f = self.vae_scale_factor
+        latent_mask = repeat_to(F.interpolate(mask, size=(height // f, width // f)), batch).to(self.device, self.dtype)
+
+        # 4. the denoising loop
+        if latent_masking:
+            def keep_the_rest(i, latents):
+                # outside the mask: the picture's latents, noised to the next step's level (none after the last)
+                known = add_noise(self.sampler, z0, noise, start + i + 1) if i < len(timesteps) - 1 else z0
+                return (1 - latent_mask) * known + latent_mask * latents  # x = (1 - m) known + m x
+
+            latents = self.denoise(latents, timesteps, cond, uncond, guidance_scale, generator, on_step,
+                                   after_step=keep_the_rest)
+        else:  # an inpainting U-Net reads [latents, mask, masked picture's latents]
+            extra = torch.cat([latent_mask, masked_latents], dim=1)
+            latents = self.denoise(latents, timesteps, cond, uncond, guidance_scale, generator, on_step,
+                                   extra_channels=extra)
+        # 5. decode
+        return self.decode(latents)
