@@ -1,16 +1,14 @@
 """sdcourse: learn how Stable Diffusion works by building it.
 
-Importing the package changes one piece of global state, and only for the course's own
-warnings: `warnings.formatwarning` prints a `CourseWarning` as one line, without the file
-path and source line a learner cannot act on. Every other warning prints as before.
-(The course's matplotlib style is applied only inside `sdcourse.plotting`'s own figures.)
+Importing the package changes no global state: the course's warnings (`warn`) format
+themselves, and its matplotlib style is applied only inside `sdcourse.plotting`'s own figures.
 """
 
 import os as _os
 import warnings as _warnings
 
 __version__ = "0.1.0"
-__all__ = ["load_pipeline", "FAST", "CourseWarning", "fast_mode_requested"]
+__all__ = ["load_pipeline", "FAST", "CourseWarning", "warn", "fast_mode_requested"]
 
 
 def fast_mode_requested() -> bool:
@@ -35,15 +33,25 @@ def __getattr__(name):
 
 
 class CourseWarning(UserWarning):
-    """A warning meant for the learner. It prints as one line, without a file path."""
+    """A warning meant for the learner. `warn` prints it as one line, without a file path."""
 
 
-def _format_course_warning(message, category, filename, lineno, line=None, *, _default=_warnings.formatwarning):
-    if issubclass(category, CourseWarning):
-        return f"{category.__name__}: {message}\n"
-    return _default(message, category, filename, lineno, line)
+def warn(message: str, category: type[CourseWarning] = CourseWarning, stacklevel: int = 2):
+    """Warn the learner in one line, "CourseWarning: message", without the file path and source
+    line of the course's code, which a learner cannot act on.
+
+    The one-line format is in force for this warning alone: every other warning prints as
+    Python prints it. Filters work as for any warning (`warnings.simplefilter("error", CourseWarning)`).
+    """
+    if not (isinstance(category, type) and issubclass(category, CourseWarning)):
+        raise ValueError(f"category must be CourseWarning or a subclass of it, got {category!r}")
+    python_format = _warnings.formatwarning
+    _warnings.formatwarning = _one_line
+    try:
+        _warnings.warn(message, category, stacklevel=stacklevel + 1)
+    finally:
+        _warnings.formatwarning = python_format
 
 
-# Installed once, even if the package is reloaded.
-if getattr(_warnings.formatwarning, "__name__", "") != "_format_course_warning":
-    _warnings.formatwarning = _format_course_warning
+def _one_line(message, category, filename, lineno, line=None) -> str:
+    return f"{category.__name__}: {message}\n"

@@ -22,12 +22,6 @@ def test_there_are_checks():
 
 
 @pytest.mark.parametrize("name", sorted(ALL_CHECKS))
-def test_check_passes_on_the_reference(name):
-    check = ALL_CHECKS[name]
-    assert check(check.reference, verbose=False)
-
-
-@pytest.mark.parametrize("name", sorted(ALL_CHECKS))
 def test_check_fails_on_the_blank_stub(name):
     result = ALL_CHECKS[name](stub, verbose=False)
     assert not result

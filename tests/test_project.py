@@ -115,21 +115,6 @@ def stub_messages(path):
     return messages
 
 
-@pytest.mark.parametrize(
-    "message, is_code",
-    [
-        ("snr.clamp(max=gamma) / snr", True),
-        ("x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) noise", True),
-        ("logvar is log(sigma^2)", True),
-        ("keep caption i unless draws[i] < p", True),
-        ("Return a float tensor of shape (batch,): one PSNR in dB per picture, on the [0, 1] scale.", False),
-        ("Return an (n, n) tensor of dtype bool, True where token i may attend to token j.", False),
-    ],
-)
-def test_the_formula_pattern(message, is_code):
-    assert bool(FORMULA.search(message)) is is_code
-
-
 @pytest.mark.parametrize("path", sorted((ROOT / "exercises").glob("*.ipynb")), ids=lambda p: p.name)
 def test_stub_messages_say_what_to_write_not_how(path):
     solution = (ROOT / "solutions" / path.name).read_text(encoding="utf-8")
@@ -171,3 +156,28 @@ def test_every_lesson_has_a_quiz_and_ends_with_it():
             code = code[:-1]
         assert f'show_quiz("{number}")' in code[-1], f"{path.name} should end with its quiz"
         assert list((ROOT / "sdcourse" / "quizzes").glob(f"{number}_*.yaml")), f"no quiz bank for lesson {number}"
+
+
+def test_importing_the_course_leaves_warning_formatting_alone():
+    """Course warnings print as one line; every other warning prints as Python prints it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import warnings, sys; before = warnings.formatwarning; import sdcourse, sdcourse.pipeline; "
+        "assert warnings.formatwarning is before, 'importing sdcourse changed warnings.formatwarning'; "
+        "warnings.simplefilter('always'); sdcourse.warn('mind the gap'); warnings.warn('a plain one'); "
+        "assert warnings.formatwarning is before"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == "CourseWarning: mind the gap"
+    assert lines[1].endswith("UserWarning: a plain one") and lines[1] != "UserWarning: a plain one"
+
+
+def test_warn_takes_course_warnings_only():
+    import sdcourse
+
+    with pytest.raises(ValueError, match=r"category must be CourseWarning or a subclass of it, got <class 'UserWarning'>"):
+        sdcourse.warn("a message", UserWarning)
