@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sdcourse.arguments import real_number, whole_number
+
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers writes and looks for
 
@@ -46,10 +48,9 @@ class LoRALinear(nn.Module):
         if not isinstance(base, nn.Linear):
             raise TypeError(f"base must be an nn.Linear, got {type(base).__name__}")
         d_out, d_in = base.weight.shape
-        check_rank(rank, d_in, d_out)
-        alpha = rank if alpha is None else alpha
-        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha > 0:
-            raise ValueError(f"alpha={alpha!r}; it must be a number above 0 (the update is scaled by alpha / rank)")
+        rank = check_rank(rank, d_in, d_out)
+        alpha = rank if alpha is None else real_number("alpha", alpha, 0, low_open=True,
+                                                       meaning="the update is scaled by alpha / rank")
         self.base = base.requires_grad_(False)
         self.rank, self.alpha, self.scale, self.merged = rank, float(alpha), 1.0, False
         factory = {"device": base.weight.device, "dtype": base.weight.dtype}
@@ -91,12 +92,13 @@ class LoRALinear(nn.Module):
         return f"rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:g}, merged={self.merged}"
 
 
-def check_rank(rank, d_in: int, d_out: int):
-    if not isinstance(rank, int) or isinstance(rank, bool):
-        raise TypeError(f"rank must be a whole number, got {rank!r}")
+def check_rank(rank, d_in: int, d_out: int) -> int:
+    """rank as an int, from 1 to the smaller side of a d_out x d_in layer."""
+    rank = whole_number("rank", rank)
     if not 1 <= rank <= min(d_in, d_out):
         raise ValueError(f"rank={rank}; for a {d_out} x {d_in} layer it must be from 1 to {min(d_in, d_out)} "
                          "(a larger rank is no longer low-rank: train the layer itself)")
+    return rank
 
 
 def matches_target(name: str, target: str) -> bool:
@@ -181,8 +183,7 @@ def unmerge_lora(module: nn.Module):
 def set_lora_scale(module: nn.Module, scale: float):
     """Multiply every LoRA update by `scale` (0: the base model; 1: the trained adapter).
     Merged layers are re-merged at the new scale."""
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"scale={scale!r}; it must be a finite number (0 switches LoRA off, 1 is as trained)")
+    scale = real_number("scale", scale, meaning="0 switches LoRA off, 1 is as trained")
     for layer in _existing_lora_layers(module).values():
         merged = layer.merged
         layer.unmerge()

@@ -188,7 +188,7 @@ def test_export_has_diffusers_keys_and_load_lora_reads_them_back(tmp_path):
 # ----------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("rank, error", [(0, ValueError), (-1, ValueError), (9, ValueError), (2.0, TypeError)])
+@pytest.mark.parametrize("rank, error", [(0, ValueError), (-1, ValueError), (9, ValueError), (2.0, ValueError)])
 def test_rank_out_of_range_is_refused(rank, error):
     with pytest.raises(error, match="rank"):
         LoRALinear(nn.Linear(8, 16), rank=rank)
