@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from matplotlib.path import Path as _PolygonPath
 
+from sdcourse.arguments import choice
+
 IMAGE_SIZE = 64
 SUPERSAMPLE = 4  # draw at 4x resolution, then average: smooth (anti-aliased) edges
 
@@ -91,11 +93,6 @@ class Scene:
         }
 
 
-def _check_choice(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; choose one of {sorted(allowed)}")
-
-
 def _place(rng, size, position):
     lo, hi = RADIUS[size]
     radius = float(rng.uniform(lo, hi))
@@ -116,15 +113,15 @@ def make_scene(objects, background="white", rng=None, caption=None):
     The caption defaults to the plain "a red circle and a blue square on a white background".
     """
     rng = rng if rng is not None else np.random.default_rng(0)
-    _check_choice("background", background, BACKGROUNDS)
+    choice("background", background, BACKGROUNDS)
     built = []
     for spec in objects:
         colour, shape = spec["colour"], spec["shape"]
         size, position = spec.get("size", "large"), spec.get("position", "center")
-        _check_choice("colour", colour, COLOURS)
-        _check_choice("shape", shape, ALL_SHAPES)
-        _check_choice("size", size, SIZES)
-        _check_choice("position", position, POSITIONS)
+        choice("colour", colour, COLOURS)
+        choice("shape", shape, ALL_SHAPES)
+        choice("size", size, SIZES)
+        choice("position", position, POSITIONS)
         center, radius = _place(rng, size, position)
         built.append(ShapeObject(colour, shape, size, position, center, radius))
     mentioned = [{"colour": o.colour, "shape": o.shape} for o in built]
@@ -158,7 +155,7 @@ def sample_scene(rng, shapes=BASE_SHAPES, n_objects=None, two_object_prob=0.3) -
     Object colour always differs from the background colour.
     """
     for s in shapes:
-        _check_choice("shapes", s, ALL_SHAPES)
+        choice("shapes", s, ALL_SHAPES)
     if n_objects is None:
         n_objects = 2 if rng.random() < two_object_prob else 1
     if n_objects not in (1, 2):
@@ -251,7 +248,7 @@ def _grid(size: int, factor: int):
 def rgb(colour) -> tuple:
     """The (r, g, b) of a colour: a name from BACKGROUNDS (the palette and gray), or (r, g, b) itself."""
     if isinstance(colour, str):
-        _check_choice("colour", colour, BACKGROUNDS)
+        choice("colour", colour, BACKGROUNDS)
         return BACKGROUNDS[colour]
     if len(colour) != 3 or not all(0 <= c <= 255 for c in colour):
         raise ValueError(f"colour={colour!r}: give a colour name or an (r, g, b) tuple of numbers in [0, 255]")
