@@ -167,9 +167,9 @@ def test_size_not_multiple_of_downsampling_factor_raises():
 
 
 def test_unsupported_block_types_raise():
-    with pytest.raises(ValueError, match=r"only 'DownEncoderBlock2D'.*AttnDownEncoderBlock2D"):
+    with pytest.raises(ValueError, match=r"down_block_types\[1\]='AttnDownEncoderBlock2D' .*'DownEncoderBlock2D'"):
         VAE.from_config(dict(SMALL, down_block_types=("DownEncoderBlock2D", "AttnDownEncoderBlock2D")))
-    with pytest.raises(ValueError, match=r"only 'UpDecoderBlock2D'.*UpBlock2D"):
+    with pytest.raises(ValueError, match=r"up_block_types\[0\]='UpBlock2D' .*'UpDecoderBlock2D'"):
         VAE.from_config(dict(SMALL, up_block_types=("UpBlock2D", "UpDecoderBlock2D")))
 
 
