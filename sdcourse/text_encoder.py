@@ -24,41 +24,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sdcourse.arguments import choice
 from sdcourse.layers import MultiHeadAttention
-from sdcourse.tokenizer import END_TOKEN_ID, MAX_LENGTH, VOCAB_SIZE
-from sdcourse.weights import check_state_dict, read_config
+from sdcourse.weights import ConfigRule, check_state_dict
 
-# The fields of transformers' CLIPTextConfig that this encoder reads, with transformers' defaults
-# (which are CLIP's own vocabulary, context and end token).
-DEFAULTS = dict(
-    vocab_size=VOCAB_SIZE,
-    hidden_size=512,
-    intermediate_size=2048,
-    num_hidden_layers=12,
-    num_attention_heads=8,
-    max_position_embeddings=MAX_LENGTH,
-    hidden_act="quick_gelu",
-    layer_norm_eps=1e-5,
-    eos_token_id=END_TOKEN_ID,
-)
-# Training-only features the encoder does not implement: accepted at 0 only.
-FIXED_FIELDS = {"attention_dropout": (0.0,), "dropout": (0.0,)}
-# Fields that cannot change the forward pass: CLIP's other token ids and its joint projection
-# width, initialisation, dtypes, names, versions, and the generic fields every transformers
-# config carries (older versions saved generation settings in every config too).
-BOOKKEEPING_FIELDS = (
-    "bos_token_id", "pad_token_id", "projection_dim", "initializer_range", "initializer_factor",
-    "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "name_or_path",
-    "chunk_size_feed_forward", "id2label", "label2id", "is_encoder_decoder", "output_attentions",
-    "output_hidden_states", "problem_type", "return_dict", "torchscript", "use_bfloat16", "pruned_heads",
-    "tie_word_embeddings", "is_decoder", "add_cross_attention", "tie_encoder_decoder", "cross_attention_hidden_size",
-    "tokenizer_class", "prefix", "sep_token_id", "decoder_start_token_id", "task_specific_params",
-    "finetuning_task", "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups",
-    "diversity_penalty", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty",
-    "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences",
-    "output_scores", "return_dict_in_generate", "forced_bos_token_id", "forced_eos_token_id",
-    "remove_invalid_values", "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens",
-    "tf_legacy_loss",
+# How this encoder reads a config of transformers' CLIPTextConfig (see sdcourse.weights): the
+# fields it uses, and CLIP's fields that cannot change the forward pass: its other token ids, the
+# width of its joint text-image projection (not part of the text transformer) and initialisation.
+# `attention_dropout` and the `dropout` of older versions (training only) must keep their default 0.
+CONFIG_RULE = ConfigRule(
+    network="text encoder",
+    library_class="transformers.CLIPTextConfig",
+    used=(
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+        "max_position_embeddings", "hidden_act", "layer_norm_eps", "eos_token_id",
+    ),
+    bookkeeping=("bos_token_id", "pad_token_id", "projection_dim", "initializer_range", "initializer_factor"),
+    also_accepted={"dropout": (0.0,)},
 )
 # older checkpoints (e.g. the SD 1.x text_encoder files) store every key under this prefix
 CHECKPOINT_PREFIX = "text_model."
@@ -161,46 +143,30 @@ class TextEncoder(nn.Module):
     UNet reads. `pooled(input_ids)` returns the hidden state at the end-of-text token.
     """
 
-    def __init__(
-        self,
-        vocab_size=DEFAULTS["vocab_size"],
-        hidden_size=DEFAULTS["hidden_size"],
-        intermediate_size=DEFAULTS["intermediate_size"],
-        num_hidden_layers=DEFAULTS["num_hidden_layers"],
-        num_attention_heads=DEFAULTS["num_attention_heads"],
-        max_position_embeddings=DEFAULTS["max_position_embeddings"],
-        hidden_act=DEFAULTS["hidden_act"],
-        layer_norm_eps=DEFAULTS["layer_norm_eps"],
-        eos_token_id=DEFAULTS["eos_token_id"],
-    ):
+    def __init__(self, config=None):
+        """config: a transformers CLIPTextConfig (or a dict of its fields); None: transformers' defaults."""
         super().__init__()
-        if hidden_act not in ACTIVATIONS:
-            raise ValueError(f"hidden_act must be one of {sorted(ACTIVATIONS)}, got {hidden_act!r}")
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.max_position_embeddings = max_position_embeddings
-        self.eos_token_id = eos_token_id
-        self.embeddings = Embeddings(vocab_size, hidden_size, max_position_embeddings)
-        self.encoder = Encoder(
-            num_hidden_layers, hidden_size, num_attention_heads, intermediate_size, hidden_act, layer_norm_eps
-        )
-        self.final_layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.config = cfg = CONFIG_RULE.read({} if config is None else config)
+        choice("hidden_act", cfg["hidden_act"], ACTIVATIONS)
+        self.vocab_size = cfg["vocab_size"]
+        self.hidden_size = width = cfg["hidden_size"]
+        self.max_position_embeddings = cfg["max_position_embeddings"]
+        self.eos_token_id = cfg["eos_token_id"]
+        self.embeddings = Embeddings(self.vocab_size, width, self.max_position_embeddings)
+        self.encoder = Encoder(cfg["num_hidden_layers"], width, cfg["num_attention_heads"], cfg["intermediate_size"],
+                               cfg["hidden_act"], cfg["layer_norm_eps"])
+        self.final_layer_norm = nn.LayerNorm(width, eps=cfg["layer_norm_eps"])
 
     @classmethod
     def from_config(cls, config):
         """Build from a transformers `CLIPTextConfig` (or a dict of its fields).
 
         A full `CLIPConfig` (text + vision) is accepted too: its text part is used. The course's
-        one rule for configs applies (`sdcourse.weights.read_config`): an unknown field is an error.
+        one rule for configs applies (`sdcourse.weights`): an unknown field is an error.
         """
         if isinstance(config, dict):
-            config = config.get("text_config", config)
-        else:
-            config = getattr(config, "text_config", config)
-        if not isinstance(config, dict):
-            config = config.to_dict()
-        return cls(**read_config(config, "text encoder", used=DEFAULTS, fixed=FIXED_FIELDS,
-                                 bookkeeping=BOOKKEEPING_FIELDS))
+            return cls(config.get("text_config", config))
+        return cls(getattr(config, "text_config", config))
 
     def check_input_ids(self, input_ids):
         """Return input_ids as (batch, tokens), or raise a ValueError saying what is wrong."""

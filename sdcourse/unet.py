@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sdcourse.layers import Attention, BlockConfig, Downsample2D, MultiHeadAttention, ResnetBlock2D, Upsample2D
-from sdcourse.weights import check_state_dict, read_config
+from sdcourse.arguments import whole_number
+from sdcourse.weights import ConfigRule, check_block_types, check_state_dict
 
 # The U-Net of Stable Diffusion 1.5 (the `unet/config.json` of the model repository).
 SD15_UNET_CONFIG = {
@@ -330,71 +331,31 @@ class UpBlock(nn.Module):
 # Config
 
 
-# The fields of diffusers' UNet2DConditionModel config that this U-Net reads, with diffusers'
-# defaults. Config reading follows the course's one rule (see sdcourse.weights.read_config).
-_USED = {
-    "sample_size": None,
-    "in_channels": 4,
-    "out_channels": 4,
-    "center_input_sample": False,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    "block_out_channels": (320, 640, 1280, 1280),
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "norm_eps": 1e-5,
-    "cross_attention_dim": 1280,
-    "transformer_layers_per_block": 1,
-    "attention_head_dim": 8,
-    "num_attention_heads": None,
-    "use_linear_projection": False,
-    "upcast_attention": False,  # only matters in float16; read, and ignored here
-    "conv_in_kernel": 3,
-    "conv_out_kernel": 3,
-}
-# Fields for features Stable Diffusion 1.x and 2.x do not use: only these values are accepted.
-_FIXED = {
-    "mid_block_type": ("UNetMidBlock2DCrossAttn",),
-    "only_cross_attention": (False,),
-    "downsample_padding": (1,),
-    "mid_block_scale_factor": (1,),
-    "dropout": (0.0,),
-    "act_fn": ("silu",),
-    "reverse_transformer_layers_per_block": (None,),
-    "encoder_hid_dim": (None,),
-    "encoder_hid_dim_type": (None,),
-    "dual_cross_attention": (False,),
-    "class_embed_type": (None,),
-    "addition_embed_type": (None,),
-    "addition_time_embed_dim": (None,),
-    "num_class_embeds": (None,),
-    "resnet_time_scale_shift": ("default",),
-    "resnet_skip_time_act": (False,),
-    "resnet_out_scale_factor": (1.0,),
-    "time_embedding_type": ("positional",),
-    "time_embedding_dim": (None,),
-    "time_embedding_act_fn": (None,),
-    "timestep_post_act": (None,),
-    "time_cond_proj_dim": (None,),
-    "projection_class_embeddings_input_dim": (None,),
-    "attention_type": ("default",),
-    "class_embeddings_concat": (False,),
-    "mid_block_only_cross_attention": (None, False),
-    "cross_attention_norm": (None,),
-    "addition_embed_type_num_heads": (64,),
-}
+# How this U-Net reads a config of diffusers' UNet2DConditionModel (see sdcourse.weights): the
+# fields it uses, and one that cannot change its numbers: `upcast_attention` computes attention in
+# float32 when the weights are float16. Every other field of diffusers' U-Net (`class_embed_type`,
+# `addition_embed_type`, ... for features SD 1.x / 2.x do not use) must keep diffusers' default.
+CONFIG_RULE = ConfigRule(
+    network="U-Net",
+    library_class="diffusers.UNet2DConditionModel",
+    used=(
+        "sample_size", "in_channels", "out_channels", "center_input_sample", "flip_sin_to_cos", "freq_shift",
+        "down_block_types", "up_block_types", "block_out_channels", "layers_per_block", "norm_num_groups",
+        "norm_eps", "cross_attention_dim", "transformer_layers_per_block", "attention_head_dim",
+        "num_attention_heads", "use_linear_projection", "conv_in_kernel", "conv_out_kernel",
+    ),
+    bookkeeping=("upcast_attention",),
+    also_accepted={"mid_block_only_cross_attention": (False,)},  # False and the default None mean the same
+)
 
 
 def _per_block(value, n, name):
-    """An int (same for every block) or a list of n values."""
-    if isinstance(value, int):
-        return [value] * n
-    value = list(value)
-    if len(value) != n or not all(isinstance(v, int) for v in value):
-        raise ValueError(f"{name} must be an int or a list of {n} ints (one per block), got {value}")
-    return value
+    """An int (the same for every block) or a list of n ints, one per block."""
+    if not isinstance(value, (list, tuple)):
+        return [whole_number(name, value)] * n
+    if len(value) != n:
+        raise ValueError(f"{name} must be an int or a list of {n} ints (one per block), got {list(value)}")
+    return [whole_number(f"{name}[{i}]", v) for i, v in enumerate(value)]
 
 
 # ----------------------------------------------------------------------------
@@ -409,9 +370,9 @@ class UNet(nn.Module):
     """
 
     def __init__(self, config=None, use_sdpa=True):
+        """config: a diffusers UNet2DConditionModel config (a dict or `unet.config`); None: diffusers' defaults."""
         super().__init__()
-        cfg = self._read_config(config or {})
-        self.config = cfg
+        self.config = cfg = self._read_config({} if config is None else config)
         self.in_channels = cfg["in_channels"]
         self.out_channels = cfg["out_channels"]
         self.cross_attention_dim = cfg["cross_attention_dim"]
@@ -478,21 +439,14 @@ class UNet(nn.Module):
         Fields keep diffusers' meaning, including its naming quirk: `attention_head_dim` is the
         number of attention heads per block (an int or one per block), not their width.
         Fields for features SD 1.x / 2.x do not use must keep their default, and an unknown
-        field is an error (the rule of `sdcourse.weights.read_config`).
+        field is an error (the course's one rule for configs, `sdcourse.weights`).
         """
-        return cls(dict(config), use_sdpa=use_sdpa)
+        return cls(config, use_sdpa=use_sdpa)
 
     @staticmethod
     def _read_config(config):
-        cfg = read_config(config, "U-Net", used=_USED, fixed=_FIXED)
-        n = len(cfg["block_out_channels"])
-        for key, allowed in (("down_block_types", DOWN_BLOCK_TYPES), ("up_block_types", UP_BLOCK_TYPES)):
-            types = list(cfg[key])
-            bad = [t for t in types if t not in allowed]
-            if bad:
-                raise ValueError(f"{key} contains {bad}; supported block types are {list(allowed)}")
-            if len(types) != n:
-                raise ValueError(f"{key} has {len(types)} entries, but block_out_channels has {n}")
+        cfg = CONFIG_RULE.read(config)
+        check_block_types(cfg, down=DOWN_BLOCK_TYPES, up=UP_BLOCK_TYPES)
         if cfg["norm_num_groups"] is None:
             raise ValueError("norm_num_groups=None is not supported by this U-Net")
         if not isinstance(cfg["cross_attention_dim"], int):

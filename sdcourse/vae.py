@@ -25,19 +25,26 @@ Parameter names are the ones diffusers' `AutoencoderKL` uses, so its weights loa
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch import nn
 
 from sdcourse.layers import Attention, BlockConfig, Downsample2D, ResnetBlock2D, Upsample2D
-from sdcourse.weights import check_state_dict, read_config
+from sdcourse.weights import ConfigRule, check_block_types, check_state_dict
 
-# AutoencoderKL config fields the course's VAE does not read: `force_upcast` only decides whether
-# diffusers decodes float16 latents in float32; `latents_mean` / `latents_std` normalise the
-# latents of later models (SDXL and on), which SD 1.x / 2.x leave unset.
-BOOKKEEPING_FIELDS = ("force_upcast",)
-FIXED_FIELDS = {"latents_mean": (None,), "latents_std": (None,)}
+# How this VAE reads a config of diffusers' AutoencoderKL (see sdcourse.weights): it uses every
+# field but three. `force_upcast` only decides whether diffusers decodes float16 latents in
+# float32; `latents_mean` / `latents_std` normalise the latents of later models (SDXL and on),
+# which SD 1.x / 2.x leave unset, so they must keep their default None.
+CONFIG_RULE = ConfigRule(
+    network="VAE",
+    library_class="diffusers.AutoencoderKL",
+    used=(
+        "in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
+        "layers_per_block", "act_fn", "latent_channels", "norm_num_groups", "sample_size", "scaling_factor",
+        "shift_factor", "use_quant_conv", "use_post_quant_conv", "mid_block_add_attention",
+    ),
+    bookkeeping=("force_upcast",),
+)
 GROUP_NORM_EPS = 1e-6
 
 
@@ -235,64 +242,35 @@ class VAE(nn.Module):
     purpose: latents = (z - shift_factor) * scaling_factor.
     """
 
-    def __init__(
-        self,
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",),
-        block_out_channels=(64,),
-        layers_per_block=1,
-        act_fn="silu",
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=32,
-        scaling_factor=0.18215,
-        shift_factor=None,
-        use_quant_conv=True,
-        use_post_quant_conv=True,
-        mid_block_add_attention=True,
-    ):
+    def __init__(self, config=None):
+        """config: a diffusers AutoencoderKL config (a dict or `vae.config`); None: diffusers' defaults."""
         super().__init__()
-        block_out_channels = tuple(block_out_channels)
-        for kind, types, allowed in (
-            ("down_block_types", down_block_types, "DownEncoderBlock2D"),
-            ("up_block_types", up_block_types, "UpDecoderBlock2D"),
-        ):
-            if any(t != allowed for t in types):
-                raise ValueError(f"{kind}: only {allowed!r} blocks are supported, got {list(types)}")
-            if len(types) != len(block_out_channels):
-                raise ValueError(
-                    f"{kind} has {len(types)} entries but block_out_channels has {len(block_out_channels)}"
-                )
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.latent_channels = latent_channels
-        self.block_out_channels = block_out_channels
-        self.sample_size = sample_size
-        self.scaling_factor = scaling_factor
-        self.shift_factor = shift_factor
+        self.config = cfg = CONFIG_RULE.read({} if config is None else config)
+        check_block_types(cfg, down=("DownEncoderBlock2D",), up=("UpDecoderBlock2D",))
+        self.in_channels, self.out_channels = cfg["in_channels"], cfg["out_channels"]
+        self.latent_channels = latent = cfg["latent_channels"]
+        self.block_out_channels = channels = tuple(cfg["block_out_channels"])
+        self.sample_size = cfg["sample_size"]
+        self.scaling_factor, self.shift_factor = cfg["scaling_factor"], cfg["shift_factor"]
 
         # every block shares these settings; diffusers fixes the VAE's GroupNorm eps at 1e-6
-        blocks = BlockConfig(norm_groups=norm_num_groups, norm_eps=GROUP_NORM_EPS, act_fn=act_fn)
-        self.encoder = Encoder(in_channels, latent_channels, block_out_channels, layers_per_block,
-                               mid_block_add_attention, blocks)
-        self.decoder = Decoder(latent_channels, out_channels, block_out_channels, layers_per_block,
-                               mid_block_add_attention, blocks)
+        blocks = BlockConfig(norm_groups=cfg["norm_num_groups"], norm_eps=GROUP_NORM_EPS, act_fn=cfg["act_fn"])
+        layers, mid_attention = cfg["layers_per_block"], cfg["mid_block_add_attention"]
+        self.encoder = Encoder(self.in_channels, latent, channels, layers, mid_attention, blocks)
+        self.decoder = Decoder(latent, self.out_channels, channels, layers, mid_attention, blocks)
         # 1x1 convs between the encoder/decoder and the latents (kept for weight compatibility)
-        self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1) if use_quant_conv else None
-        self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
+        self.quant_conv = nn.Conv2d(2 * latent, 2 * latent, 1) if cfg["use_quant_conv"] else None
+        self.post_quant_conv = nn.Conv2d(latent, latent, 1) if cfg["use_post_quant_conv"] else None
 
     @classmethod
     def from_config(cls, config):
         """Build from diffusers' `AutoencoderKL.config` (or a plain dict with the same fields).
 
-        The course's one rule for configs applies (`sdcourse.weights.read_config`): every field
-        of the constructor is read, `force_upcast` (float16 only) is ignored, the latent
-        normalisation of later models must stay unset, and an unknown field is an error.
+        The course's one rule for configs applies (`sdcourse.weights`): every field is read but
+        `force_upcast` (float16 only, ignored) and the latent normalisation of later models (it
+        must stay unset); an unknown field is an error.
         """
-        used = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items() if name != "self"}
-        return cls(**read_config(config, "VAE", used=used, fixed=FIXED_FIELDS, bookkeeping=BOOKKEEPING_FIELDS))
+        return cls(config)
 
     @property
     def downsample_factor(self):

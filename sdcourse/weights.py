@@ -1,27 +1,47 @@
 """Loading library configs and weights into the from-scratch networks, with errors that say
 what is wrong.
 
-The one rule for configs, the same for the U-Net, the VAE and the text encoder: every field of
-a diffusers or transformers config is either
+The one rule for configs, the same for the U-Net, the VAE, the text encoder and the samplers:
+every field of a diffusers or transformers config is either
 - used: it shapes the network (a missing one takes the library's default);
 - fixed: a feature Stable Diffusion 1.x / 2.x does not use, accepted only at its default value;
 - bookkeeping: it cannot change the forward pass (names, versions, initialisation, dtypes);
   it is accepted and ignored.
 Any other field stops the build with a ValueError naming it: a field the course does not know
 might change the network, and a silently different network is worse than an error.
-Fields whose names start with "_" (`_class_name`, `_diffusers_version`) are bookkeeping.
+Fields whose names start with "_" (`_class_name`, `_diffusers_version`) are bookkeeping, as
+diffusers itself drops them.
+
+A network states only what the library cannot say: the fields it uses and which of its twin's
+own fields are bookkeeping (a `ConfigRule`). The rest comes from the library's config class:
+its fields and their defaults, and the bookkeeping every config of that library carries.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+from dataclasses import dataclass, field
+
+from sdcourse.arguments import choice
+
+# Fields transformers 4 wrote into every config (openai's CLIP config.json still carries them);
+# transformers 5 no longer declares them, and none of them reaches a model's forward pass.
+TRANSFORMERS_4_FIELDS = (
+    "name_or_path", "torch_dtype", "add_cross_attention", "cross_attention_hidden_size", "decoder_start_token_id",
+    "finetuning_task", "is_decoder", "prefix", "pruned_heads", "sep_token_id", "task_specific_params",
+    "tf_legacy_loss", "tie_encoder_decoder", "tie_word_embeddings", "tokenizer_class", "torchscript", "use_bfloat16",
+)
+
 
 def read_config(config, network: str, used: dict, fixed: dict, bookkeeping=()) -> dict:
-    """Apply the rule above to `config` (a dict or a library config object).
+    """Apply the rule above to `config` (a dict, a diffusers config or a transformers config object).
 
     used: {field: default}; fixed: {field: tuple of accepted values}; bookkeeping: field names.
     Returns {field: value} for every used field, defaults filled in.
     """
-    config = {key: value for key, value in dict(config).items() if not key.startswith("_")}
+    config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    config = {key: value for key, value in config.items() if not key.startswith("_")}
     unknown = sorted(set(config) - set(used) - set(fixed) - set(bookkeeping))
     if unknown:
         raise ValueError(
@@ -33,6 +53,76 @@ def read_config(config, network: str, used: dict, fixed: dict, bookkeeping=()) -
             allowed = " or ".join(repr(value) for value in accepted)
             raise ValueError(f"{network} config: {key}={config[key]!r} is not supported by this {network} (only {allowed})")
     return {**used, **{key: value for key, value in config.items() if key in used}}
+
+
+@functools.cache
+def library_fields(library_class: str) -> tuple[dict, frozenset]:
+    """The config fields of a library class with their defaults, and the bookkeeping fields that
+    every config of its library carries.
+
+    library_class: "diffusers.<model class>" or "transformers.<config class>".
+    """
+    library, name = library_class.split(".")
+    # imported here, on first use: importing diffusers or transformers takes seconds
+    if library == "diffusers":
+        import diffusers
+
+        model = getattr(diffusers, name)
+        # diffusers registers every argument of a model's __init__ in its config
+        ignored = set(getattr(model, "ignore_for_config", ()))
+        parameters = inspect.signature(model.__init__).parameters.values()
+        return {p.name: p.default for p in parameters if p.default is not p.empty and p.name not in ignored}, frozenset()
+    if library == "transformers":
+        import transformers
+
+        fields = getattr(transformers, name)().to_dict()
+        # every config's generic fields, the generation settings older configs saved (transformers
+        # drops those when it reads them), and the fields of transformers 4
+        generation = transformers.GenerationConfig._get_default_generation_params()
+        return fields, frozenset({*transformers.PreTrainedConfig().to_dict(), *generation, *TRANSFORMERS_4_FIELDS})
+    raise ValueError(f"library_class must start with 'diffusers.' or 'transformers.', got {library_class!r}")
+
+
+@dataclass(frozen=True)
+class ConfigRule:
+    """The rule above for one network and its twin in a library.
+
+    network:       the network's name in messages ("U-Net");
+    library_class: its twin, "diffusers.UNet2DConditionModel" or "transformers.CLIPTextConfig";
+    used:          the fields the network reads;
+    bookkeeping:   the twin's own fields that cannot change the forward pass;
+    also_accepted: {field: values} a fixed field accepts besides its default, values that keep the
+                   network the same; it may name fields of older versions of the library too.
+    Every other field of the twin is fixed at the library's default.
+    """
+
+    network: str
+    library_class: str
+    used: tuple[str, ...]
+    bookkeeping: tuple[str, ...] = ()
+    also_accepted: dict = field(default_factory=dict)
+
+    def read(self, config) -> dict:
+        """{field: value} for every used field of `config` (a dict or a library config object)."""
+        defaults, library_bookkeeping = library_fields(self.library_class)
+        bookkeeping = {*library_bookkeeping, *self.bookkeeping}
+        fixed = {name: (default,) for name, default in defaults.items() if name not in self.used and name not in bookkeeping}
+        for name, values in self.also_accepted.items():
+            fixed[name] = (*fixed.get(name, ()), *values)
+        used = {name: defaults[name] for name in self.used}
+        return read_config(config, self.network, used=used, fixed=fixed, bookkeeping=bookkeeping)
+
+
+def check_block_types(config: dict, down: tuple, up: tuple) -> None:
+    """Every entry of `down_block_types` is one of `down`, every entry of `up_block_types` one of
+    `up`, and each has one entry per entry of `block_out_channels`."""
+    levels = len(config["block_out_channels"])
+    for key, allowed in (("down_block_types", down), ("up_block_types", up)):
+        types = list(config[key])
+        for i, block_type in enumerate(types):
+            choice(f"{key}[{i}]", block_type, allowed)
+        if len(types) != levels:
+            raise ValueError(f"{key} has {len(types)} entries, but block_out_channels has {levels}")
 
 
 class StateDictMismatch(ValueError, RuntimeError):

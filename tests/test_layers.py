@@ -1,5 +1,6 @@
 """The shared layers against diffusers' own, and the one config rule of all three networks."""
 
+import importlib
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from diffusers.models.resnet import ResnetBlock2D as DiffusersResnetBlock
 from diffusers.models.resnet import Upsample2D as DiffusersUpsample
 from transformers import CLIPTextConfig
 
-from sdcourse import layers
+from sdcourse import layers, weights
 from sdcourse.text_encoder import SelfAttention, TextEncoder
 from sdcourse.unet import UNet
 from sdcourse.vae import VAE
@@ -143,3 +144,27 @@ def test_every_network_accepts_its_librarys_full_config():
 def test_the_shipped_model_configs_follow_the_rule(part, network):
     config = json.loads((TINY_SD / part / "config.json").read_text())
     network.from_config(config)
+
+
+@pytest.mark.parametrize("name, network, config", NETWORKS)
+def test_every_other_field_of_the_library_is_fixed_at_its_default(name, network, config):
+    """The fields a network neither uses nor ignores come from the library: each of them, set off
+    its default, is refused by name; left at its default, it is accepted."""
+    rule = importlib.import_module(network.__module__).CONFIG_RULE
+    defaults, library_bookkeeping = weights.library_fields(rule.library_class)
+    fixed = [f for f in defaults if f not in rule.used and f not in rule.bookkeeping
+             and f not in library_bookkeeping and not f.startswith("_")]
+    assert fixed, "every network has features it does not implement"
+    for field in fixed:
+        network.from_config(dict(config, **{field: defaults[field]}))
+        with pytest.raises(ValueError, match=rf"{name} config: {field}=.* is not supported"):
+            network.from_config(dict(config, **{field: "something else"}))
+
+
+def test_text_encoder_accepts_what_older_transformers_wrote():
+    """Generation settings, transformers 4's fields and the old `dropout` at 0 are accepted."""
+    old = dict(SMALL_TEXT, num_beams=1, max_length=20, torchscript=False, torch_dtype="float32", dropout=0.0,
+               tie_word_embeddings=True, architectures=["CLIPTextModel"], transformers_version="4.21.0")
+    assert TextEncoder.from_config(old).hidden_size == 16
+    with pytest.raises(ValueError, match=r"text encoder config: dropout=0.1 is not supported"):
+        TextEncoder.from_config(dict(old, dropout=0.1))

@@ -231,7 +231,7 @@ def test_shape_mismatch_listed():
 
 def test_unsupported_block_type():
     config = {**TINY, "down_block_types": ("CrossAttnDownBlock2D", "AttnDownBlock2D")}
-    with pytest.raises(ValueError, match=r"AttnDownBlock2D.*supported block types"):
+    with pytest.raises(ValueError, match=r"down_block_types\[1\]='AttnDownBlock2D' .*'CrossAttnDownBlock2D', 'DownBlock2D'"):
         UNet.from_config(config)
 
 
