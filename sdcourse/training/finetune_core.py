@@ -163,7 +163,7 @@ def prior_count(settings: FineTuneSettings, prior) -> int:
                          "pictures in a batch; use a smaller prior_share or a larger batch")
     if n_prior and prior is None:
         raise ValueError(f"prior_share={settings.prior_share} needs prior=(images, captions) to draw from "
-                         "(sdcourse.training.train_lora.prior_pictures)")
+                         "(sdcourse.training.finetune_data.prior_pictures)")
     return n_prior
 
 
