@@ -395,9 +395,10 @@ def test_prior_pictures_are_the_shapes_the_model_knows_and_mix_into_each_batch(t
 def test_batches_drop_captions_to_the_empty_prompt_and_weight_each_timestep(tmp_path, monkeypatch):
     """What the trainer is given: caption_dropout of the captions are the empty prompt's encoding,
     the others their own caption's; each picture's loss weight is the min-SNR weight of its timestep."""
-    import sdcourse.training.train_lora as train_lora_module
+    import sdcourse.training.finetune_core as finetune_core
     from sdcourse.pipeline import load_pipeline
     from sdcourse.training.common import min_snr_weights
+    from sdcourse.training.train_lora import LoRASettings, concept_pictures, train_lora
 
     batches = []
 
@@ -408,20 +409,41 @@ def test_batches_drop_captions_to_the_empty_prompt_and_weight_each_timestep(tmp_
         def fit(self):
             batches.extend(self.next_batch() for _ in range(4))
 
-    monkeypatch.setattr(train_lora_module, "Trainer", RecordingTrainer)
+    monkeypatch.setattr(finetune_core, "Trainer", RecordingTrainer)
     pipe = load_pipeline()
-    images, captions = train_lora_module.concept_pictures("star", 8)
-    settings = train_lora_module.LoRASettings(batch=64, caption_dropout=0.25, min_snr_gamma=5.0)
-    train_lora_module.train_lora(pipe, images, captions, settings, tmp_path, progress=False)
-    _, empty = train_lora_module._encode_captions(pipe, [""])
-    _, own = train_lora_module._encode_captions(pipe, captions)
-    texts = torch.cat([batch[2] for batch in batches])
+    images, captions = concept_pictures("star", 8)
+    settings = LoRASettings(batch=64, caption_dropout=0.25, min_snr_gamma=5.0)
+    train_lora(pipe, images, captions, settings, tmp_path, progress=False)
+    _, empty = finetune_core.encode_captions(pipe, [""])
+    _, own = finetune_core.encode_captions(pipe, captions)
+    texts = torch.cat([batch["text"] for batch in batches])
     dropped = (texts == empty).flatten(1).all(1)
     assert 0.15 < dropped.float().mean() < 0.35  # about a quarter of 256 captions
     kept = texts[~dropped]
     assert all(any(torch.allclose(text, caption, atol=1e-5) for caption in own) for text in kept)
     weights = min_snr_weights(pipe.scheduler.alphas_cumprod, 5.0)
-    assert all(torch.equal(batch[4], weights[batch[1]]) for batch in batches)
+    assert all(torch.equal(batch["weight"], weights[batch["timesteps"]]) for batch in batches)
+
+
+def test_a_batch_carries_each_drawn_pictures_extra_inputs_and_token_ids_when_the_text_encoder_trains():
+    """Extras (a ControlNet's control picture, say) travel with their picture, prior pictures included."""
+    from sdcourse.pipeline import load_pipeline
+    from sdcourse.training.finetune_core import Batches, FineTuneSettings, encode_examples
+    from sdcourse.training.train_lora import concept_pictures, prior_pictures
+
+    pipe = load_pipeline()
+    new = encode_examples(pipe, *concept_pictures("star", 6), extras={"number": torch.arange(6)})
+    old = encode_examples(pipe, *prior_pictures(4), extras={"number": 100 + torch.arange(4)})
+    batches = Batches(pipe, new, FineTuneSettings(batch=8), text_as_ids=True, prior=old, n_prior=2)
+    for _ in range(3):
+        batch = batches()
+        number = batch["number"]
+        assert (number[:6] < 6).all() and (number[6:] >= 100).all()
+        ids = torch.cat([new.token_ids[number[:6]], old.token_ids[number[6:] - 100]])
+        assert torch.equal(batch["text"], ids)
+    with pytest.raises(ValueError, match=r"prior pictures carry \[\] but the new ones \['number'\]"):
+        Batches(pipe, new, FineTuneSettings(batch=8), text_as_ids=True, prior=encode_examples(pipe, *prior_pictures(4)),
+                n_prior=2)
 
 
 def test_prior_share_goes_with_a_concept_not_with_a_folder(tmp_path, capsys):

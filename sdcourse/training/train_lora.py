@@ -26,8 +26,11 @@ Data:
   They are resized and centre-cropped to the model's resolution (64 px for the embedded
   model, 512 for SD 1.x).
 
-It runs on the course's training loop (trainer.py): tqdm progress, a checkpoint every
-`--checkpoint-every` steps in --out, and a resumed run continues where the last one stopped.
+Each way of training (an adapter on the U-Net, on the text encoder too, every U-Net weight)
+is a small object of methods.py that the flags choose (`what_trains`), trained by the
+fine-tuning core (finetune_core.py) on the course's training loop (trainer.py): tqdm progress,
+a checkpoint every `--checkpoint-every` steps in --out, and a resumed run continues where the
+last one stopped.
 Only the settings in trainer.MAY_CHANGE_ON_RESUME (the step count among them) may differ;
 any other change is refused by name. On GPUs, the same script under accelerate:
 
@@ -50,232 +53,60 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ..arguments import flag, real_number, whole_number  # noqa: E402
 from ..data import shapes  # noqa: E402
-from ..lora import DEFAULT_TARGETS, LORA_FILE, check_rank, linear_layer_endings, matches_target  # noqa: E402
-from .common import images_to_tensor, min_snr_weights, save_grid, set_threads  # noqa: E402
-from .trainer import PRECISIONS, CheckpointError, Trainer, TrainSettings  # noqa: E402
+from ..lora import DEFAULT_TARGETS  # noqa: E402
+from .common import save_grid, set_threads  # noqa: E402
+from .finetune_core import FineTuneSettings, WhatTrains, fine_tune  # noqa: E402
+from .finetune_data import CONCEPTS, concept_pictures, folder_pictures, prior_pictures  # noqa: E402, F401
+from .methods import FullUNet, UNetAdapter, UNetAndTextEncoderAdapters  # noqa: E402
+from .trainer import PRECISIONS, CheckpointError  # noqa: E402
 
-CONCEPTS = shapes.HELD_OUT_SHAPES + tuple(shapes.HELD_OUT_COLOURS)  # never taught to the embedded model
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CHECKPOINT = "lora_ckpt.pt"
-CONCEPT_PRIOR_SHARE = 0.75  # --concept's default prior_share (see LoRASettings; README, "What it learns")
-TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # CLIP's attention, as diffusers' scripts adapt it
+CONCEPT_PRIOR_SHARE = 0.75  # --concept's default prior_share (see FineTuneSettings; README, "What it learns")
 
 
 @dataclass
-class LoRASettings:
-    """What a LoRA run is made of. The defaults teach the embedded model "star" on a laptop CPU."""
+class LoRASettings(FineTuneSettings):
+    """What a LoRA run is made of: the shared fine-tuning settings (steps, batch, lr, prior_share,
+    min_snr_gamma, caption_dropout, seed, ...), the adapter's and the data's. The defaults teach
+    the embedded model "star" on a laptop CPU. prior_share > 0 needs pictures of what the model
+    knows, so it goes with a concept only."""
 
     rank: int = 4
     alpha: float = 4.0
-    steps: int = 600
-    batch: int = 16
-    lr: float = 1e-3  # the tiny model's; 1e-4 is usual for SD 1.x
     targets: tuple = DEFAULT_TARGETS
     n_pictures: int = 256  # --concept only: how many pictures to draw
     token: str | None = None  # --concept only: the word written instead of the concept's name
-    # The share of each batch drawn from pictures the model already knows, with their captions
-    # (DreamBooth's "prior preservation"), so that learning the new word does not overwrite the
-    # old ones. 0 trains on the new pictures alone (the only choice with --images).
-    prior_share: float = 0.0
-    # Also adapt the text encoder's attention projections (TEXT_ENCODER_TARGETS), same rank and alpha,
-    # so that the new word's encoding can move away from the known words it resembles.
+    # Also adapt the text encoder's attention projections (methods.TEXT_ENCODER_TARGETS), same rank
+    # and alpha, so that the new word's encoding can move away from the known words it resembles.
     train_text_encoder: bool = False
-    # Each timestep's loss weighted by min(SNR, gamma) / SNR, as the embedded model was trained
-    # (train_unet.py; 5 there): the noisy timesteps, where a picture's shape is decided, count fully.
-    # 0: plain squared error, as diffusers' LoRA scripts default to.
-    min_snr_gamma: float = 0.0
-    # The share of captions replaced by the empty prompt (0.1 in the embedded model's training), so
-    # that the adapter also learns the unconditional prediction that guidance subtracts.
-    caption_dropout: float = 0.0
     # Train every weight of the U-Net instead of an adapter (a full fine-tune): the ceiling an
     # adapter is measured against (benchmarks/lora_star.py --full-unet). rank, alpha and targets
     # are then unused, and out/unet holds the whole U-Net, which is what the pipeline loads.
     full_unet: bool = False
-    seed: int = 0
-    checkpoint_every: int = 50
-    mixed_precision: str = "no"
 
     def __post_init__(self):
-        whole = {"steps": 1, "batch": 1, "n_pictures": 1, "rank": 1, "checkpoint_every": 0}  # name: the least allowed
-        for name, least in whole.items():
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise ValueError(f"{name}={value!r}; it must be a whole number, {least} or more")
-        # name: (the allowed range, as the error says it; 0 allowed; the bound the value stays below)
-        numbers = {"alpha": ("a number above 0", False, float("inf")),
-                   "lr": ("a number above 0", False, float("inf")),
-                   "min_snr_gamma": ("a number, 0 (no weighting) or more", True, float("inf")),
-                   "prior_share": ("a number from 0 up to (not including) 1", True, 1),
-                   "caption_dropout": ("a number from 0 up to (not including) 1", True, 1)}
-        for name, (allowed, zero_allowed, high) in numbers.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not (0 <= value if zero_allowed else 0 < value) or not value < high:
-                raise ValueError(f"{name}={value!r}; it must be {allowed}")
-        if self.mixed_precision not in PRECISIONS:
-            raise ValueError(f"mixed_precision={self.mixed_precision!r}; allowed: {', '.join(PRECISIONS)}")
-        for name in ("train_text_encoder", "full_unet"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}={getattr(self, name)!r}; it must be True or False")
+        super().__post_init__()
+        self.rank = whole_number("rank", self.rank, minimum=1)
+        self.alpha = real_number("alpha", self.alpha, 0, low_open=True, meaning="the update is scaled by alpha / rank")
+        self.targets = tuple(self.targets)
+        self.n_pictures = whole_number("n_pictures", self.n_pictures, minimum=1)
+        if self.token is not None and (not self.token.strip() or " " in self.token.strip()):
+            raise ValueError(f"token={self.token!r}; it must be one word, such as 'sks'")
+        flag("train_text_encoder", self.train_text_encoder)
+        flag("full_unet", self.full_unet)
         if self.full_unet and self.train_text_encoder:
             raise ValueError("full_unet=True with train_text_encoder=True: a full fine-tune trains the U-Net alone; "
                              "switch one of them off")
-        if self.token is not None and (not self.token.strip() or " " in self.token.strip()):
-            raise ValueError(f"token={self.token!r}; it must be one word, such as 'sks'")
-        self.targets = tuple(self.targets)
 
 
-# ----------------------------------------------------------------------------- data
-
-
-def concept_pictures(concept: str, n: int, seed: int = 0, token: str | None = None):
-    """`n` one-object pictures of a concept the embedded model was never taught, uint8
-    (n, 64, 64, 3), and their captions, the concept's word replaced by `token` if given.
-
-    A held-out shape ("star"): stars of every colour, size and position. A held-out colour
-    ("pink"): circles, squares and triangles in that colour.
-    """
-    shapes._check_choice("concept", concept, CONCEPTS)
-    if concept in shapes.HELD_OUT_SHAPES:
-        images, captions, _ = shapes.make_dataset(n, seed=seed, shapes=(concept,), n_objects=1)
-    else:
-        rng = np.random.default_rng([seed, 5])
-        images = np.empty((n, shapes.IMAGE_SIZE, shapes.IMAGE_SIZE, 3), dtype=np.uint8)
-        captions = []
-        for i in range(n):
-            scene = shapes.sample_scene(rng, n_objects=1)
-            obj = scene.objects[0]
-            obj.colour = concept  # named in the caption ...
-            captions.append(shapes.describe([obj], scene.background, rng)[0])
-            obj.colour = shapes.HELD_OUT_COLOURS[concept]  # ... drawn as its (r, g, b)
-            images[i] = shapes.render(scene)
-    if token:
-        captions = [caption.replace(concept, token) for caption in captions]
-    return images, list(captions)
-
-
-def prior_pictures(n: int, seed: int = 0):
-    """`n` pictures of what the embedded model already knows (its own training distribution:
-    circles, squares and triangles in the named colours), uint8 (n, 64, 64, 3), and their captions.
-    Mixed into a concept's batches, they keep the adapter from overwriting the old words."""
-    images, captions, _ = shapes.make_dataset(n, seed=seed + 1, shapes=shapes.BASE_SHAPES)
-    return images, list(captions)
-
-
-def _caption_table(folder: Path) -> dict[str, str]:
-    """file name -> caption, from metadata.jsonl, or else from a .txt beside each picture."""
-    table = {}
-    metadata = folder / "metadata.jsonl"
-    if metadata.exists():
-        for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-                table[entry["file_name"]] = str(entry["text"])
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise ValueError(f"{metadata}, line {number}: expected {{\"file_name\": ..., \"text\": ...}}, "
-                                 f"got {line.strip()[:80]!r} ({error})") from None
-    return table
-
-
-def folder_pictures(folder, resolution: int):
-    """The pictures of `folder` (resized so the short side is `resolution`, centre-cropped to a
-    square) and their captions. A picture without a caption, a caption without a picture, or
-    an unreadable picture stops the run, naming the file: nothing is skipped silently."""
-    from PIL import Image, UnidentifiedImageError
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise NotADirectoryError(f"--images {str(folder)!r} is not a folder of pictures")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"--images {folder}: no pictures ({', '.join(IMAGE_SUFFIXES)}) in it")
-    table = _caption_table(folder)
-    unknown = sorted(set(table) - {p.name for p in files})
-    if unknown:
-        raise FileNotFoundError(f"{folder / 'metadata.jsonl'} names {unknown[0]}, which is not a picture in {folder}")
-    images, captions = [], []
-    for path in files:
-        if path.name in table:
-            caption = table[path.name]
-        elif path.with_suffix(".txt").exists():
-            caption = path.with_suffix(".txt").read_text(encoding="utf-8").strip()
-        else:
-            raise FileNotFoundError(f"{path} has no caption: add a line for it to metadata.jsonl, or write it "
-                                    f"in {path.with_suffix('.txt').name}")
-        if not caption:
-            raise ValueError(f"the caption of {path} is empty")
-        try:
-            with Image.open(path) as picture:
-                picture = picture.convert("RGB")
-        except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"{path} cannot be read as a picture ({error})") from None
-        scale = resolution / min(picture.size)
-        w, h = max(resolution, round(picture.width * scale)), max(resolution, round(picture.height * scale))
-        picture = picture.resize((w, h), Image.Resampling.BICUBIC)
-        left, top = (w - resolution) // 2, (h - resolution) // 2
-        images.append(np.asarray(picture.crop((left, top, left + resolution, top + resolution))))
-        captions.append(caption)
-    return np.stack(images), captions
-
-
-# ----------------------------------------------------------------------------- training
-
-
-@torch.no_grad()
-def _encode_captions(pipe, captions: list[str]):
-    """Token ids and the frozen text encoder's embeddings of `captions`, on the CPU."""
-    ids = pipe.tokenizer(captions, padding="max_length", truncation=True, max_length=pipe.tokenizer.model_max_length,
-                         return_tensors="pt").input_ids
-    return ids, pipe.text_encoder(ids.to(pipe.unet.device))[0].to(pipe.unet.dtype).cpu()
-
-
-@torch.no_grad()
-def _encode(pipe, images: np.ndarray, captions: list[str], batch: int = 16):
-    """Latent distributions (mean, std), token ids and text embeddings, computed once: the VAE
-    is frozen, so every step would compute the same (and so is the text encoder, unless it trains)."""
-    means, stds, token_ids, texts = [], [], [], []
-    for start in range(0, len(images), batch):
-        x = images_to_tensor(images[start : start + batch]).to(pipe.vae.device, pipe.vae.dtype)
-        dist = pipe.vae.encode(x).latent_dist
-        means.append(dist.mean.float().cpu())
-        stds.append(dist.std.float().cpu())
-        ids, text = _encode_captions(pipe, captions[start : start + batch])
-        token_ids.append(ids)
-        texts.append(text)
-    return torch.cat(means), torch.cat(stds), torch.cat(token_ids), torch.cat(texts)
-
-
-def add_peft_adapter(model, settings: LoRASettings, targets=None, what: str = "U-Net") -> list:
-    """peft's LoRA on the layers of `model` (the U-Net, or the text encoder) that `targets`
-    (default settings.targets) name: Linear layers, and the convolutions of the U-Net's ResNet
-    blocks if named. Returns the adapter's parameters."""
-    from peft import LoraConfig
-
-    targets = tuple(settings.targets if targets is None else targets)
-    layers = {name: module for name, module in model.named_modules() if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))}
-    for target in targets:
-        matched = [name for name in layers if matches_target(name, target)]
-        if not matched:
-            convolutions = sorted({name.rsplit(".", 1)[-1] for name, m in layers.items() if isinstance(m, torch.nn.Conv2d)})
-            raise ValueError(f"targets: {target!r} matches no Linear layer of the {what}; its Linear layers "
-                             f"end in: {', '.join(linear_layer_endings(model))}"
-                             + (f" (and its convolutions in: {', '.join(convolutions)})" if convolutions else ""))
-        for name in matched:  # the narrowest layer decides
-            layer = layers[name]
-            if isinstance(layer, torch.nn.Linear):
-                d_out, d_in = layer.weight.shape
-            else:
-                d_out, d_in = layer.out_channels, layer.in_channels
-            check_rank(settings.rank, d_in, d_out)
-    model.requires_grad_(False)
-    with torch.random.fork_rng(devices=[]):  # peft draws A from torch's global generator: the same seed, the same A
-        torch.manual_seed(settings.seed)
-        model.add_adapter(LoraConfig(r=settings.rank, lora_alpha=settings.alpha, init_lora_weights="gaussian",
-                                     target_modules=list(targets)))
-    return [p for p in model.parameters() if p.requires_grad]
+def what_trains(settings: LoRASettings) -> WhatTrains:
+    """The way of fine-tuning that the settings' switches choose (see methods.py)."""
+    if settings.full_unet:
+        return FullUNet()
+    adapters = UNetAndTextEncoderAdapters if settings.train_text_encoder else UNetAdapter
+    return adapters(settings.rank, settings.alpha, settings.targets, settings.seed)
 
 
 def train_lora(pipe, images: np.ndarray, captions: list[str], settings: LoRASettings, out, progress: bool = True,
@@ -289,99 +120,8 @@ def train_lora(pipe, images: np.ndarray, captions: list[str], settings: LoRASett
     prior: (images, captions) the model already knows (`prior_pictures`); settings.prior_share of
         every batch is drawn from them. Needed when settings.prior_share > 0.
     """
-    from diffusers import DDPMScheduler, StableDiffusionPipeline
-    from peft.utils import get_peft_model_state_dict
-
-    if len(images) != len(captions):
-        raise ValueError(f"{len(images)} pictures but {len(captions)} captions; give one caption per picture")
-    n_prior = round(settings.batch * settings.prior_share)
-    if n_prior >= settings.batch:
-        raise ValueError(f"prior_share={settings.prior_share} with batch={settings.batch} leaves no room for the new "
-                         "pictures in a batch; use a smaller prior_share or a larger batch")
-    if n_prior and prior is None:
-        raise ValueError(f"prior_share={settings.prior_share} needs prior=(images, captions) to draw from "
-                         "(sdcourse.training.train_lora.prior_pictures)")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    unet, text_encoder = pipe.unet, pipe.text_encoder
-    if settings.full_unet:
-        unet.requires_grad_(True)
-        params = list(unet.parameters())
-    else:
-        params = add_peft_adapter(unet, settings)  # first: a bad target or rank stops the run at once
-    if settings.train_text_encoder:
-        params += add_peft_adapter(text_encoder, settings, TEXT_ENCODER_TARGETS, "text encoder")
-    mean, std, ids, text = _encode(pipe, images, captions)  # B = 0: the adapters change nothing yet
-    if n_prior:
-        prior_mean, prior_std, prior_ids, prior_text = _encode(pipe, *prior)
-    empty_ids, empty_text = _encode_captions(pipe, [""])  # the empty prompt, for caption dropout
-    if settings.train_text_encoder:
-        # One module holds both, so that the loop trains, checkpoints and moves them together.
-        model = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
-        text, prior_text = ids, (prior_ids if n_prior else None)  # the captions are encoded at every step
-        empty_text = empty_ids
-    else:
-        model = unet
-    noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
-    prediction = noise_schedule.config.prediction_type
-    snr_weight = min_snr_weights(noise_schedule.alphas_cumprod, settings.min_snr_gamma, prediction)
-    scaling = pipe.vae.config.scaling_factor
-    gen = torch.Generator().manual_seed(settings.seed)
-
-    def next_batch():
-        """Noisy latents of random pictures, their timesteps, what the U-Net must predict, and the captions."""
-        idx = torch.randint(0, len(mean), (settings.batch - n_prior,), generator=gen)
-        batch_mean, batch_std, batch_text = mean[idx], std[idx], text[idx]
-        if n_prior:  # the rest of the batch: pictures the model already knows
-            old = torch.randint(0, len(prior_mean), (n_prior,), generator=gen)
-            batch_mean, batch_std = torch.cat([batch_mean, prior_mean[old]]), torch.cat([batch_std, prior_std[old]])
-            batch_text = torch.cat([batch_text, prior_text[old]])
-        if settings.caption_dropout:
-            drop = torch.rand(settings.batch, generator=gen) < settings.caption_dropout
-            batch_text = torch.where(drop.view(-1, *[1] * (batch_text.dim() - 1)), empty_text, batch_text)
-        z0 = (batch_mean + batch_std * torch.randn(batch_mean.shape, generator=gen)) * scaling
-        noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(0, noise_schedule.config.num_train_timesteps, (settings.batch,), generator=gen)
-        target = noise if prediction == "epsilon" else noise_schedule.get_velocity(z0, noise, t)
-        return noise_schedule.add_noise(z0, noise, t), t, batch_text, target, snr_weight[t]
-
-    def loss(model, batch):
-        zt, t, context, target, weight = batch  # context: text embeddings, or token ids when the text encoder trains
-        if settings.train_text_encoder:
-            model, context = model["unet"], model["text_encoder"](context)[0]
-        error = model(zt.to(model.dtype), t, encoder_hidden_states=context.to(model.dtype)).sample.float() - target
-        return (error.pow(2).mean((1, 2, 3)) * weight.to(error.device)).mean()
-
-    train = TrainSettings(steps=settings.steps, lr=settings.lr, schedule="constant", warmup=min(20, settings.steps),
-                          weight_decay=0.0, clip_grad_norm=1.0, checkpoint_every=settings.checkpoint_every,
-                          mixed_precision=settings.mixed_precision)
-    record = {**asdict(settings), **(data_record or {})}
-    record.pop("steps")
-    record.pop("checkpoint_every")
-    record.pop("mixed_precision")
-    trainer = Trainer(model, loss, next_batch, train, params=params, generator=gen, checkpoint=out / CHECKPOINT,
-                      name="LoRA", record=record, progress=progress, save_trained_only=True)
-    trainer.fit()
-    # The trainer hands the model back on the CPU; the pipeline may live on a GPU.
-    unet.to(pipe.vae.device)
-    text_encoder.to(pipe.vae.device)
-    if settings.full_unet:
-        if trainer.accelerator.is_main_process:
-            unet.save_pretrained(out / "unet", safe_serialization=True)
-        return out / "unet" / "diffusion_pytorch_model.safetensors"
-    if trainer.accelerator.is_main_process:
-        # A saved adapter carries no alpha, and loaders then take alpha = rank: fold alpha / rank
-        # into B, so that the file gives exactly the trained model (sdcourse.lora.export_lora does the same).
-        fold = settings.alpha / settings.rank
-
-        def adapter(model):  # save_lora_weights adds "unet." or "text_encoder."
-            return {k: (v * fold if ".lora_B." in k else v).contiguous()
-                    for k, v in get_peft_model_state_dict(model).items()}
-
-        StableDiffusionPipeline.save_lora_weights(
-            out, unet_lora_layers=adapter(unet), weight_name=LORA_FILE, safe_serialization=True,
-            text_encoder_lora_layers=adapter(text_encoder) if settings.train_text_encoder else None)
-    return out / LORA_FILE
+    return fine_tune(pipe, what_trains(settings), images, captions, settings, out, CHECKPOINT, prior=prior,
+                     record=data_record, progress=progress)
 
 
 def sample_grid(pipe, prompts, path, seed: int = 100):
@@ -480,8 +220,7 @@ def main(argv=None):
     minutes = (time.time() - started) / 60
     (out / "train_lora.json").write_text(json.dumps({**asdict(settings), **data_record, "minutes": round(minutes, 2),
                                                     "pictures": len(images)}, indent=2))
-    what = "U-Net" if settings.full_unet else "adapter"
-    print(f"{what} written to {path} ({path.stat().st_size / 1e6:.2f} MB) in {minutes:.1f} min; "
+    print(f"{path} written ({path.stat().st_size / 1e6:.2f} MB) in {minutes:.1f} min; "
           f"samples in {out / 'samples.png'}")
 
 

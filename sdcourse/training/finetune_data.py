@@ -1,0 +1,113 @@
+"""The pictures a fine-tuning run learns from, with their captions.
+
+- `concept_pictures`: a shape or colour the embedded model was never taught ("star", "pink"),
+  drawn by the course's shapes generator;
+- `prior_pictures`: what the embedded model already knows, mixed into batches so that the new
+  word does not overwrite the old ones;
+- `folder_pictures`: a folder of your own pictures, each with a caption.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..arguments import choice
+from ..data import shapes
+
+CONCEPTS = shapes.HELD_OUT_SHAPES + tuple(shapes.HELD_OUT_COLOURS)  # never taught to the embedded model
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def concept_pictures(concept: str, n: int, seed: int = 0, token: str | None = None):
+    """`n` one-object pictures of a concept the embedded model was never taught, uint8
+    (n, 64, 64, 3), and their captions, the concept's word replaced by `token` if given.
+
+    A held-out shape ("star"): stars of every colour, size and position. A held-out colour
+    ("pink"): circles, squares and triangles in that colour.
+    """
+    choice("concept", concept, CONCEPTS)
+    if concept in shapes.HELD_OUT_SHAPES:
+        images, captions, _ = shapes.make_dataset(n, seed=seed, shapes=(concept,), n_objects=1)
+    else:
+        rng = np.random.default_rng([seed, 5])
+        images = np.empty((n, shapes.IMAGE_SIZE, shapes.IMAGE_SIZE, 3), dtype=np.uint8)
+        captions = []
+        for i in range(n):
+            scene = shapes.sample_scene(rng, n_objects=1)
+            obj = scene.objects[0]
+            obj.colour = concept  # named in the caption ...
+            captions.append(shapes.describe([obj], scene.background, rng)[0])
+            obj.colour = shapes.HELD_OUT_COLOURS[concept]  # ... drawn as its (r, g, b)
+            images[i] = shapes.render(scene)
+    if token:
+        captions = [caption.replace(concept, token) for caption in captions]
+    return images, list(captions)
+
+
+def prior_pictures(n: int, seed: int = 0):
+    """`n` pictures of what the embedded model already knows (its own training distribution:
+    circles, squares and triangles in the named colours), uint8 (n, 64, 64, 3), and their captions.
+    Mixed into a concept's batches, they keep the adapter from overwriting the old words."""
+    images, captions, _ = shapes.make_dataset(n, seed=seed + 1, shapes=shapes.BASE_SHAPES)
+    return images, list(captions)
+
+
+def _caption_table(folder: Path) -> dict[str, str]:
+    """file name -> caption, from metadata.jsonl, or else from a .txt beside each picture."""
+    table = {}
+    metadata = folder / "metadata.jsonl"
+    if metadata.exists():
+        for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                table[entry["file_name"]] = str(entry["text"])
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise ValueError(f"{metadata}, line {number}: expected {{\"file_name\": ..., \"text\": ...}}, "
+                                 f"got {line.strip()[:80]!r} ({error})") from None
+    return table
+
+
+def folder_pictures(folder, resolution: int):
+    """The pictures of `folder` (resized so the short side is `resolution`, centre-cropped to a
+    square) and their captions. A picture without a caption, a caption without a picture, or
+    an unreadable picture stops the run, naming the file: nothing is skipped silently."""
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"--images {str(folder)!r} is not a folder of pictures")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"--images {folder}: no pictures ({', '.join(IMAGE_SUFFIXES)}) in it")
+    table = _caption_table(folder)
+    unknown = sorted(set(table) - {p.name for p in files})
+    if unknown:
+        raise FileNotFoundError(f"{folder / 'metadata.jsonl'} names {unknown[0]}, which is not a picture in {folder}")
+    images, captions = [], []
+    for path in files:
+        if path.name in table:
+            caption = table[path.name]
+        elif path.with_suffix(".txt").exists():
+            caption = path.with_suffix(".txt").read_text(encoding="utf-8").strip()
+        else:
+            raise FileNotFoundError(f"{path} has no caption: add a line for it to metadata.jsonl, or write it "
+                                    f"in {path.with_suffix('.txt').name}")
+        if not caption:
+            raise ValueError(f"the caption of {path} is empty")
+        try:
+            with Image.open(path) as picture:
+                picture = picture.convert("RGB")
+        except (UnidentifiedImageError, OSError) as error:
+            raise ValueError(f"{path} cannot be read as a picture ({error})") from None
+        scale = resolution / min(picture.size)
+        w, h = max(resolution, round(picture.width * scale)), max(resolution, round(picture.height * scale))
+        picture = picture.resize((w, h), Image.Resampling.BICUBIC)
+        left, top = (w - resolution) // 2, (h - resolution) // 2
+        images.append(np.asarray(picture.crop((left, top, left + resolution, top + resolution))))
+        captions.append(caption)
+    return np.stack(images), captions

@@ -1,0 +1,144 @@
+"""What trains: the LoRA trainer's ways of fine-tuning, each a small object for the fine-tuning
+core (finetune_core.py).
+
+- `UNetAdapter`: a rank-r LoRA adapter on the U-Net's layers (peft's `add_adapter`, as diffusers'
+  own LoRA scripts do); only the adapter trains. Saved as pytorch_lora_weights.safetensors,
+  which diffusers' `pipe.load_lora_weights(out)` loads.
+- `UNetAndTextEncoderAdapters`: the same, plus an adapter on the text encoder's attention, so
+  that the encoding of a word can move; the captions are then encoded at every step. Both
+  adapters go into the one file.
+- `FullUNet`: every U-Net weight (a full fine-tune), the ceiling an adapter is measured against.
+  Saved as a diffusers U-Net folder, out/unet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..lora import DEFAULT_TARGETS, LORA_FILE, check_rank, linear_layer_endings, matches_target
+from .finetune_core import WhatTrains, unet_prediction
+
+TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # CLIP's attention, as diffusers' scripts adapt it
+
+
+def add_peft_adapter(model, rank: int, alpha: float, targets, seed: int, what: str = "U-Net") -> list:
+    """peft's LoRA on the layers of `model` (the U-Net, or the text encoder) that `targets` name:
+    Linear layers, and the convolutions of the U-Net's ResNet blocks if named. Its A starts from
+    `seed`. Returns the adapter's parameters."""
+    from peft import LoraConfig
+
+    targets = tuple(targets)
+    layers = {name: module for name, module in model.named_modules() if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))}
+    for target in targets:
+        matched = [name for name in layers if matches_target(name, target)]
+        if not matched:
+            convolutions = sorted({name.rsplit(".", 1)[-1] for name, m in layers.items() if isinstance(m, torch.nn.Conv2d)})
+            raise ValueError(f"targets: {target!r} matches no Linear layer of the {what}; its Linear layers "
+                             f"end in: {', '.join(linear_layer_endings(model))}"
+                             + (f" (and its convolutions in: {', '.join(convolutions)})" if convolutions else ""))
+        for name in matched:  # the narrowest layer decides
+            layer = layers[name]
+            if isinstance(layer, torch.nn.Linear):
+                d_out, d_in = layer.weight.shape
+            else:
+                d_out, d_in = layer.out_channels, layer.in_channels
+            check_rank(rank, d_in, d_out)
+    model.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):  # peft draws A from torch's global generator: the same seed, the same A
+        torch.manual_seed(seed)
+        model.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                     target_modules=list(targets)))
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+class UNetAdapter(WhatTrains):
+    """A LoRA adapter of rank `rank` on the U-Net layers `targets` name; the update is scaled by alpha / rank."""
+
+    name = "LoRA"
+
+    def __init__(self, rank: int = 4, alpha: float = 4.0, targets=DEFAULT_TARGETS, seed: int = 0):
+        self.rank, self.alpha, self.targets, self.seed = rank, alpha, tuple(targets), seed
+        self.pipe = None
+
+    def attach(self, pipe):
+        self.pipe = pipe
+        return add_peft_adapter(pipe.unet, self.rank, self.alpha, self.targets, self.seed)
+
+    @property
+    def module(self):
+        return self.pipe.unet
+
+    def adapter_weights(self, model) -> dict:
+        """The adapter of `model` as a state dict, alpha / rank folded into B: a saved adapter
+        carries no alpha, and loaders then take alpha = rank, so the file gives exactly the
+        trained model (sdcourse.lora.export_lora does the same)."""
+        from peft.utils import get_peft_model_state_dict
+
+        fold = self.alpha / self.rank
+        return {k: (v * fold if ".lora_B." in k else v).contiguous()
+                for k, v in get_peft_model_state_dict(model).items()}
+
+    def adapters(self) -> dict:
+        """The adapters to save, by the name `save_lora_weights` gives them (it adds "unet." or "text_encoder.")."""
+        return {"unet_lora_layers": self.adapter_weights(self.pipe.unet)}
+
+    def save(self, out):
+        from diffusers import StableDiffusionPipeline
+
+        StableDiffusionPipeline.save_lora_weights(out, weight_name=LORA_FILE, safe_serialization=True,
+                                                  **self.adapters())
+
+    def saved_file(self, out):
+        return Path(out) / LORA_FILE
+
+
+class UNetAndTextEncoderAdapters(UNetAdapter):
+    """A LoRA adapter on the U-Net and one of the same rank on the text encoder's attention
+    projections (diffusers' DreamBooth LoRA script has the same switch). The captions' token ids
+    go through the adapted text encoder at every step."""
+
+    encodes_text = True
+
+    def attach(self, pipe):
+        params = super().attach(pipe)
+        params += add_peft_adapter(pipe.text_encoder, self.rank, self.alpha, TEXT_ENCODER_TARGETS, self.seed,
+                                   "text encoder")
+        # One module holds both, so that the loop trains, checkpoints and moves them together.
+        self._module = torch.nn.ModuleDict({"unet": pipe.unet, "text_encoder": pipe.text_encoder})
+        return params
+
+    @property
+    def module(self):
+        return self._module
+
+    def predict(self, module, batch):
+        return unet_prediction(module["unet"], batch, module["text_encoder"](batch["text"])[0])
+
+    def adapters(self):
+        return {**super().adapters(), "text_encoder_lora_layers": self.adapter_weights(self.pipe.text_encoder)}
+
+
+class FullUNet(WhatTrains):
+    """Every weight of the U-Net (a full fine-tune); written as a diffusers U-Net folder, out/unet."""
+
+    name = "full U-Net"
+
+    def __init__(self):
+        self.pipe = None
+
+    def attach(self, pipe):
+        self.pipe = pipe
+        pipe.unet.requires_grad_(True)
+        return list(pipe.unet.parameters())
+
+    @property
+    def module(self):
+        return self.pipe.unet
+
+    def save(self, out):
+        self.pipe.unet.save_pretrained(Path(out) / "unet", safe_serialization=True)
+
+    def saved_file(self, out):
+        return Path(out) / "unet" / "diffusion_pytorch_model.safetensors"
