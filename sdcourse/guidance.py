@@ -15,31 +15,38 @@ negative prompt, so w > 1 pushes the image away from what the negative prompt de
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
+
+from sdcourse.arguments import real_number
 
 
 def check_guidance_scale(guidance_scale) -> float:
-    """Return guidance_scale as a float, or raise a ValueError unless it is a number >= 0."""
-    is_number = isinstance(guidance_scale, numbers.Real) and not isinstance(guidance_scale, bool)
-    if not is_number or math.isnan(guidance_scale) or guidance_scale < 0:
-        raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
-    return float(guidance_scale)
+    """Return guidance_scale as a float, or raise a ValueError unless it is a finite number >= 0."""
+    return real_number("guidance_scale", guidance_scale, 0)
+
+
+def uses_guidance(guidance_scale) -> bool:
+    """Whether a call with this guidance_scale guides: checks it, then `guidance_scale > 1`.
+
+    With w <= 1 a pipeline skips the unconditional pass and uses eps_cond alone, as diffusers'
+    (`do_classifier_free_guidance`). Decide it once per call, before the denoising loop.
+    """
+    return check_guidance_scale(guidance_scale) > 1
+
+
+def _combine(eps_uncond, eps_cond, w: float) -> torch.Tensor:
+    return eps_uncond + w * (eps_cond - eps_uncond)
 
 
 def classifier_free_guidance(eps_uncond, eps_cond, guidance_scale) -> torch.Tensor:
     """eps_uncond + guidance_scale * (eps_cond - eps_uncond).
 
     Any guidance_scale >= 0 is valid: 1 gives eps_cond alone, 0 gives eps_uncond, values in
-    between mix the two, and values above 1 go beyond eps_cond. Pipelines, diffusers' included
-    (`do_classifier_free_guidance = guidance_scale > 1`), skip the unconditional pass when
-    guidance_scale <= 1 and use eps_cond alone; `guided_noise_prediction` does the same.
-    A negative or NaN guidance_scale raises a ValueError.
+    between mix the two, and values above 1 go beyond eps_cond. Pipelines, diffusers' included,
+    skip the unconditional pass when guidance_scale <= 1 (see `uses_guidance`) and use eps_cond
+    alone; `guided_noise_prediction` does the same. A negative or NaN guidance_scale raises a ValueError.
     """
-    w = check_guidance_scale(guidance_scale)
-    return eps_uncond + w * (eps_cond - eps_uncond)
+    return _combine(eps_uncond, eps_cond, check_guidance_scale(guidance_scale))
 
 
 def guided_noise_prediction(model, latents, t, cond_context, uncond_context, guidance_scale) -> torch.Tensor:
@@ -53,11 +60,10 @@ def guided_noise_prediction(model, latents, t, cond_context, uncond_context, gui
     As in diffusers, the two halves of the batch are [unconditional, conditional]: the model sees
     torch.cat([latents, latents]) with torch.cat([uncond_context, cond_context]), and the output
     is split back with chunk(2). t is one timestep (or one per sample, repeated for both halves).
-    With guidance_scale <= 1 there is no guidance: the model runs on
-    the conditional half only, and uncond_context may be None.
+    With guidance_scale <= 1 there is no guidance (`uses_guidance`): the model runs on the
+    conditional half only, and uncond_context may be None.
     """
-    w = check_guidance_scale(guidance_scale)
-    if w <= 1:
+    if not uses_guidance(guidance_scale):
         return model(latents, t, cond_context)
     if uncond_context is None:
         raise ValueError(f"guidance_scale={guidance_scale} > 1 needs uncond_context (the empty or negative prompt's)")
@@ -70,4 +76,4 @@ def guided_noise_prediction(model, latents, t, cond_context, uncond_context, gui
         t = torch.cat([t, t])  # one timestep per sample: both halves need theirs
     output = model(torch.cat([latents, latents]), t, torch.cat([uncond_context, cond_context]))
     eps_uncond, eps_cond = output.chunk(2)
-    return classifier_free_guidance(eps_uncond, eps_cond, w)
+    return _combine(eps_uncond, eps_cond, float(guidance_scale))

@@ -28,6 +28,10 @@ first turns it into a guess of x_0 (`last_x0`), then moves x_t a little towards 
 Euler and DPM-Solver use the noise level sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t)
 instead of t: x_t / sqrt(alpha_bar_t) = x_0 + sigma_t eps.
 
+Each sampler works on its own variable, sample = alpha x_0 + sigma eps (x_t itself for DDPM, DDIM
+and DPM-Solver; x = x_0 + sigma eps for Euler). `predicted_x0` turns any prediction into x_0 in
+that variable, and `sampler.add_noise` (as diffusers' schedulers have it) goes the other way.
+
 Where diffusers does something surprising (DDIM's step size, Euler's starting noise with
 "leading" timesteps), the sampler does the same and says so: to check a sampler against its
 twin, it must match the twin exactly.
@@ -36,12 +40,11 @@ twin, it must match the twin exactly.
 from __future__ import annotations
 
 import math
-import numbers
-import operator
 
 import numpy as np
 import torch
 
+from sdcourse.arguments import probability, whole_number
 from sdcourse.schedules import NoiseSchedule
 from sdcourse.weights import read_config
 
@@ -58,23 +61,13 @@ SPACINGS = ("leading", "trailing", "linspace")
 # Fields every twin has, for features the course does not implement: only the default is accepted.
 FIXED_EVERYWHERE = {"trained_betas": (None,), "rescale_betas_zero_snr": (False,)}
 THRESHOLDING = {"thresholding": (False,), "dynamic_thresholding_ratio": (0.995,), "sample_max_value": (1.0,)}
-OTHER_SIGMAS = {  # Euler and DPM-Solver: sigma schedules other than the training one
-    "use_karras_sigmas": (False,),
-    "use_exponential_sigmas": (False,),
-    "use_beta_sigmas": (False,),
-}
+# Euler and DPM-Solver: sigma schedules other than the training one
+OTHER_SIGMAS = {"use_karras_sigmas": (False,), "use_exponential_sigmas": (False,), "use_beta_sigmas": (False,)}
 
 
 def check_num_inference_steps(num_inference_steps, num_train_timesteps) -> int:
     """Return num_inference_steps as an int, or raise a ValueError that says what is wrong."""
-    try:
-        if isinstance(num_inference_steps, bool):
-            raise TypeError
-        steps = operator.index(num_inference_steps)  # any integer type: int, numpy.int64, ...
-    except TypeError:
-        raise ValueError(f"num_inference_steps must be an integer, got {num_inference_steps!r}") from None
-    if steps < 1:
-        raise ValueError(f"num_inference_steps must be at least 1, got {steps}")
+    steps = whole_number("num_inference_steps", num_inference_steps, minimum=1)  # any integer type
     if steps > num_train_timesteps:
         raise ValueError(
             f"num_inference_steps={steps} is more than num_train_timesteps={num_train_timesteps}: "
@@ -122,6 +115,37 @@ def randn_like_diffusers(shape, generator=None, device=None, dtype=None) -> torc
     return torch.randn(tuple(shape), generator=generator, device=draw_on, dtype=dtype).to(device)
 
 
+def predicted_x0(prediction_type, model_output, sample, alpha, sigma, variance=1.0):
+    """The model's guess of x_0, from its output at `sample` = alpha x_0 + sigma eps.
+
+    variance = alpha^2 + sigma^2 (1 for x_t; sigma^2 + 1 for Euler's x = x_0 + sigma eps). The v
+    a model predicts belongs to the sample scaled to variance 1 (x_t): v = (alpha eps - sigma x_0) / sqrt(variance).
+        epsilon:      x_0 = (sample - sigma eps) / alpha
+        sample:       x_0 is the output
+        v_prediction: x_0 = alpha sample / variance - sigma / sqrt(variance) v     (x_t: alpha x_t - sigma v)
+    Each form is the twin's own arithmetic, so the result equals diffusers' to the last bit.
+    """
+    if prediction_type == "epsilon":
+        return (sample - sigma * model_output) / alpha
+    if prediction_type == "sample":
+        return model_output
+    return alpha * sample / variance - sigma / variance**0.5 * model_output
+
+
+def predicted_eps(prediction_type, model_output, sample, alpha, sigma):
+    """The noise eps that goes with the model's output at x_t = alpha x_0 + sigma eps (alpha^2 + sigma^2 = 1).
+
+        epsilon:      eps is the output
+        sample:       eps = (x_t - alpha x_0) / sigma
+        v_prediction: eps = alpha v + sigma x_t
+    """
+    if prediction_type == "epsilon":
+        return model_output
+    if prediction_type == "sample":
+        return (sample - alpha * model_output) / sigma
+    return alpha * model_output + sigma * sample
+
+
 class Sampler:
     """What all samplers share: reading a config, the training schedule, and the timesteps.
 
@@ -136,9 +160,6 @@ class Sampler:
     CHOICES: dict = {}
     FIXED: dict = {}
     init_noise_sigma = 1.0  # the starting noise is init_noise_sigma * N(0, 1)
-    # True where a step reads alpha_bar at its timestep, which must then be a trained one (DDPM,
-    # DDIM); the Euler and DPM-Solver samplers interpolate their sigmas and accept any timestep.
-    reads_schedule_at_timesteps = False
 
     def __init__(self, **config):
         """Keyword arguments are the twin's config fields; missing ones take the twin's defaults."""
@@ -177,13 +198,6 @@ class Sampler:
         """Choose the num_inference_steps timesteps to visit (`self.timesteps`, highest first)."""
         steps = check_num_inference_steps(num_inference_steps, self.num_train_timesteps)
         timesteps = self._make_timesteps(steps)
-        if self.reads_schedule_at_timesteps and timesteps.max() > self.num_train_timesteps - 1:
-            c = self.config
-            raise ValueError(
-                f"num_inference_steps={steps} with timestep_spacing={c.get('timestep_spacing')!r} and steps_offset="
-                f"{c.get('steps_offset')} would start at timestep {timesteps.max().item():g}, past the last one the "
-                f"model was trained on ({self.num_train_timesteps - 1}); use fewer steps, or timestep_spacing='trailing'"
-            )
         self.num_inference_steps = steps
         self.timesteps = timesteps.to(device)
         self.last_x0 = None
@@ -218,20 +232,11 @@ class Sampler:
         return sample
 
 
-class DDPMSampler(Sampler):
-    """DDPM (Ho et al., 2020): each step samples x_s from q(x_s | x_t, x_0), the model's x_0 plugged in.
+class AlphaBarSampler(Sampler):
+    """DDPM and DDIM: they work on x_t itself and read alpha_bar at each timestep, which must
+    therefore be one the model was trained on. With clip_sample they clamp x_0 to
+    [-clip_sample_range, clip_sample_range] (pixel models)."""
 
-    With s the timestep after t in `timesteps` (alpha_bar_s = 1 after the last one):
-        alpha   = alpha_bar_t / alpha_bar_s,   beta = 1 - alpha       (one jump from s to t)
-        mean    = sqrt(alpha_bar_s) beta / (1 - alpha_bar_t) * x_0
-                + sqrt(alpha) (1 - alpha_bar_s) / (1 - alpha_bar_t) * x_t
-        var     = (1 - alpha_bar_s) / (1 - alpha_bar_t) * beta         ("fixed_small" variance)
-        x_s     = mean + sqrt(var) * noise                             (no noise at t = 0)
-    clip_sample clamps x_0 to [-clip_sample_range, clip_sample_range] first (pixel models).
-    """
-
-    twin = "DDPMScheduler"
-    reads_schedule_at_timesteps = True
     DEFAULTS = {
         **SCHEDULE_DEFAULTS,
         "prediction_type": "epsilon",
@@ -241,10 +246,55 @@ class DDPMSampler(Sampler):
         "clip_sample_range": 1.0,
     }
     CHOICES = {"prediction_type": ("epsilon", "v_prediction", "sample"), "timestep_spacing": SPACINGS}
-    FIXED = {**FIXED_EVERYWHERE, **THRESHOLDING, "variance_type": ("fixed_small",)}
 
     def _make_timesteps(self, n):
-        return super()._make_timesteps(n).long()
+        timesteps = super()._make_timesteps(n).long()
+        if timesteps.max() > self.num_train_timesteps - 1:
+            c = self.config
+            raise ValueError(
+                f"num_inference_steps={n} with timestep_spacing={c['timestep_spacing']!r} and steps_offset="
+                f"{c['steps_offset']} would start at timestep {timesteps.max().item():g}, past the last one the "
+                f"model was trained on ({self.num_train_timesteps - 1}); use fewer steps, or timestep_spacing="
+                "'trailing'"
+            )
+        return timesteps
+
+    def add_noise(self, original_samples, noise, timesteps) -> torch.Tensor:
+        """The forward process, as the twin's `add_noise`: sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise.
+
+        timesteps: training timesteps (integers), one per sample or one for all. This is the
+        training schedule's `add_noise`, which casts alpha_bar to the samples' dtype first.
+        """
+        return self.schedule.add_noise(original_samples, noise, timesteps)
+
+    @staticmethod
+    def _scales(alpha_bar):
+        """alpha and sigma of x_t = alpha x_0 + sigma eps: sqrt(alpha_bar) and sqrt(1 - alpha_bar)."""
+        return alpha_bar**0.5, (1 - alpha_bar) ** 0.5
+
+    def _clipped_x0(self, model_output, sample, alpha_bar):
+        """The model's x_0 at x_t = `sample`, clipped if the config says so; it becomes `last_x0`."""
+        c = self.config
+        x0 = predicted_x0(c["prediction_type"], model_output, sample, *self._scales(alpha_bar))
+        if c["clip_sample"]:
+            x0 = x0.clamp(-c["clip_sample_range"], c["clip_sample_range"])
+        self.last_x0 = x0
+        return x0
+
+
+class DDPMSampler(AlphaBarSampler):
+    """DDPM (Ho et al., 2020): each step samples x_s from q(x_s | x_t, x_0), the model's x_0 plugged in.
+
+    With s the timestep after t in `timesteps` (alpha_bar_s = 1 after the last one):
+        alpha   = alpha_bar_t / alpha_bar_s,   beta = 1 - alpha       (one jump from s to t)
+        mean    = sqrt(alpha_bar_s) beta / (1 - alpha_bar_t) * x_0
+                + sqrt(alpha) (1 - alpha_bar_s) / (1 - alpha_bar_t) * x_t
+        var     = (1 - alpha_bar_s) / (1 - alpha_bar_t) * beta         ("fixed_small" variance)
+        x_s     = mean + sqrt(var) * noise                             (no noise at t = 0)
+    """
+
+    twin = "DDPMScheduler"
+    FIXED = {**FIXED_EVERYWHERE, **THRESHOLDING, "variance_type": ("fixed_small",)}
 
     def step(self, model_output, t, sample, generator=None):
         """x_{t} -> x_{s}, the sample at the next timestep. Sets `last_x0`."""
@@ -253,10 +303,7 @@ class DDPMSampler(Sampler):
         s = int(self.timesteps[i + 1]) if i + 1 < len(self.timesteps) else -1
         alpha_bar_t = self.alphas_cumprod[t]
         alpha_bar_s = self.alphas_cumprod[s] if s >= 0 else torch.tensor(1.0)
-        x0, _ = predicted_x0_and_eps(self.config["prediction_type"], model_output, sample, alpha_bar_t)
-        if self.config["clip_sample"]:
-            x0 = x0.clamp(-self.config["clip_sample_range"], self.config["clip_sample_range"])
-        self.last_x0 = x0
+        x0 = self._clipped_x0(model_output, sample, alpha_bar_t)
 
         alpha = alpha_bar_t / alpha_bar_s
         beta = 1 - alpha
@@ -272,27 +319,7 @@ class DDPMSampler(Sampler):
         return mean + var**0.5 * noise
 
 
-def predicted_x0_and_eps(prediction_type, model_output, sample, alpha_bar):
-    """The model's guess of x_0, and the noise eps that goes with it, from x_t = `sample`.
-
-    From x_t = sqrt(a) x_0 + sqrt(1 - a) eps and v = sqrt(a) eps - sqrt(1 - a) x_0, with a = alpha_bar:
-        epsilon:      x_0 = (x_t - sqrt(1 - a) eps) / sqrt(a)
-        sample:       x_0 is the output;  eps = (x_t - sqrt(a) x_0) / sqrt(1 - a)
-        v_prediction: x_0 = sqrt(a) x_t - sqrt(1 - a) v,   eps = sqrt(a) v + sqrt(1 - a) x_t
-    """
-    if prediction_type == "epsilon":
-        eps = model_output
-        x0 = (sample - (1 - alpha_bar) ** 0.5 * eps) / alpha_bar**0.5
-    elif prediction_type == "sample":
-        x0 = model_output
-        eps = (sample - alpha_bar**0.5 * x0) / (1 - alpha_bar) ** 0.5
-    else:
-        x0 = alpha_bar**0.5 * sample - (1 - alpha_bar) ** 0.5 * model_output
-        eps = alpha_bar**0.5 * model_output + (1 - alpha_bar) ** 0.5 * sample
-    return x0, eps
-
-
-class DDIMSampler(Sampler):
+class DDIMSampler(AlphaBarSampler):
     """DDIM (Song et al., 2021): jump from x_t straight to x_s, keeping the predicted noise.
 
         x_0, eps = the model's guesses at t
@@ -306,17 +333,7 @@ class DDIMSampler(Sampler):
     """
 
     twin = "DDIMScheduler"
-    reads_schedule_at_timesteps = True
-    DEFAULTS = {
-        **SCHEDULE_DEFAULTS,
-        "prediction_type": "epsilon",
-        "timestep_spacing": "leading",
-        "steps_offset": 0,
-        "set_alpha_to_one": True,
-        "clip_sample": True,
-        "clip_sample_range": 1.0,
-    }
-    CHOICES = {"prediction_type": ("epsilon", "v_prediction", "sample"), "timestep_spacing": SPACINGS}
+    DEFAULTS = {**AlphaBarSampler.DEFAULTS, "set_alpha_to_one": True}
     FIXED = {**FIXED_EVERYWHERE, **THRESHOLDING}
 
     def __init__(self, eta=0.0, **config):
@@ -324,9 +341,6 @@ class DDIMSampler(Sampler):
         super().__init__(**config)
         self.eta = check_eta(eta)
         self.final_alpha_bar = torch.tensor(1.0) if self.config["set_alpha_to_one"] else self.alphas_cumprod[0]
-
-    def _make_timesteps(self, n):
-        return super()._make_timesteps(n).long()
 
     def step(self, model_output, t, sample, eta=None, generator=None):
         """x_t -> x_s, with eta in [0, 1] (None: the sampler's `eta`). Sets `last_x0`."""
@@ -336,10 +350,9 @@ class DDIMSampler(Sampler):
         s = t - self.num_train_timesteps // self.num_inference_steps
         alpha_bar_t = self.alphas_cumprod[t]
         alpha_bar_s = self.alphas_cumprod[s] if s >= 0 else self.final_alpha_bar
-        x0, eps = predicted_x0_and_eps(self.config["prediction_type"], model_output, sample, alpha_bar_t)
-        if self.config["clip_sample"]:
-            x0 = x0.clamp(-self.config["clip_sample_range"], self.config["clip_sample_range"])
-        self.last_x0 = x0
+        x0 = self._clipped_x0(model_output, sample, alpha_bar_t)
+        # the noise the model sees, from its own x_0 (before clipping, as diffusers does)
+        eps = predicted_eps(self.config["prediction_type"], model_output, sample, *self._scales(alpha_bar_t))
 
         # sigma = eta sqrt((1 - alpha_bar_s) / (1 - alpha_bar_t) (1 - alpha_bar_t / alpha_bar_s))
         sigma = eta * ((1 - alpha_bar_s) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_s)) ** 0.5
@@ -353,20 +366,59 @@ class DDIMSampler(Sampler):
 
 def check_eta(eta) -> float:
     """Return eta as a float, or raise a ValueError unless it is a number in [0, 1]."""
-    if not isinstance(eta, numbers.Real) or isinstance(eta, bool) or not 0 <= eta <= 1:
-        raise ValueError(f"eta must be a number in [0, 1] (0: plain DDIM, 1: as much noise as DDPM), got {eta!r}")
-    return float(eta)
+    return probability("eta", eta, meaning="0: plain DDIM, 1: as much noise as DDPM")
 
 
-class EulerSampler(Sampler):
+class SigmaSampler(Sampler):
+    """Samplers that work in noise levels sigma (Euler, Euler ancestral, DPM-Solver).
+
+    `sigmas` holds sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) at each timestep (interpolated
+    where a timestep is fractional, as Euler's "linspace" ones are), then a last one: 0 (the clean
+    image) or, with final_sigmas_type "sigma_min", the smallest training sigma. These samplers
+    count their steps (`step_index`) instead of looking each timestep up, as their twins do. A
+    subclass says what its variable is made of: `_scales(sigma)` gives alpha and sigma in
+    alpha x_0 + sigma eps.
+    """
+
+    def __init__(self, **config):
+        super().__init__(**config)
+        self.sigmas = None
+        self.step_index = None  # which step comes next
+
+    def _sigma_table(self, timesteps: np.ndarray) -> torch.Tensor:
+        """The sigmas at `timesteps`, then the last one (float32, as the twins store them)."""
+        all_sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy()  # every training t
+        sigmas = np.interp(timesteps, np.arange(len(all_sigmas)), all_sigmas)
+        last = 0.0 if self.config.get("final_sigmas_type", "zero") == "zero" else all_sigmas[0]
+        return torch.from_numpy(np.concatenate([sigmas, [last]]).astype(np.float32))
+
+    def _start(self):
+        self.step_index = None
+
+    def _index(self, t) -> int:
+        if self.step_index is None:  # the first step: find t; afterwards count
+            self.step_index = self._position(t)
+        return self.step_index
+
+    def add_noise(self, original_samples, noise, timesteps) -> torch.Tensor:
+        """The forward process, as the twin's `add_noise`: alpha x_0 + sigma noise in this sampler's variable.
+
+        timesteps: one per sample or one for all, each one of `self.timesteps`; its sigma is cast
+        to the samples' dtype first.
+        """
+        positions = [self._position(t) for t in torch.as_tensor(timesteps).reshape(-1)]
+        sigma = self.sigmas.to(original_samples.device, original_samples.dtype)[positions]
+        alpha, sigma = self._scales(sigma.reshape(-1, *[1] * (original_samples.ndim - 1)))
+        return alpha * original_samples + sigma * noise
+
+
+class EulerSampler(SigmaSampler):
     """Euler's method on the sampling ODE, in noise levels sigma (Karras et al., 2022).
 
     Work with x = x_t / sqrt(alpha_bar_t) = x_0 + sigma eps. As sigma falls, x moves along
         dx / dsigma = (x - x_0) / sigma                  (= eps, the predicted noise)
     and one Euler step from sigma to the next noise level sigma_next is
         x_next = x + (sigma_next - sigma) * (x - x_0) / sigma
-    sigmas: sqrt((1 - alpha_bar) / alpha_bar) at the timesteps, interpolated where a timestep is
-    fractional ("linspace" gives fractional ones), then 0 (or the smallest training sigma).
     The network was trained on x_t = x / sqrt(sigma^2 + 1): `scale_model_input` does that division.
     The starting noise is sigma_max N(0, 1); for "leading" timesteps diffusers uses
     sqrt(sigma_max^2 + 1) instead, and so does this sampler.
@@ -394,25 +446,12 @@ class EulerSampler(Sampler):
         "timestep_type": ("discrete",),
     }
 
-    def __init__(self, **config):
-        super().__init__(**config)
-        self.sigmas = None
-        self.step_index = None  # which step comes next; the Euler samplers count their steps
-
     def _make_timesteps(self, n):
         c = self.config
         timesteps = spaced_timesteps(n, c["num_train_timesteps"], c["timestep_spacing"], c["steps_offset"], False)
         timesteps = timesteps.astype(np.float32)
-        # sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) for every training t, then interpolated at the timesteps
-        all_sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy()
-        sigmas = np.interp(timesteps, np.arange(len(all_sigmas)), all_sigmas)
-        # the last sigma: 0 (the clean image), or the smallest training sigma; Euler ancestral always uses 0
-        last = 0.0 if c.get("final_sigmas_type", "zero") == "zero" else all_sigmas[0]
-        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [last]]).astype(np.float32))
+        self.sigmas = self._sigma_table(timesteps)
         return torch.from_numpy(timesteps)
-
-    def _start(self):
-        self.step_index = None
 
     @property
     def init_noise_sigma(self):
@@ -420,36 +459,31 @@ class EulerSampler(Sampler):
         sigma_max = self.sigmas.max()
         return sigma_max if self.config["timestep_spacing"] in ("linspace", "trailing") else (sigma_max**2 + 1) ** 0.5
 
-    def _index(self, t) -> int:
-        if self.step_index is None:  # the first step: find t; afterwards count
-            self.step_index = self._position(t)
-        return self.step_index
+    @staticmethod
+    def _scales(sigma):
+        return 1.0, sigma  # x = x_0 + sigma eps
 
     def scale_model_input(self, sample, t):
         """x_t = x / sqrt(sigma^2 + 1): the network sees inputs of the scale it was trained on."""
         sigma = self.sigmas[self._index(t)]
         return sample / ((sigma**2 + 1) ** 0.5)
 
-    def _predicted_x0(self, model_output, x, sigma):
-        # epsilon: x = x_0 + sigma eps;  v_prediction: x_0 = x / (sigma^2 + 1) - sigma / sqrt(sigma^2 + 1) v
-        kind = self.config["prediction_type"]
-        if kind == "epsilon":
-            return x - sigma * model_output
-        if kind == "v_prediction":
-            return model_output * (-sigma / (sigma**2 + 1) ** 0.5) + (x / (sigma**2 + 1))
-        return model_output
-
     def step(self, model_output, t, sample, generator=None):
         """x at sigma -> x at sigma_next (generator is unused: Euler adds no noise). Sets `last_x0`."""
         i = self._index(t)
-        sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
-        x = sample.to(torch.float32)  # diffusers steps in float32
-        x0 = self._predicted_x0(model_output, x, sigma)
+        return self._euler_step(model_output, sample, i, self.sigmas[i + 1]).to(model_output.dtype)
+
+    def _euler_step(self, model_output, sample, i, sigma_to):
+        """x at sigmas[i] -> x at sigma_to along dx/dsigma = (x - x_0) / sigma, in float32 as diffusers
+        steps. Sets `last_x0` and counts the step."""
+        sigma = self.sigmas[i]
+        x = sample.to(torch.float32)
+        alpha, sigma_x = self._scales(sigma)
+        x0 = predicted_x0(self.config["prediction_type"], model_output, x, alpha, sigma_x, variance=sigma**2 + 1)
         self.last_x0 = x0
-        derivative = (x - x0) / sigma  # dx/dsigma
-        prev = x + derivative * (sigma_next - sigma)
         self.step_index = i + 1
-        return prev.to(model_output.dtype)
+        derivative = (x - x0) / sigma  # dx/dsigma
+        return x + derivative * (sigma_to - sigma)
 
 
 class EulerAncestralSampler(EulerSampler):
@@ -471,20 +505,14 @@ class EulerAncestralSampler(EulerSampler):
         """x at sigma -> x at sigma_next, with fresh noise from `generator`. Sets `last_x0`."""
         i = self._index(t)
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
-        x = sample.to(torch.float32)
-        x0 = self._predicted_x0(model_output, x, sigma)
-        self.last_x0 = x0
         sigma_up = (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5
         sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
-        derivative = (x - x0) / sigma
-        prev = x + derivative * (sigma_down - sigma)
+        prev = self._euler_step(model_output, sample, i, sigma_down)
         noise = randn_like_diffusers(model_output.shape, generator, model_output.device, model_output.dtype)
-        prev = prev + noise * sigma_up
-        self.step_index = i + 1
-        return prev.to(model_output.dtype)
+        return (prev + noise * sigma_up).to(model_output.dtype)
 
 
-class DPMSolverMultistepSampler(Sampler):
+class DPMSolverMultistepSampler(SigmaSampler):
     """DPM-Solver++ 2M (Lu et al., 2022): a second-order solver that reuses the last step's x_0.
 
     Each noise level sigma gives alpha = 1 / sqrt(sigma^2 + 1), sigma_t = sigma alpha, and the
@@ -532,8 +560,6 @@ class DPMSolverMultistepSampler(Sampler):
 
     def __init__(self, **config):
         super().__init__(**config)
-        self.sigmas = None
-        self.step_index = None
         self.previous_x0 = None
 
     def _make_timesteps(self, n):
@@ -546,57 +572,42 @@ class DPMSolverMultistepSampler(Sampler):
             timesteps = (np.arange(n + 1) * (T // (n + 1)))[::-1][:-1] + c["steps_offset"]
         else:
             timesteps = spaced_timesteps(n, T, "trailing", 0)
-        all_sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy()
-        sigmas = np.interp(timesteps, np.arange(len(all_sigmas)), all_sigmas)
-        last = 0.0 if c["final_sigmas_type"] == "zero" else all_sigmas[0]
-        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [last]]).astype(np.float32))
+        self.sigmas = self._sigma_table(timesteps)
         return torch.from_numpy(timesteps.astype(np.int64))
 
     def _start(self):
-        self.step_index = None
+        super()._start()
         self.previous_x0 = None
 
     @staticmethod
-    def _alpha_sigma_lambda(sigma):
+    def _scales(sigma):
         alpha = 1 / ((sigma**2 + 1) ** 0.5)  # sqrt(alpha_bar)
-        sigma_t = sigma * alpha  # sqrt(1 - alpha_bar)
-        return alpha, sigma_t, torch.log(alpha) - torch.log(sigma_t)
+        return alpha, sigma * alpha  # and sqrt(1 - alpha_bar): x_t = alpha x_0 + sigma_t eps
+
+    def _log_snr(self, sigma):
+        """lambda = log(alpha) - log(sigma_t), the log signal-to-noise ratio at noise level sigma."""
+        alpha, sigma_t = self._scales(sigma)
+        return torch.log(alpha) - torch.log(sigma_t)
 
     def step(self, model_output, t, sample, generator=None):
         """x_s -> x_t, the next timestep (generator is unused: no noise). Sets `last_x0`."""
-        self._check_ready()
-        if self.step_index is None:
-            self.step_index = self._position(t)
-        i, n, c = self.step_index, len(self.timesteps), self.config
+        i, n, c = self._index(t), len(self.timesteps), self.config
 
-        alpha_s, sigma_s, lambda_s = self._alpha_sigma_lambda(self.sigmas[i])
-        alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(self.sigmas[i + 1])
-        kind = c["prediction_type"]
-        if kind == "epsilon":  # x_s = alpha_s x_0 + sigma_s eps
-            x0 = (sample - sigma_s * model_output) / alpha_s
-        elif kind == "v_prediction":
-            x0 = alpha_s * sample - sigma_s * model_output
-        else:
-            x0 = model_output
+        alpha_s, sigma_s = self._scales(self.sigmas[i])
+        alpha_t, sigma_t = self._scales(self.sigmas[i + 1])
+        x0 = predicted_x0(c["prediction_type"], model_output, sample, alpha_s, sigma_s)
         self.last_x0 = x0
 
         x = sample.to(torch.float32)
-        h = lambda_t - lambda_s
-        last_step = i == n - 1
-        first_order = (
-            c["solver_order"] == 1
-            or self.previous_x0 is None
-            or (
-                last_step
-                and (c["euler_at_final"] or (c["lower_order_final"] and n < 15) or c["final_sigmas_type"] == "zero")
-            )
-        )
+        lambda_s = self._log_snr(self.sigmas[i])
+        h = self._log_snr(self.sigmas[i + 1]) - lambda_s
+        plain_last = c["euler_at_final"] or c["final_sigmas_type"] == "zero" or (c["lower_order_final"] and n < 15)
+        first_order = c["solver_order"] == 1 or self.previous_x0 is None or (i == n - 1 and plain_last)
         if first_order:
             # x_t = (sigma_t / sigma_s) x_s - alpha_t (e^-h - 1) x_0
             prev = (sigma_t / sigma_s) * x - (alpha_t * (torch.exp(-h) - 1.0)) * x0
         else:
-            _, _, lambda_prev = self._alpha_sigma_lambda(self.sigmas[i - 1])
-            r = (lambda_s - lambda_prev) / h  # h_prev / h
+            r = (lambda_s - self._log_snr(self.sigmas[i - 1])) / h  # h_prev / h
             D1 = (1.0 / r) * (x0 - self.previous_x0)  # x_0's change per unit of h
             # x_t = (sigma_t / sigma_s) x_s - alpha_t (e^-h - 1) (x_0 + D1 / 2)
             prev = (

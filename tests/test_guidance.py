@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sdcourse.guidance import classifier_free_guidance, guided_noise_prediction
+from sdcourse.guidance import classifier_free_guidance, guided_noise_prediction, uses_guidance
 
 
 def test_the_formula():
@@ -25,6 +25,12 @@ def test_bad_guidance_scales_are_refused(scale):
         classifier_free_guidance(x, x, scale)
     with pytest.raises(ValueError, match=r"guidance_scale must be a number"):
         guided_noise_prediction(lambda *args: x, x, 10, x, x, scale)
+    with pytest.raises(ValueError, match=r"guidance_scale must be a number"):
+        uses_guidance(scale)
+
+
+def test_guidance_is_used_above_one_only():
+    assert [uses_guidance(w) for w in (0, 0.5, 1, 1.0, 1.01, 7.5)] == [False, False, False, False, True, True]
 
 
 class CountingDenoiser:

@@ -23,6 +23,8 @@ from sdcourse.samplers import (
     EulerAncestralSampler,
     EulerSampler,
     make_sampler,
+    predicted_eps,
+    predicted_x0,
 )
 from sdcourse.schedules import SD_SCHEDULE, NoiseSchedule
 
@@ -191,6 +193,90 @@ def test_stochastic_samplers_draw_the_noise_diffusers_draws(cls):
     mine = ours.step(model_output, t, sample, generator=[seeded(5), seeded(6)], **extra)
     theirs = library.step(model_output, t, sample, generator=[seeded(5), seeded(6)], **extra).prev_sample
     assert (mine - theirs).abs().max() <= 1e-6
+
+
+ADD_NOISE_CONFIGS = [
+    pytest.param(cls, config, id=f"{cls.__name__}-{name}")
+    for cls in TWINS
+    for name, config in {
+        "sd": sd_config(cls),
+        "trailing": sd_config(cls, timestep_spacing="trailing"),
+        "linspace": sd_config(cls, timestep_spacing="linspace"),
+        "sigma_min": sd_config(cls, final_sigmas_type="sigma_min") if "final_sigmas_type" in cls.DEFAULTS else None,
+    }.items()
+    if config is not None
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("cls, config", ADD_NOISE_CONFIGS)
+def test_add_noise_equals_diffusers(cls, config, dtype):
+    """One timestep per sample, or one for the whole batch, at any of the sampler's timesteps: the
+    twin's add_noise to the last bit, in the samples' dtype."""
+    ours, library = pair(cls, config)
+    n = 10
+    ours.set_timesteps(n)
+    library.set_timesteps(n)
+    x0 = torch.randn(n, 4, 8, 8, generator=seeded(0)).to(dtype)
+    noise = torch.randn(n, 4, 8, 8, generator=seeded(1)).to(dtype)
+    shuffled = library.timesteps[torch.randperm(n, generator=seeded(2))]
+    for timesteps in (shuffled, library.timesteps[3:4], library.timesteps[n - 1 :]):
+        mine, theirs = ours.add_noise(x0, noise, timesteps), library.add_noise(x0, noise, timesteps)
+        assert mine.dtype == theirs.dtype == dtype
+        assert torch.equal(mine, theirs), timesteps
+
+
+def add_noise_by_index(sampler, x0, noise, index):
+    """The pipeline's forward process before the samplers had add_noise: the reference."""
+    if isinstance(sampler, (EulerSampler, DPMSolverMultistepSampler)):
+        sigma = sampler.sigmas.to(x0.device, x0.dtype)[index]
+        if isinstance(sampler, EulerSampler):
+            return x0 + noise * sigma
+        alpha = 1 / ((sigma**2 + 1) ** 0.5)
+        sigma_t = sigma * alpha
+        return alpha * x0 + sigma_t * noise
+    alpha_bar = sampler.alphas_cumprod.to(x0.device, x0.dtype)[int(sampler.timesteps[index])]
+    return alpha_bar**0.5 * x0 + (1 - alpha_bar) ** 0.5 * noise
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("cls, config", ADD_NOISE_CONFIGS)
+def test_add_noise_at_a_step_equals_the_pipelines_former_formula(cls, config, dtype):
+    sampler = cls.from_config(config)
+    sampler.set_timesteps(25)
+    x0 = torch.randn(2, 4, 8, 8, generator=seeded(0)).to(dtype)
+    noise = torch.randn(2, 4, 8, 8, generator=seeded(1)).to(dtype)
+    for index in range(25):
+        noised = sampler.add_noise(x0, noise, sampler.timesteps[index : index + 1])
+        assert torch.equal(noised, add_noise_by_index(sampler, x0, noise, index)), index
+
+
+@pytest.mark.parametrize("cls", [EulerSampler, EulerAncestralSampler, DPMSolverMultistepSampler])
+def test_add_noise_in_sigmas_needs_one_of_the_samplers_timesteps(cls):
+    x = torch.zeros(1, 4, 8, 8)
+    with pytest.raises(RuntimeError, match=r"call set_timesteps"):
+        cls().add_noise(x, x, torch.tensor([999]))
+    sampler = cls()
+    sampler.set_timesteps(10)
+    with pytest.raises(ValueError, match=r"timestep 3 is not one of this sampler's 10 timesteps"):
+        sampler.add_noise(x, x, torch.tensor([3]))
+
+
+def test_x0_eps_and_v_convert_into_each_other():
+    """x_0 back from each kind of prediction, in x_t (alpha^2 + sigma^2 = 1) and in Euler's
+    x = x_0 + sigma eps; and eps back from each, in x_t."""
+    x0, eps = torch.randn(2, 4, 8, 8, generator=seeded(0)), torch.randn(2, 4, 8, 8, generator=seeded(1))
+    for sigma_euler in (0.1, 1.0, 14.6):
+        sigma_euler = torch.tensor(sigma_euler)
+        alpha_t, sigma_t = 1 / (sigma_euler**2 + 1) ** 0.5, sigma_euler / (sigma_euler**2 + 1) ** 0.5
+        v = alpha_t * eps - sigma_t * x0
+        outputs = {"epsilon": eps, "sample": x0, "v_prediction": v}
+        x_t, x = alpha_t * x0 + sigma_t * eps, x0 + sigma_euler * eps
+        for kind, output in outputs.items():
+            torch.testing.assert_close(predicted_x0(kind, output, x_t, alpha_t, sigma_t), x0, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(predicted_eps(kind, output, x_t, alpha_t, sigma_t), eps, atol=1e-4, rtol=1e-4)
+            euler = predicted_x0(kind, output, x, 1.0, sigma_euler, variance=sigma_euler**2 + 1)
+            torch.testing.assert_close(euler, x0, atol=1e-4, rtol=1e-4)
 
 
 DPM_HISTORY = {
