@@ -34,8 +34,6 @@ from sdcourse.request_checks import (
 )
 from sdcourse.samplers import (
     SAMPLERS,
-    DPMSolverMultistepSampler,
-    EulerSampler,
     check_num_inference_steps,
     make_sampler,
     randn_like_diffusers,
@@ -84,23 +82,12 @@ def make_sampler_for(scheduler, name=None):
 
 
 def add_noise(sampler, x0, noise, index):
-    """The forward process: clean latents x0 noised to the level of `sampler.timesteps[index]`.
+    """The forward process: clean latents x0 noised to the level of `sampler.timesteps[index]`,
+    written in the sampler's own variable (`sampler.add_noise`, as diffusers' schedulers have it).
 
-    Each sampler works in its own variable, so the same noising reads differently:
-        DDPM, DDIM:   x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
-        Euler:        x   = x_0 + sigma eps                 (x = x_t / sqrt(alpha_bar_t))
-        DPM-Solver:   x_t = alpha x_0 + sigma_t eps,  alpha = 1 / sqrt(sigma^2 + 1), sigma_t = sigma alpha
-    The schedule is cast to the latents' dtype first, as diffusers' `add_noise` does.
+    DDPM, DDIM: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps; Euler: x = x_0 + sigma eps.
     """
-    if isinstance(sampler, (EulerSampler, DPMSolverMultistepSampler)):
-        sigma = sampler.sigmas.to(x0.device, x0.dtype)[index]
-        if isinstance(sampler, EulerSampler):
-            return x0 + noise * sigma
-        alpha = 1 / ((sigma**2 + 1) ** 0.5)
-        sigma_t = sigma * alpha
-        return alpha * x0 + sigma_t * noise
-    alpha_bar = sampler.alphas_cumprod.to(x0.device, x0.dtype)[int(sampler.timesteps[index])]
-    return alpha_bar**0.5 * x0 + (1 - alpha_bar) ** 0.5 * noise
+    return sampler.add_noise(x0, noise, sampler.timesteps[index : index + 1])
 
 
 def first_step(num_inference_steps, strength) -> int:

@@ -27,7 +27,8 @@ import zipfile
 from functools import lru_cache
 from pathlib import Path
 
-from sdcourse import CourseWarning, warn
+from sdcourse import CourseWarning
+from sdcourse import warn as warn_learner
 
 TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "clip_tokenizer"
 VOCAB_SIZE = 49408
@@ -147,7 +148,7 @@ def tokenize(prompts, tokenizer=None, max_length: int = MAX_LENGTH, warn: bool =
                 if len(words) > 120:  # the warning stays short: the start of what was dropped
                     words = words[:117].rsplit(" ", 1)[0] + " ..."
                 plural = "token was" if len(dropped) == 1 else "tokens were"
-                warn(
+                warn_learner(
                     f"the prompt has {len(ids) - 2} tokens plus start and end, more than the {max_length}-token "
                     f"context holds: the last {len(dropped)} {plural} dropped: {words!r}",
                     PromptTruncatedWarning,
