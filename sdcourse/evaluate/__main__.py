@@ -9,8 +9,9 @@ import argparse
 from ..training.judge import train_classifier
 from .judge import CLASSIFIER_PATH, classifier_accuracy, load_classifier, save_classifier
 
-parser = argparse.ArgumentParser(description="Report a classifier's accuracy (the fixed judge's by "
-                                             "default), or train a new one.")
+parser = argparse.ArgumentParser(prog="python -m sdcourse.evaluate",
+                                 description="Report a classifier's accuracy (the fixed judge's by default), "
+                                             "or train a new one.")
 parser.add_argument("--train", action="store_true", help="train a classifier and save it to --out")
 parser.add_argument("--steps", type=int, default=800)
 parser.add_argument("--out", default=None, help="where to save a trained classifier (not the fixed judge)")
