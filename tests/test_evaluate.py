@@ -12,6 +12,7 @@ import sdcourse
 from sdcourse import evaluate as ev
 from sdcourse.data import shapes
 from sdcourse.evaluate import classifier_accuracy, classify, parse_prompt, prompt_adherence
+from sdcourse.images import images_to_tensor, to_uint8
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -106,6 +107,16 @@ def test_every_function_that_takes_pictures_checks_them():
     good = picture(("red", "circle", "large", "center"))
     with pytest.raises(ValueError, match="reference: a float32"):
         ev.psnr(good, images)
+
+
+def test_pictures_to_tensor_and_back_is_exact_and_in_minus_one_to_one():
+    pictures = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=-1)
+    x = images_to_tensor(pictures)
+    assert x.shape == (1, 3, 16, 16) and x.dtype == torch.float32
+    assert x.min() == -1 and x.max() == 1
+    assert np.array_equal(to_uint8(x), pictures)
+    assert np.array_equal(to_uint8(x.half()), pictures)
+    assert np.array_equal(to_uint8(torch.full((1, 3, 2, 2), 5.0)), np.full((1, 2, 2, 3), 255, np.uint8))  # clamped
 
 
 # ----------------------------------------------------------------------------- position
@@ -238,6 +249,54 @@ def test_round_trip_pictures_are_of_the_asked_shape_and_size():
     assert images.shape == (8, 64, 64, 3)
     assert all(g["shape"] == "star" for g in classify(images))
     assert max(ev.locate(images), key=lambda f: f["pixels"])["pixels"] < 250  # small: under ~20 px wide
+
+
+# ----------------------------------------------------------------------------- adherence
+
+
+class RedCirclePipe:
+    """A stand-in pipeline that draws a large red circle in the centre, whatever the prompt says."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, prompts, height, width, num_inference_steps, guidance_scale, generator, output_type):
+        self.calls.append({"prompts": prompts, "seeds": len(generator), "steps": num_inference_steps,
+                           "guidance_scale": guidance_scale, "output_type": output_type})
+        red_circle = picture(("red", "circle", "large", "center")).astype(np.float32) / 255
+        return type("Out", (), {"images": np.repeat(red_circle, len(prompts), axis=0)})()
+
+
+def test_each_adherence_measure_scores_the_pictures_against_its_prompts():
+    pipe = RedCirclePipe()
+    result = prompt_adherence(pipe, ["a red circle", "a blue square"], seeds=[0, 1, 2], batch_size=4,
+                              num_inference_steps=3, return_images=True)
+    assert [call["seeds"] for call in pipe.calls] == [4, 2]  # six pictures, in batches of four
+    assert pipe.calls[0]["prompts"] == ["a red circle"] * 3 + ["a blue square"]
+    assert pipe.calls[0]["steps"] == 3 and pipe.calls[0]["output_type"] == "np"
+    assert {k: result[k] for k in ("colour_correct", "shape_correct", "both_correct", "diversity", "n_images")} == \
+        {"colour_correct": 50.0, "shape_correct": 50.0, "both_correct": 50.0, "diversity": 0.0, "n_images": 6}
+    assert result["images"].shape == (6, 64, 64, 3) and len(result["guesses"]) == 6
+
+    where = ev.position_adherence(pipe, ["a red circle in the center", "a red square in the center",
+                                         "a red circle in the top left"], seeds=[0])
+    assert where == pytest.approx({"position_correct": 200 / 3, "all_correct": 100 / 3, "n_images": 3})
+    two = ev.two_object_adherence(pipe, ["a red circle and a blue square"], seeds=[0, 1], return_images=True)
+    assert two["both_correct"] == 0.0 and two["two_found"] == 0.0 and two["n_images"] == 2
+    assert two["guesses"] == [[{"colour": "red", "shape": "circle"}]] * 2
+
+
+@pytest.mark.parametrize("argument, value, said", [
+    ("num_inference_steps", 0, "num_inference_steps must be at least 1, got 0"),
+    ("guidance_scale", -1.0, r"guidance_scale must be a number >= 0, got -1.0"),
+    ("batch_size", 2.5, "batch_size must be an integer, got 2.5"),
+    ("seeds", [], r"seeds=\[\]; give at least one seed"),
+])
+def test_adherence_refuses_bad_settings_before_generating(argument, value, said):
+    pipe = RedCirclePipe()
+    with pytest.raises(ValueError, match=said):
+        prompt_adherence(pipe, ["a red circle"], **{argument: value})
+    assert pipe.calls == []
 
 
 # ----------------------------------------------------------------------------- on the shipped model
