@@ -7,7 +7,7 @@ shapes generator hold them. The networks (VAE, CLIP, the judge) take float tenso
     >>> pictures = np.zeros((2, 64, 64, 3), dtype=np.uint8)
     >>> images_to_tensor(pictures).shape
     torch.Size([2, 3, 64, 64])
-    >>> (to_uint8(images_to_tensor(pictures)) == pictures).all()
+    >>> np.array_equal(to_uint8(images_to_tensor(pictures)), pictures)
     True
 """
 
