@@ -125,7 +125,7 @@ def main(argv=None):
     from sdcourse import evaluate as ev
 
     judge = ev.load_classifier(args.judge) if args.judge else ev.load_classifier()
-    print(f"judge: {args.judge or ev.FIXED_JUDGE}")
+    print(f"judge: {args.judge or ev.CLASSIFIER_PATH}")
 
     # Each measure's own accuracy on clean generator pictures.
     n = args.n

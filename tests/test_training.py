@@ -1,11 +1,20 @@
 """The build's training loop and stages: an interrupted run resumes exactly where it stopped,
-a longer run extends a finished one, and a checkpoint made with other settings is refused."""
+a longer run extends a finished one, a checkpoint made with other settings is refused, and the
+whole fast build writes only inside its run and out folders."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+import sdcourse
+from sdcourse.evaluate import CLASSIFIER_FILE, clip_image_folder
 from sdcourse.tokenizer import MAX_LENGTH
 from sdcourse.training.common import EMA, load_checkpoint, min_snr_weights
 from sdcourse.training.config import fast_config
@@ -247,3 +256,58 @@ def test_word_sensitivity_measures_how_much_each_kind_of_word_moves_the_text_enc
     result = word_sensitivity(text_encoder, tokenizer)
     assert set(result) == set(WORD_PAIRS) and all(0 < value < 300 for value in result.values())
     assert word_sensitivity(text_encoder, tokenizer) == result  # no randomness
+
+
+def _listing(folder):
+    """Every file and folder under `folder`, with size and modification time of files."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else None
+            for p in folder.rglob("*")}
+
+
+def test_a_build_writes_only_inside_its_run_and_out_folders(tmp_path):
+    """A fast build (about a minute) leaves its folder's parent, its working folder and
+    the package's assets (the fixed judge, the shipped CLIP image half) as they were."""
+    root = Path(sdcourse.__file__).resolve().parent.parent
+    assets = root / "sdcourse" / "assets"
+    parent = tmp_path / "builds"
+    parent.mkdir()
+    (parent / "someone_elses.txt").write_text("untouched")
+    before, assets_before = _listing(parent), _listing(assets)
+    env = {**os.environ, "SDCOURSE_FAST": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
+    command = [sys.executable, "-m", "sdcourse.training.build_model", "--run", "run", "--out", "out", "--quiet",
+               "--threads", "2"]
+    # The VAE alone first (it needs no captions), then the rest: the second call resumes
+    done = subprocess.run([*command, "--stop-after", "vae_decoder"], cwd=parent, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (parent / "run" / "vae_decoder" / "config.json").exists()
+    assert not (parent / "run" / "clip").exists() and not (parent / "out").exists()
+    done = subprocess.run(command, cwd=parent, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "VAE" not in done.stdout  # its figures print only when it trains: it was not retrained
+
+    after = _listing(parent)
+    outside = {p: v for p, v in after.items() if p.split(os.sep)[0] not in ("run", "out")}
+    assert outside == before
+    assert _listing(assets) == assets_before
+    assert (parent / "out" / "model_index.json").exists()
+    assert (parent / "run" / "tiny-clip" / "config.json").exists()
+    assert (parent / "run" / CLASSIFIER_FILE).exists()
+    assert not [p for p in after if p.endswith(".partial")]
+    assert clip_image_folder(parent / "out", parent / "run") == parent / "run" / "tiny-clip"
+    # The VAE ships as its finished stage stored it, byte for byte (float16)
+    weights = "diffusion_pytorch_model.safetensors"
+    assert (parent / "out" / "vae" / weights).read_bytes() == (parent / "run" / "vae_decoder" / weights).read_bytes()
+
+    # A run folder that holds only the finished stages (as build-stages/ keeps them in git)
+    # resumes after them: nothing earlier is trained again
+    kept = parent / "kept"
+    kept.mkdir()
+    for name in ("vae_decoder", "clip_words"):
+        shutil.copytree(parent / "run" / name, kept / name)
+    resumed = [*command[:4], "kept", *command[5:], "--stop-after", "clip_words"]
+    done = subprocess.run(resumed, cwd=parent, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "CLIP" not in done.stdout and "VAE" not in done.stdout
+    assert not any((kept / name).exists() for name in ("vae", "clip", "clip_refined"))

@@ -53,11 +53,13 @@ from accelerate import Accelerator  # noqa: E402
 
 from .. import fast_mode_requested  # noqa: E402
 from ..data import shapes  # noqa: E402
+from ..evaluate import CLASSIFIER_FILE, classifier_accuracy, save_classifier, vae_round_trip  # noqa: E402
 from ..tokenizer import load_tokenizer  # noqa: E402
 from . import config as config_mod  # noqa: E402
 from .common import seed_everything, set_threads  # noqa: E402
 from .datasets import build_contrast_set, build_training_set, photo_crops  # noqa: E402
 from .export import folder_size_mb, save_clip_extras, save_pipeline  # noqa: E402
+from .judge import train_classifier  # noqa: E402
 from .trainer import PRECISIONS, CheckpointError  # noqa: E402
 
 
@@ -207,8 +209,6 @@ def text_half(clip):
 def vae_figures(b: Build, vae) -> dict:
     """The VAE's round trip (`evaluate.vae_round_trip`, judged by the fixed judge): the share
     of each shape and size still recognised, and PSNRs on fresh shapes and held-out photos."""
-    from ..evaluate import vae_round_trip
-
     with torch.no_grad():
         report = vae_round_trip(vae.eval(), n_per_cell=4 if b.cfg.fast else 100, n_psnr=16 if b.cfg.fast else 256)
     return {key: report[key] for key in ("shape_kept", "psnr_fresh_shapes", "psnr_held_out_photo_crops")}
@@ -275,10 +275,8 @@ def unet_stage(b: Build):
 
 
 def classifier_stage(b: Build):
-    """6. A shape/colour classifier trained by the evaluator's recipe, kept in the run folder
+    """6. A shape/colour classifier trained by the judge's recipe (`training.judge`), kept in the run folder
     (the fixed judge in the package is never replaced)."""
-    from ..evaluate import CLASSIFIER_FILE, classifier_accuracy, save_classifier, train_classifier
-
     cfg = b.cfg
     if any((b.run_dir / name).exists() for name in (CLASSIFIER_FILE, "classifier.safetensors")):
         return  # "classifier.safetensors": its name in runs made before

@@ -1,4 +1,7 @@
-"""Small pieces shared by the training stages: seeding, EMA, checkpoint files, random states, image grids."""
+"""Small pieces shared by the training stages: seeding, EMA, checkpoint files, random states, image grids.
+
+Pictures to tensors and back are `sdcourse.images`' (`images_to_tensor`, `to_uint8`).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..images import images_to_tensor, to_uint8  # noqa: F401 (the training stages import them from here)
 
 
 def seed_everything(seed: int):
@@ -98,12 +103,6 @@ def set_rng_state(state):
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8."""
-    images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return images.permute(0, 2, 3, 1).cpu().numpy()
-
-
 def save_grid(images: np.ndarray, path: Path, titles=None, columns: int = 8):
     """Save uint8 images (N, H, W, 3) as one PNG grid, optionally with a small title each."""
     import matplotlib
@@ -135,8 +134,3 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float, prediction: str 
     if not gamma:
         return torch.ones_like(snr)
     return snr.clamp(max=gamma) / (snr + 1 if prediction == "v_prediction" else snr)
-
-
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)

@@ -1,0 +1,70 @@
+"""Scoring pictures against what was asked: positions (`locate`) and two objects (`classify_objects`),
+and each measure's own accuracy on clean generator pictures."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..arguments import choice
+from ..data import shapes
+from .objects import classify_objects, locate
+
+
+def colour_and_shape(obj: dict) -> tuple:
+    """(colour, shape) of an object as a prompt asks for it or as the judge names it, to compare the two."""
+    return obj["colour"], obj["shape"]
+
+
+def score_positions(images, positions) -> dict:
+    """Share (%) of pictures whose object is at the expected position (`locate`).
+
+    positions: one name from shapes.POSITIONS per picture. Also returns the positions found.
+    """
+    found = locate(images)
+    positions = list(positions)
+    if len(positions) != len(found):
+        raise ValueError(f"positions: {len(positions)} names for {len(found)} pictures; give one per picture")
+    for p in positions:
+        choice("positions", p, shapes.POSITIONS)
+    right = [f["position"] == p for f, p in zip(found, positions)]
+    return {"position_correct": float(100 * np.mean(right)) if right else 0.0, "found": [f["position"] for f in found]}
+
+
+def score_two_objects(images, expected, classifier=None) -> dict:
+    """How often both objects of a picture are right (colour and shape, in any order).
+
+    expected: per picture, the two objects asked for: [{"colour", "shape"}, {"colour", "shape"}].
+    Returns percentages both_correct (the two pairs match, in any order), colours_correct and
+    shapes_correct (the two colours, resp. shapes, match whatever they are bound to: a picture
+    with colours and shapes right but both not right has swapped them), two_found (the
+    picture holds two separate objects), and the guesses.
+    """
+    guesses = classify_objects(images, classifier, n=2)
+    expected = list(expected)
+    if len(expected) != len(guesses):
+        raise ValueError(f"expected: {len(expected)} entries for {len(guesses)} pictures; give one per picture")
+    both, colours, kinds, two = [], [], [], []
+    for want, got in zip(expected, guesses):
+        if len(want) != 2:
+            raise ValueError(f"expected: an entry with {len(want)} objects; each must list two")
+        two.append(len(got) == 2)
+        both.append(sorted(map(colour_and_shape, got)) == sorted(map(colour_and_shape, want)))
+        colours.append(sorted(g["colour"] for g in got) == sorted(w["colour"] for w in want))
+        kinds.append(sorted(g["shape"] for g in got) == sorted(w["shape"] for w in want))
+    pct = lambda xs: float(100 * np.mean(xs)) if xs else 0.0  # noqa: E731
+    return {"both_correct": pct(both), "colours_correct": pct(colours), "shapes_correct": pct(kinds),
+            "two_found": pct(two), "guesses": guesses}
+
+
+def position_measure_accuracy(n: int = 1000, seed: int = 2025) -> dict:
+    """`locate`'s own accuracy (%) on fresh single-object generator pictures (all shapes, sizes, positions)."""
+    images, _, labels = shapes.make_dataset(n, seed=seed, shapes=shapes.ALL_SHAPES, n_objects=1)
+    result = score_positions(images, [l["objects"][0]["position"] for l in labels])
+    return {"position": result["position_correct"]}
+
+
+def two_object_measure_accuracy(n: int = 1000, seed: int = 2026, classifier=None) -> dict:
+    """The two-object measure's own accuracy (%) on fresh two-object generator pictures (all shapes)."""
+    images, _, labels = shapes.make_dataset(n, seed=seed, shapes=shapes.ALL_SHAPES, n_objects=2)
+    result = score_two_objects(images, [l["objects"] for l in labels], classifier)
+    return {k: v for k, v in result.items() if k != "guesses"}
