@@ -23,6 +23,7 @@ from PIL import Image
 from sdcourse import CourseWarning, warn
 from sdcourse.arguments import whole_number
 from sdcourse.guidance import guided_noise_prediction, uses_guidance
+from sdcourse.images import images_to_tensor, unit_to_uint8
 from sdcourse.loading import load_pipeline
 from sdcourse.request_checks import (
     check_generator,
@@ -122,10 +123,8 @@ def _resized(picture, height, width):
 
 
 def image_to_tensor(images, height, width):
-    """PIL images -> (k, 3, height, width) float32 in [-1, 1]: resize, then x / 255 * 2 - 1."""
-    arrays = [np.asarray(_resized(im, height, width).convert("RGB")).astype(np.float32) / 255.0 for im in images]
-    pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # (k, 3, H, W) in [0, 1]
-    return 2.0 * pixels - 1.0
+    """PIL images -> (k, 3, height, width) float32 in [-1, 1]: resize, then x / 127.5 - 1."""
+    return images_to_tensor(np.stack([np.asarray(_resized(im, height, width).convert("RGB")) for im in images]))
 
 
 def mask_to_tensor(masks, height, width):
@@ -140,9 +139,8 @@ def mask_to_tensor(masks, height, width):
 
 def tensor_to_images(pixels):
     """(batch, 3, H, W) in [-1, 1] -> PIL images: x / 2 + 1/2, clamp to [0, 1], * 255, round."""
-    pixels = (pixels / 2 + 0.5).clamp(0, 1)
-    arrays = pixels.cpu().permute(0, 2, 3, 1).float().numpy()  # (batch, H, W, 3)
-    return [Image.fromarray(a) for a in (arrays * 255).round().astype(np.uint8)]
+    pixels = (pixels / 2 + 0.5).clamp(0, 1)  # in the networks' dtype, as diffusers does
+    return [Image.fromarray(a) for a in unit_to_uint8(pixels.cpu().permute(0, 2, 3, 1).float().numpy())]
 
 
 class StableDiffusion:

@@ -1,4 +1,4 @@
-"""Pictures and tensors: one conversion each way.
+"""Pictures and tensors: one conversion each way, and one from [0, 1] floats to uint8.
 
 Pictures are uint8 arrays (N, H, W, 3): channels last, values 0..255, as numpy, PIL and the
 shapes generator hold them. The networks (VAE, CLIP, the judge) take float tensors
@@ -29,3 +29,9 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     come back on the CPU."""
     images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return images.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def unit_to_uint8(pictures: np.ndarray) -> np.ndarray:
+    """Float pictures in [0, 1] (diffusers' output_type="np") -> uint8: x * 255, rounded, as
+    diffusers' `numpy_to_pil` does. Values are expected in [0, 1] already (clamp first)."""
+    return (pictures * 255).round().astype(np.uint8)

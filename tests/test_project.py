@@ -181,3 +181,18 @@ def test_warn_takes_course_warnings_only():
 
     with pytest.raises(ValueError, match=r"category must be CourseWarning or a subclass of it, got <class 'UserWarning'>"):
         sdcourse.warn("a message", UserWarning)
+
+
+def test_the_readme_layout_names_every_module():
+    """A newcomer finds any piece from the README's layout table."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("## Layout"):readme.index("\n## ", readme.index("## Layout") + 1)]
+    package = ROOT / "sdcourse"
+    modules = [p for p in package.glob("*.py") if p.name != "__init__.py"]
+    modules += [p for p in (package / "training").glob("*.py") if p.name != "__init__.py"]
+    modules += [p for p in (package / "data").glob("*.py") if p.name != "__init__.py"]
+    named = [p.relative_to(package).as_posix() for p in modules]
+    missing = [name for name in named if f"`{name}`" not in layout and f"`{name.split('/')[-1]}`" not in layout]
+    assert not missing, f"modules the README's layout table does not name: {missing}"
+    for folder in ("evaluate/", "checks/", "quizzes/", "assets/"):
+        assert f"`{folder}`" in layout, folder

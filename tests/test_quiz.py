@@ -1,6 +1,5 @@
 """Quiz banks are valid, every lesson's has five questions, and both front ends work."""
 
-from pathlib import Path
 
 import pytest
 import yaml

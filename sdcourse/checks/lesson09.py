@@ -196,7 +196,7 @@ def _recorded_steps():
     records = []
     for strength, steps in ((1.0, 4), (0.6, 5)):
         g = torch.Generator().manual_seed(0)
-        cond, uncond = sd.encode_prompts(["a green triangle"], [""], 7.5, 1)
+        cond, uncond = sd.encode_prompts(["a green triangle"], [""], guided=True, num_images_per_prompt=1)
         start = first_step(steps, strength)
         timesteps = sd.set_timesteps(steps)[start:].clone()
         noise = sd.initial_noise(1, 64, 64, g)

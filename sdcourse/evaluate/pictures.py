@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from ..data import shapes
+from ..images import unit_to_uint8
 
 SIZE = shapes.IMAGE_SIZE
 ALLOWED_PICTURES = "a uint8 array (N, 64, 64, 3), a float array in [0, 1] of that shape, or a list of PIL images"
@@ -61,4 +62,4 @@ def as_pictures(images, name: str = "images") -> np.ndarray:
                 hint = " (pictures in [0, 255]? give images / 255, or uint8)"
             raise ValueError(f"{name}: a {images.dtype} array with values in [{low:.3g}, {high:.3g}]{hint}; "
                              f"allowed: {ALLOWED_PICTURES}")
-    return (images * 255).round().astype(np.uint8)
+    return unit_to_uint8(images)

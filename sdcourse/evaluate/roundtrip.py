@@ -7,6 +7,7 @@ import torch
 
 from ..arguments import choice, whole_number
 from ..data import shapes
+from ..data.photos import HELD_OUT_PHOTOS, photo_crops
 from ..images import images_to_tensor, to_uint8
 from .judge import COLOUR_NAMES, classify
 from .objects import POSITION_NAMES
@@ -62,11 +63,6 @@ def vae_round_trip(vae, n_per_cell: int = 100, n_psnr: int = 256, seed: int = 31
     mix of one and two objects, no stars), held-out photo crops and fresh crops of the
     training photos.
     """
-    # The photo crops are the training set's (sdcourse.training.datasets). Imported here, when the
-    # PSNR figures are asked for, so that importing evaluate never imports training: training builds
-    # on evaluate, not the reverse.
-    from ..training.datasets import HELD_OUT_PHOTOS, photo_crops
-
     n_per_cell = whole_number("n_per_cell", n_per_cell, minimum=1)
     n_psnr = whole_number("n_psnr", n_psnr, minimum=1)
     kept, clean = {}, {}

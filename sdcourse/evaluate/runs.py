@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..pipeline import EMBEDDED_MODEL
+from ..loading import EMBEDDED_MODEL
 
 
 def clip_image_folder(model=None, run=None) -> Path | None:

@@ -52,20 +52,22 @@ import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 
 from .. import fast_mode_requested  # noqa: E402
-from ..data import shapes  # noqa: E402
 from ..evaluate import CLASSIFIER_FILE, classifier_accuracy, save_classifier, vae_round_trip  # noqa: E402
 from ..tokenizer import load_tokenizer  # noqa: E402
 from . import config as config_mod  # noqa: E402
 from .common import seed_everything, set_threads  # noqa: E402
-from .datasets import build_contrast_set, build_training_set, photo_crops  # noqa: E402
+from ..data.photos import photo_crops  # noqa: E402
+from .datasets import build_contrast_set, build_training_set  # noqa: E402
 from .export import folder_size_mb, save_clip_extras, save_pipeline  # noqa: E402
 from .judge import train_classifier  # noqa: E402
 from .trainer import PRECISIONS, CheckpointError  # noqa: E402
+from .train_clip import refine_image_encoder, teach_words, train_clip, word_sensitivity, zero_shot_accuracy  # noqa: E402
+from .train_unet import load_or_cache_latents, save_samples, train_unet  # noqa: E402
+from .train_vae import finetune_decoder, latent_scaling_factor, train_vae  # noqa: E402
 
 
 class StageLog:
     """Times each stage and writes the figures to build_log.json as it goes (from one process only)."""
-
     def __init__(self, path: Path, write: bool = True):
         self.path = path
         self.write = write
@@ -92,7 +94,6 @@ class Build:
     Under `accelerate launch` every process runs every stage (the training is shared between
     them); only the main process writes files and measures figures.
     """
-
     def __init__(self, cfg, run_dir: Path, out: Path, progress: bool):
         self.cfg, self.run_dir, self.out, self.progress = cfg, Path(run_dir), Path(out), progress
         # This process as accelerate sees it (one of several under `accelerate launch`)
@@ -136,8 +137,6 @@ def clip_stage(b: Build):
     """3. The CLIP, both halves trained together, contrastively."""
     from transformers import CLIPModel
 
-    from .train_clip import train_clip, word_sensitivity, zero_shot_accuracy
-
     folder = b.run_dir / "clip"
     if finished(b, "clip_words"):
         return  # its last phase is done: that one is loaded (a run resumed from its finished stages)
@@ -159,8 +158,6 @@ def later_clip_phase(b: Build, folder_name: str, steps: int, seed_offset: int, t
     it has steps), saved, and its zero-shot accuracy logged. True when it trained now."""
     from transformers import CLIPModel
 
-    from .train_clip import zero_shot_accuracy
-
     folder = b.run_dir / folder_name
     if folder_name != "clip_words" and finished(b, "clip_words"):
         return False
@@ -180,8 +177,6 @@ def later_clip_phase(b: Build, folder_name: str, steps: int, seed_offset: int, t
 
 def clip_image_stage(b: Build):
     """3b. The CLIP's image encoder trains on, with the text encoder locked."""
-    from .train_clip import refine_image_encoder
-
     later_clip_phase(b, "clip_refined", b.cfg.clip_image_steps, 4, refine_image_encoder, "image")
 
 
@@ -189,8 +184,6 @@ def clip_words_stage(b: Build):
     """3c. Both halves train together again, on the contrast pairs too: the image encoder now
     sees shapes and positions, so the text encoder learns their words. Its text encoder
     becomes SD's, frozen."""
-    from .train_clip import teach_words, word_sensitivity
-
     if later_clip_phase(b, "clip_words", b.cfg.clip_words_steps, 5, teach_words, "words") and b.main:
         b.log.figure("text_encoder_word_sensitivity_after_words_phase", word_sensitivity(text_half(b.clip)),
                      "text encoder: % change of its output per kind of word, after the words phase")
@@ -218,7 +211,6 @@ def vae_stage(b: Build):
     """2. The VAE; then scaling_factor = 1 / std of its latents."""
     from diffusers import AutoencoderKL
 
-    from .train_vae import latent_scaling_factor, train_vae
 
     folder = b.run_dir / "vae"
     if finished(b, "vae_decoder"):
@@ -239,7 +231,6 @@ def vae_decoder_stage(b: Build):
     """2b. Optional: the decoder alone trains on (latents, hence the U-Net, are unaffected)."""
     from diffusers import AutoencoderKL
 
-    from .train_vae import finetune_decoder
 
     folder = b.run_dir / "vae_decoder"
     if (folder / "config.json").exists():
@@ -257,16 +248,12 @@ def vae_decoder_stage(b: Build):
 
 def latents_stage(b: Build):
     """4. The latent distributions of the training set, encoded once and cached."""
-    from .train_unet import load_or_cache_latents
-
     with b.accelerator.main_process_first():
         b.latents = load_or_cache_latents(b.vae, b.data["images"], b.run_dir / "latents.npz", b.progress)
 
 
 def unet_stage(b: Build):
     """5. The U-Net; always runs, so that a larger --unet-steps trains a finished run on."""
-    from .train_unet import train_unet
-
     seed_everything(b.cfg.seed + 3)
     b.unet = train_unet(b.cfg, b.latents, b.data["token_ids"], b.text_encoder, b.vae, b.tokenizer,
                         b.vae.config.scaling_factor, b.run_dir, b.progress, total_steps=b.cfg.unet_steps)
@@ -291,8 +278,6 @@ def classifier_stage(b: Build):
 def ship_stage(b: Build):
     """7. The pipeline folder (written in the run folder, then moved to --out), and the CLIP's
     image half in the run folder (benchmarks/quality.py --run finds it there)."""
-    from .train_unet import save_samples
-
     if not b.main:
         return
     save_pipeline(b.unet, b.vae, b.text_encoder, b.tokenizer, b.out, partial=b.run_dir / "pipeline.partial")

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..images import images_to_tensor, to_uint8  # noqa: F401 (the training stages import them from here)
 
 
 def seed_everything(seed: int):

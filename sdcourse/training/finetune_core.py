@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from ..arguments import choice, probability, real_number, whole_number
-from .common import images_to_tensor, min_snr_weights
+from ..images import images_to_tensor
+from .common import min_snr_weights
 from .trainer import MAY_CHANGE_ON_RESUME, PRECISIONS, Trainer, TrainSettings
 
 

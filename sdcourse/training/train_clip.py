@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import shapes
-from ..tokenizer import END_TOKEN_ID, MAX_LENGTH, START_TOKEN_ID, VOCAB_SIZE
-from .common import images_to_tensor
+from ..tokenizer import END_TOKEN_ID, MAX_LENGTH, START_TOKEN_ID, VOCAB_SIZE, load_tokenizer
+from ..images import images_to_tensor
 from .config import CLIP_DATA_SETTINGS, CLIP_MODEL_SETTINGS, DATA_SETTINGS
 from .datasets import tokenize_ids
 from .trainer import Trainer, TrainSettings
@@ -205,8 +205,6 @@ def word_sensitivity(text_encoder, tokenizer=None) -> dict:
     """How much a text encoder's output (last_hidden_state, all 77 tokens, what the U-Net reads)
     changes when one kind of word changes: the mean over `WORD_PAIRS` of |E(a) - E(b)| / |E(a)|,
     in %. A U-Net can only follow the words that move this output."""
-    from ..tokenizer import load_tokenizer
-
     tokenizer = tokenizer or load_tokenizer()
     text_encoder.eval()
 

@@ -34,6 +34,9 @@ from accelerate import Accelerator  # noqa: E402
 from . import config as config_mod  # noqa: E402
 from .common import seed_everything, set_threads  # noqa: E402
 from .datasets import build_training_set  # noqa: E402
+from ..loading import load_pipeline  # noqa: E402
+from .export import save_pipeline  # noqa: E402
+from .train_unet import load_or_cache_latents, save_samples, train_unet  # noqa: E402
 from .trainer import PRECISIONS, CheckpointError  # noqa: E402
 
 
@@ -50,10 +53,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error(f"--steps must be a positive number of steps; got {args.steps}")
-
-    from ..pipeline import load_pipeline
-    from .export import save_pipeline
-    from .train_unet import load_or_cache_latents, save_samples, train_unet
 
     cfg = config_mod.full_config(threads=args.threads, unet_steps=args.steps, sample_every=0,
                                  mixed_precision=args.mixed_precision)

@@ -56,6 +56,8 @@ import torch  # noqa: E402
 from ..arguments import flag, real_number, whole_number  # noqa: E402
 from ..data import shapes  # noqa: E402
 from ..lora import DEFAULT_TARGETS  # noqa: E402
+from ..images import unit_to_uint8  # noqa: E402
+from ..loading import load_pipeline  # noqa: E402
 from .common import save_grid, set_threads  # noqa: E402
 from .finetune_core import FineTuneSettings, WhatTrains, fine_tune  # noqa: E402
 from .finetune_data import CONCEPTS, concept_pictures, folder_pictures, prior_pictures  # noqa: E402, F401
@@ -128,12 +130,10 @@ def sample_grid(pipe, prompts, path, seed: int = 100):
     """One picture per prompt (25 DDIM steps, guidance 7.5), saved as a grid with titles."""
     images = pipe(prompts, num_inference_steps=25, guidance_scale=7.5, output_type="np",
                   generator=torch.Generator().manual_seed(seed)).images
-    save_grid((images * 255).round().astype(np.uint8), path, titles=prompts, columns=min(8, len(prompts)))
+    save_grid(unit_to_uint8(images), path, titles=prompts, columns=min(8, len(prompts)))
 
 
 def main(argv=None):
-    from ..pipeline import load_pipeline
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--concept", choices=CONCEPTS, help="a shape or colour the embedded model never learned")

@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 from ..schedules import SD_SCHEDULE
 from ..tokenizer import MAX_LENGTH
-from .common import images_to_tensor, min_snr_weights, save_grid
+from ..images import images_to_tensor, unit_to_uint8
+from .common import min_snr_weights, save_grid
 from .config import DATA_SETTINGS, UNET_MODEL_SETTINGS
 from .trainer import Trainer, TrainSettings
 
@@ -186,7 +187,7 @@ def save_samples(unet, vae, text_encoder, tokenizer, path: Path, guidance_scale:
     for scale in (guidance_scale, 1.0):
         out = pipe(SAMPLE_PROMPTS, height=64, width=64, num_inference_steps=25, guidance_scale=scale,
                    generator=torch.Generator().manual_seed(0), output_type="np")
-        rows.append((out.images * 255).round().astype(np.uint8))
+        rows.append(unit_to_uint8(out.images))
     titles = [f"{p} (cfg {guidance_scale})" for p in SAMPLE_PROMPTS] + [f"{p} (cfg 1)" for p in SAMPLE_PROMPTS]
     save_grid(np.concatenate(rows), path, titles=titles)
     if was_training:

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data import shapes
-from .common import images_to_tensor, save_grid, to_uint8
+from ..images import images_to_tensor, to_uint8
+from .common import save_grid
 from .config import VAE_MODEL_SETTINGS
 from .trainer import Trainer, TrainSettings
 
