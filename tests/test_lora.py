@@ -537,3 +537,47 @@ def test_resuming_with_the_text_encoder_switched_is_refused_by_name(tmp_path, on
     main([*args, "--train-text-encoder"])
     with pytest.raises(CheckpointError, match="train_text_encoder: the checkpoint has True, this run asks for False"):
         main([*args[:-1], "2"])
+
+
+# ---- files that cannot be read: each named, with the line and what to do ---------------------
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("null", r'"text" is null; it must be a string'),
+    ('["a red star", "a blue star"]', r'"text" is \["a red star", "a blue star"\]; it must be a string'),
+    ("7", r'"text" is 7; it must be a string'),
+])
+def test_a_caption_that_is_not_a_string_is_refused_naming_the_line(tmp_path, text, problem):
+    from sdcourse.training.train_lora import folder_pictures
+
+    folder = write_pictures(tmp_path, n=2)
+    (folder / "metadata.jsonl").write_text(f'{{"file_name": "p0.png", "text": "a star"}}\n'
+                                           f'{{"file_name": "p1.png", "text": {text}}}\n')
+    with pytest.raises(ValueError, match=r"metadata\.jsonl, line 2: " + problem):
+        folder_pictures(folder, 32)
+
+
+def test_a_picture_listed_twice_in_metadata_is_refused_naming_both_lines(tmp_path):
+    from sdcourse.training.train_lora import folder_pictures
+
+    folder = write_pictures(tmp_path, n=2)
+    (folder / "metadata.jsonl").write_text('{"file_name": "p0.png", "text": "first"}\n'
+                                           '{"file_name": "p1.png", "text": "other"}\n'
+                                           '{"file_name": "p0.png", "text": "second"}\n')
+    with pytest.raises(ValueError, match=r"line 3: p0\.png is listed again \(first on line 1\)"):
+        folder_pictures(folder, 32)
+
+
+def test_a_caption_file_not_in_utf8_is_named_with_its_line(tmp_path):
+    from sdcourse.training.train_lora import folder_pictures
+
+    folder = write_pictures(tmp_path / "txt", n=1)
+    (folder / "p0.txt").write_bytes("a red star\nin a caf\xe9".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"p0\.txt, line 2: not UTF-8 text"):
+        folder_pictures(folder, 32)
+    folder = write_pictures(tmp_path / "jsonl", n=1)
+    (folder / "metadata.jsonl").write_bytes('{"file_name": "p0.png", "text": "caf\xe9"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"metadata\.jsonl, line 1: not UTF-8 text"):
+        folder_pictures(folder, 32)
+    (folder / "metadata.jsonl").write_bytes('\ufeff{"file_name": "p0.png", "text": "caf\xe9"}\n'.encode("utf-8"))
+    assert folder_pictures(folder, 32)[1] == ["caf\xe9"]  # UTF-8 with a byte-order mark is UTF-8

@@ -55,20 +55,43 @@ def prior_pictures(n: int, seed: int = 0):
     return images, list(captions)
 
 
+def _utf8_text(path: Path) -> str:
+    """The text of a caption file, which must be UTF-8; otherwise an error naming the file and the line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")  # a byte-order mark, as some editors write, is dropped
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: not UTF-8 text (byte {raw[error.start]:#04x}); save the file "
+                         "as UTF-8 (most editors offer it under 'Save as' or 'Encoding')") from None
+
+
 def _caption_table(folder: Path) -> dict[str, str]:
-    """file name -> caption, from metadata.jsonl, or else from a .txt beside each picture."""
-    table = {}
+    """file name -> caption, from metadata.jsonl, or else from a .txt beside each picture.
+
+    Each line of metadata.jsonl is {"file_name": "...", "text": "..."}, both strings, one line per
+    picture: a caption that is null, a number or a list, or a picture listed twice, is refused."""
+    table, first_line = {}, {}
     metadata = folder / "metadata.jsonl"
-    if metadata.exists():
-        for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-                table[entry["file_name"]] = str(entry["text"])
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise ValueError(f"{metadata}, line {number}: expected {{\"file_name\": ..., \"text\": ...}}, "
-                                 f"got {line.strip()[:80]!r} ({error})") from None
+    if not metadata.exists():
+        return table
+    for number, line in enumerate(_utf8_text(metadata).splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{metadata}, line {number}"
+        try:
+            entry = json.loads(line)
+            name, text = entry["file_name"], entry["text"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{where}: expected {{\"file_name\": ..., \"text\": ...}}, "
+                             f"got {line.strip()[:80]!r} ({error})") from None
+        for key, value in (("file_name", name), ("text", text)):
+            if not isinstance(value, str):
+                raise ValueError(f"{where}: \"{key}\" is {json.dumps(value)[:80]}; it must be a string in quotes")
+        if name in table:
+            raise ValueError(f"{where}: {name} is listed again (first on line {first_line[name]}); "
+                             "give each picture one line")
+        table[name], first_line[name] = text, number
     return table
 
 
@@ -93,7 +116,7 @@ def folder_pictures(folder, resolution: int):
         if path.name in table:
             caption = table[path.name]
         elif path.with_suffix(".txt").exists():
-            caption = path.with_suffix(".txt").read_text(encoding="utf-8").strip()
+            caption = _utf8_text(path.with_suffix(".txt")).strip()
         else:
             raise FileNotFoundError(f"{path} has no caption: add a line for it to metadata.jsonl, or write it "
                                     f"in {path.with_suffix('.txt').name}")
