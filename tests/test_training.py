@@ -311,3 +311,22 @@ def test_a_build_writes_only_inside_its_run_and_out_folders(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "CLIP" not in done.stdout and "VAE" not in done.stdout
     assert not any((kept / name).exists() for name in ("vae", "clip", "clip_refined"))
+
+
+# ---- damaged files: each named, with what to do ---------------------------------------------
+
+
+def test_a_damaged_cached_data_set_is_refused_naming_the_file(tmp_path):
+    from sdcourse.training.datasets import build_contrast_set, build_training_set
+
+    cache = tmp_path / "train_set.npz"
+    first = build_training_set(2, 1, seed=0, two_object_prob=0.0, cache=cache, progress=False)
+    assert np.array_equal(build_training_set(2, 1, 0, 0.0, cache=cache, progress=False)["images"], first["images"])
+    whole = cache.read_bytes()
+    cache.write_bytes(whole[: len(whole) // 2])  # truncated
+    with pytest.raises(ValueError, match=r"train_set\.npz is damaged .*delete it, and the next run draws it again"):
+        build_training_set(2, 1, seed=0, two_object_prob=0.0, cache=cache, progress=False)
+    assert cache.read_bytes() == whole[: len(whole) // 2]  # left as it was, for the learner to look at
+    np.savez(cache, images=first["images"])  # another file under the same name
+    with pytest.raises(ValueError, match=r"train_set\.npz lacks \['token_ids', 'captions'\]"):
+        build_contrast_set(1, seed=0, cache=cache, progress=False)

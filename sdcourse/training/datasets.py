@@ -14,6 +14,23 @@ from tqdm.auto import tqdm
 from ..data import shapes
 from ..tokenizer import MAX_LENGTH, load_tokenizer
 
+CACHED_ARRAYS = ("images", "token_ids", "captions")
+
+
+def _load_cached(cache) -> dict:
+    """The arrays of a cached set. A file that cannot be read, or lacks one of CACHED_ARRAYS, is
+    refused by name, never drawn again in silence: a resumed stage must see the data it began with."""
+    try:
+        with np.load(cache, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except Exception as error:  # numpy and zipfile raise several error types for a damaged file
+        raise ValueError(f"the cached data set {cache} is damaged ({type(error).__name__}: {error}); delete it, "
+                         "and the next run draws it again from the same seed") from None
+    missing = [key for key in CACHED_ARRAYS if key not in arrays]
+    if missing:
+        raise ValueError(f"the cached data set {cache} lacks {missing} (it holds {sorted(arrays)}); delete it, "
+                         "and the next run draws it again from the same seed")
+    return arrays
 
 
 def tokenize_ids(captions, tokenizer=None) -> np.ndarray:
@@ -31,8 +48,7 @@ def build_training_set(n: int, captions_per_image: int, seed: int, two_object_pr
     captions (n, k) str array.
     """
     if cache is not None and Path(cache).exists():
-        data = np.load(cache, allow_pickle=False)
-        return {key: data[key] for key in data.files}
+        return _load_cached(cache)
     images = np.empty((n, 64, 64, 3), dtype=np.uint8)
     captions = []
     for i in tqdm(range(n), desc="drawing training pictures", disable=not progress, mininterval=2):
@@ -57,8 +73,7 @@ def build_contrast_set(n_pairs: int, seed: int, cache: Path | None = None, progr
     for the CLIP. Rows 2i and 2i + 1 are pair i. Returns images uint8 (2 n_pairs, 64, 64, 3),
     token_ids int32 (2 n_pairs, MAX_LENGTH) and captions; cached like the training set."""
     if cache is not None and Path(cache).exists():
-        data = np.load(cache, allow_pickle=False)
-        return {key: data[key] for key in data.files}
+        return _load_cached(cache)
     rng = np.random.default_rng([seed, 77])
     images = np.empty((2 * n_pairs, 64, 64, 3), dtype=np.uint8)
     captions = []
