@@ -233,7 +233,11 @@ def read_adapter(source) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"no LoRA adapter at {str(path)!r}: expected a folder holding {LORA_FILE}, "
                                 "or the .safetensors file itself")
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors raises several error types for a damaged file
+        raise ValueError(f"the adapter file {path} cannot be read ({error}): it is truncated or not a "
+                         "safetensors file; save the adapter again (save_lora, or train_lora --out)") from None
 
 
 def load_lora(module: nn.Module, source, prefix: str = "unet") -> list[str]:

@@ -581,3 +581,14 @@ def test_a_caption_file_not_in_utf8_is_named_with_its_line(tmp_path):
         folder_pictures(folder, 32)
     (folder / "metadata.jsonl").write_bytes('\ufeff{"file_name": "p0.png", "text": "caf\xe9"}\n'.encode("utf-8"))
     assert folder_pictures(folder, 32)[1] == ["caf\xe9"]  # UTF-8 with a byte-order mark is UTF-8
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not safetensors"])
+def test_a_damaged_adapter_file_is_named(tmp_path, damage):
+    unet = UNet(TINY)
+    inject_lora(unet, rank=2)
+    path = save_lora(unet, tmp_path)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) - 100] if damage == "truncated" else b"PK\x03\x04 a zip, not an adapter")
+    with pytest.raises(ValueError, match=rf"the adapter file {path} cannot be read .*truncated or not a safetensors"):
+        load_lora(UNet(TINY), tmp_path)
