@@ -204,3 +204,21 @@ def test_add_noise_with_numpy_arrays_says_how_to_convert():
         schedule.add_noise(x, np.zeros_like(x), 10)
     with pytest.raises(TypeError, match="noise must be a torch tensor"):
         schedule.add_noise(torch.from_numpy(x), x, 10)
+
+
+# ---- files that cannot be read --------------------------------------------------------------
+
+
+def test_a_damaged_judge_file_is_named(tmp_path):
+    from safetensors.torch import save_file
+
+    from sdcourse.evaluate import CLASSIFIER_FILE, CLASSIFIER_PATH, classify
+
+    truncated = tmp_path / CLASSIFIER_FILE
+    truncated.write_bytes(CLASSIFIER_PATH.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=rf"classifier weights {truncated} cannot be read .*the file is damaged"):
+        classify(np.zeros((1, 64, 64, 3), np.uint8), classifier=tmp_path)
+    other = tmp_path / "other.safetensors"
+    save_file({"weight": torch.zeros(2)}, str(other))
+    with pytest.raises(ValueError, match=rf"{other} hold another network, not the judge; train new ones"):
+        classify(np.zeros((1, 64, 64, 3), np.uint8), classifier=other)

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..data import shapes
 from ..images import images_to_tensor
+from ..weights import StateDictMismatch, check_state_dict
 from .pictures import as_pictures
 
 CLASSIFIER_PATH = Path(__file__).resolve().parent.parent / "assets" / "shape_classifier.safetensors"
@@ -83,8 +84,18 @@ def _load_classifier(path: str) -> ShapeClassifier:
             f"classifier weights not found: {path}; train some with "
             f"`python -m sdcourse.evaluate --train --out FILE`"
         )
+    fix = ("restore the course's copy (git checkout -- sdcourse/assets)" if Path(path) == CLASSIFIER_PATH
+           else "train new ones with `python -m sdcourse.evaluate --train --out FILE`")
+    try:
+        weights = load_file(path)
+    except Exception as error:  # safetensors raises several error types for a damaged file
+        raise ValueError(f"the classifier weights {path} cannot be read ({error}): the file is damaged; {fix}") from None
     model = ShapeClassifier()
-    model.load_state_dict(load_file(path))
+    try:
+        check_state_dict(model, weights)
+    except StateDictMismatch as error:
+        raise ValueError(f"the classifier weights {path} hold another network, not the judge; {fix}.\n{error}") from None
+    model.load_state_dict(weights)
     return model.eval()
 
 
