@@ -136,7 +136,7 @@ def validate_model_folder(folder: str | os.PathLike) -> list[Path]:
         shard_indexes = sorted(sub.glob("*.safetensors.index.json"))
         files = sorted(p for p in sub.glob("*.safetensors"))
         for shard_index in shard_indexes:
-            shards = set(json.loads(shard_index.read_text())["weight_map"].values())
+            shards = set(_read_json(shard_index)["weight_map"].values())
             for shard in sorted(shards):
                 if not (sub / shard).exists():
                     raise FileNotFoundError(f"missing weights file {sub / shard} (listed in {shard_index})")
@@ -155,7 +155,7 @@ def validate_model_folder(folder: str | os.PathLike) -> list[Path]:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not valid JSON ({error}); restore it from the model's original folder") from None
 
@@ -251,22 +251,30 @@ def load_tokenizer_of(folder: Path):
 
     Much faster than the generic loader, which parses the 3.6 MB file in Python. Every call
     returns a tokenizer of its own: a token added to one (textual inversion) is in no other.
+    A tokenizer.json that cannot be read stops the load, naming it.
     """
-    if not (folder / "tokenizer.json").exists():
+    path = folder / "tokenizer.json"
+    if not path.exists():
         return None
     from tokenizers import Tokenizer
     from transformers import CLIPTokenizer
 
     config_path = folder / "tokenizer_config.json"
-    config = json.loads(config_path.read_text()) if config_path.exists() else {}
-    return CLIPTokenizer(tokenizer_object=Tokenizer.from_str(_tokenizer_json(str(folder))),
-                         model_max_length=config.get("model_max_length", 77))
+    config = _read_json(config_path) if config_path.exists() else {}
+    stat = path.stat()
+    try:
+        tokenizer = Tokenizer.from_str(_tokenizer_json(str(path), stat.st_mtime_ns, stat.st_size))
+    except Exception as error:  # tokenizers raises a bare Exception for a damaged file
+        raise ValueError(f"{path} is not a valid tokenizer file ({error}); restore it from the model's original "
+                         "folder") from None
+    return CLIPTokenizer(tokenizer_object=tokenizer, model_max_length=config.get("model_max_length", 77))
 
 
 @lru_cache(maxsize=4)
-def _tokenizer_json(folder: str) -> str:
-    """The text of a folder's tokenizer.json, read once: each tokenizer is then built from it."""
-    return (Path(folder) / "tokenizer.json").read_text(encoding="utf-8")
+def _tokenizer_json(path: str, mtime_ns: int, size: int) -> str:
+    """The text of a tokenizer.json, read once per version of the file (its time and size are part
+    of the key, so a replaced file is read again): each tokenizer is then built from it."""
+    return Path(path).read_text(encoding="utf-8")
 
 
 # What generate sets itself; every other keyword goes to the pipeline, if the pipeline has it.

@@ -122,3 +122,20 @@ def test_each_loaded_pipeline_has_a_tokenizer_of_its_own(tmp_path):
     third = load_pipeline()
     assert len(third.tokenizer) == third.text_encoder.get_input_embeddings().weight.shape[0]
     third("a red <blob>", num_inference_steps=2, output_type="np")  # no IndexError: "<blob>" is plain text here
+
+
+def test_a_damaged_tokenizer_file_is_named_and_a_repaired_one_read_again(tmp_path):
+    from sdcourse.pipeline import load_tokenizer_of
+
+    folder = tmp_path / "tokenizer"
+    shutil.copytree(EMBEDDED_MODEL / "tokenizer", folder)
+    whole = (folder / "tokenizer.json").read_bytes()
+    assert load_tokenizer_of(folder)("a red circle").input_ids[:2] == [49406, 320]
+    (folder / "tokenizer.json").write_bytes(whole[: len(whole) // 2])  # a copy cut in half
+    with pytest.raises(ValueError, match=r"tokenizer/tokenizer\.json is not a valid tokenizer file"):
+        load_tokenizer_of(folder)
+    (folder / "tokenizer.json").write_bytes(whole)
+    assert load_tokenizer_of(folder)("a red circle").input_ids[:2] == [49406, 320]
+    (folder / "tokenizer_config.json").write_bytes(b'{"model_max_length": 7')
+    with pytest.raises(ValueError, match=r"tokenizer_config\.json is not valid JSON"):
+        load_tokenizer_of(folder)
