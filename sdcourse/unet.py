@@ -346,6 +346,7 @@ CONFIG_RULE = ConfigRule(
     ),
     bookkeeping=("upcast_attention",),
     also_accepted={"mid_block_only_cross_attention": (False,)},  # False and the default None mean the same
+    per_block=("layers_per_block", "transformer_layers_per_block", "attention_head_dim", "cross_attention_dim"),
 )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import numbers
 from dataclasses import dataclass, field
 
 from sdcourse.arguments import choice
@@ -34,10 +35,12 @@ TRANSFORMERS_4_FIELDS = (
 )
 
 
-def read_config(config, network: str, used: dict, fixed: dict, bookkeeping=()) -> dict:
+def read_config(config, network: str, used: dict, fixed: dict, bookkeeping=(), per_block=()) -> dict:
     """Apply the rule above to `config` (a dict, a diffusers config or a transformers config object).
 
-    used: {field: default}; fixed: {field: tuple of accepted values}; bookkeeping: field names.
+    used: {field: default}; fixed: {field: tuple of accepted values}; bookkeeping: field names;
+    per_block: the used fields that may hold one whole number per block. A used field must hold
+    the kind of value its default has (`_check_kind`).
     Returns {field: value} for every used field, defaults filled in.
     """
     config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
@@ -52,7 +55,44 @@ def read_config(config, network: str, used: dict, fixed: dict, bookkeeping=()) -
         if key in config and config[key] not in accepted:
             allowed = " or ".join(repr(value) for value in accepted)
             raise ValueError(f"{network} config: {key}={config[key]!r} is not supported by this {network} (only {allowed})")
+    for key, default in used.items():
+        if key in config:
+            _check_kind(network, key, config[key], default, per_block=key in per_block)
     return {**used, **{key: value for key, value in config.items() if key in used}}
+
+
+def _whole(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+# The kinds of value a field can hold, told by its library default: (type, test, in words).
+# bool comes first: True is an int too.
+_KINDS = (
+    (bool, lambda v: isinstance(v, bool), "true or false"),
+    (int, _whole, "a whole number"),
+    (float, lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool), "a number"),
+    (str, lambda v: isinstance(v, str), "a text in quotes"),
+)
+
+
+def _check_kind(network: str, key: str, value, default, per_block: bool = False) -> None:
+    """A ValueError unless a field holds the kind of value its library default has: true or false,
+    a whole number, a number, a text, or a list of one of these. per_block: a whole number may
+    also be a list of them, one per block. A field whose default is None may hold anything (its
+    network checks it)."""
+    for kind, test, words in _KINDS:
+        if isinstance(default, kind):
+            if per_block and isinstance(value, (list, tuple)) and value and all(map(test, value)):
+                return
+            if not test(value):
+                also = " or a list of them, one per block" if per_block else ""
+                raise ValueError(f"{network} config: {key}={value!r}; it must be {words}{also}, like the "
+                                 f"default {default!r}")
+            return
+    if isinstance(default, (list, tuple)):
+        item = next((test for kind, test, _ in _KINDS if default and isinstance(default[0], kind)), None)
+        if not isinstance(value, (list, tuple)) or item is not None and not all(map(item, value)):
+            raise ValueError(f"{network} config: {key}={value!r}; it must be a list like the default {list(default)}")
 
 
 @functools.cache
@@ -92,7 +132,8 @@ class ConfigRule:
     used:          the fields the network reads;
     bookkeeping:   the twin's own fields that cannot change the forward pass;
     also_accepted: {field: values} a fixed field accepts besides its default, values that keep the
-                   network the same; it may name fields of older versions of the library too.
+                   network the same; it may name fields of older versions of the library too;
+    per_block:     the used fields that take one whole number per block as well as one for all.
     Every other field of the twin is fixed at the library's default.
     """
 
@@ -101,6 +142,7 @@ class ConfigRule:
     used: tuple[str, ...]
     bookkeeping: tuple[str, ...] = ()
     also_accepted: dict = field(default_factory=dict)
+    per_block: tuple[str, ...] = ()
 
     def read(self, config) -> dict:
         """{field: value} for every used field of `config` (a dict or a library config object)."""
@@ -110,7 +152,8 @@ class ConfigRule:
         for name, values in self.also_accepted.items():
             fixed[name] = (*fixed.get(name, ()), *values)
         used = {name: defaults[name] for name in self.used}
-        return read_config(config, self.network, used=used, fixed=fixed, bookkeeping=bookkeeping)
+        return read_config(config, self.network, used=used, fixed=fixed, bookkeeping=bookkeeping,
+                           per_block=self.per_block)
 
 
 def check_block_types(config: dict, down: tuple, up: tuple) -> None:

@@ -168,3 +168,27 @@ def test_text_encoder_accepts_what_older_transformers_wrote():
     assert TextEncoder.from_config(old).hidden_size == 16
     with pytest.raises(ValueError, match=r"text encoder config: dropout=0.1 is not supported"):
         TextEncoder.from_config(dict(old, dropout=0.1))
+
+
+@pytest.mark.parametrize(
+    "network, config, field, value, allowed",
+    [(UNet, SMALL_UNET, "layers_per_block", "1", r"a whole number or a list of them, one per block, like the default 2"),
+     (UNet, SMALL_UNET, "in_channels", [4], r"a whole number, like the default 4"),
+     (UNet, SMALL_UNET, "block_out_channels", 32, r"a list like the default \[320, 640, 1280, 1280\]"),
+     (UNet, SMALL_UNET, "norm_eps", "1e-5", r"a number, like the default 1e-05"),
+     (VAE, SMALL_VAE, "layers_per_block", [1, 1], r"a whole number, like the default 1"),
+     (VAE, SMALL_VAE, "use_quant_conv", 1, r"true or false, like the default True"),
+     (VAE, SMALL_VAE, "block_out_channels", ["8", "16"], r"a list like the default \[64\]"),
+     (TextEncoder, SMALL_TEXT, "hidden_size", 16.0, r"a whole number, like the default 512"),
+     (TextEncoder, SMALL_TEXT, "hidden_act", None, r"a text in quotes, like the default 'quick_gelu'")],
+)
+def test_a_config_value_of_the_wrong_kind_is_refused_naming_the_field_and_what_it_must_be(network, config, field,
+                                                                                          value, allowed):
+    name = importlib.import_module(network.__module__).CONFIG_RULE.network
+    with pytest.raises(ValueError, match=rf"{name} config: {field}={value!r}; it must be ".replace("[", r"\[") + allowed):
+        network.from_config(dict(config, **{field: value}))
+
+
+def test_per_block_fields_take_a_list_and_numbers_take_ints():
+    unet = UNet.from_config(dict(SMALL_UNET, layers_per_block=[1, 2], attention_head_dim=[2, 4], norm_eps=0))
+    assert len(unet.down_blocks[1].resnets) == 2
