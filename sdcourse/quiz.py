@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from sdcourse.arguments import whole_number
+
 BANK_DIR = Path(__file__).parent / "quizzes"
 LETTERS = string.ascii_lowercase
 
@@ -63,10 +65,15 @@ def validate_bank(data: dict, source: str = "quiz bank") -> list[str]:
         problems.append(f"{source}: pass_percent={pass_percent!r}; allowed: a number above 0, up to 100")
     for number, q in enumerate(data["questions"], start=1):
         where = f"{source}, question {number}"
-        if not isinstance(q, dict) or not str(q.get("prompt", "")).strip():
-            problems.append(f"{where}: has no prompt")
+        if not isinstance(q, dict) or not isinstance(q.get("prompt"), str) or not q["prompt"].strip():
+            problems.append(f"{where}: has no prompt (a text)")
             continue
+        problems += _not_true_or_false(q, "multiple", where)
         choices = q.get("choices") or []
+        if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+            problems.append(f"{where}: 'choices' must be a list of choices, each with a text, a why and "
+                            f"(for the right ones) correct: true; got {choices!r:.80}")
+            continue
         if len(choices) < 2:
             problems.append(f"{where}: needs at least 2 choices, has {len(choices)}")
         correct = sum(bool(c.get("correct")) for c in choices)
@@ -76,11 +83,34 @@ def validate_bank(data: dict, source: str = "quiz bank") -> list[str]:
         elif correct != 1:
             problems.append(f"{where}: a single-answer question needs exactly one correct choice, has {correct}")
         for letter, c in zip(LETTERS, choices):
+            problems += _not_true_or_false(c, "correct", f"{where}, choice {letter}")
             if not str(c.get("text", "")).strip():
                 problems.append(f"{where}, choice {letter}: has no text")
             if not str(c.get("why", "")).strip():
                 problems.append(f"{where}, choice {letter}: has no explanation ('why')")
     return problems
+
+
+def _not_true_or_false(entry: dict, key: str, where: str) -> list[str]:
+    """A problem if entry[key] is given but is not true or false ('no' in quotes is a text, and any
+    text would count as true)."""
+    value = entry.get(key, False)
+    return [] if isinstance(value, bool) else [f"{where}: {key}={value!r}; allowed: true or false"]
+
+
+def read_bank(path) -> dict:
+    """The contents of a bank file; a file that is not UTF-8 YAML is refused naming it and the line."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"quiz bank {path}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8"
+                         ) from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"quiz bank {path}: not valid YAML{line} ({getattr(error, 'problem', None) or error})"
+                         ) from None
 
 
 def bank_path(lesson) -> Path:
@@ -107,10 +137,10 @@ class Quiz:
 
     @classmethod
     def from_file(cls, path) -> "Quiz":
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = read_bank(path)
         problems = validate_bank(data, source=Path(path).name)
         if problems:
-            raise ValueError("invalid quiz bank:\n" + "\n".join(problems))
+            raise ValueError(f"invalid quiz bank {path}:\n" + "\n".join(problems))
         questions = []
         for q in data["questions"]:
             choices = [Choice(str(c["text"]).strip(), bool(c.get("correct")), str(c["why"]).strip()) for c in q["choices"]]
@@ -126,6 +156,7 @@ class Quiz:
     # ---- shared by both front ends -------------------------------------------------
     def feedback(self, number: int, picked) -> str:
         """Grade `picked` (letters such as "b" or "ac") for question `number` (1-based)."""
+        number = whole_number("number", number)  # the question's number: 1, 2, ...
         if not 1 <= number <= len(self.questions):
             raise ValueError(f"number={number} is not a question here; allowed: 1 to {len(self.questions)}")
         question = self.questions[number - 1]

@@ -121,3 +121,38 @@ def test_widget_front_end_builds(monkeypatch):
     quiz = Quiz.from_file(BANKS[0])
     box = quiz.widget()
     assert len(box.children) == 1 + 4 * len(quiz.questions) + 1
+
+
+def test_a_question_number_that_is_not_a_whole_number_is_refused_by_name(tmp_path):
+    path = tmp_path / "99_test.yaml"
+    path.write_text(yaml.safe_dump(bank()))
+    quiz = Quiz.from_file(path)
+    for number in ("1", 1.0, True):
+        with pytest.raises(ValueError, match=rf"number must be an integer, got {number!r}"):
+            quiz.feedback(number, "a")
+    assert quiz.results == {}
+
+
+@pytest.mark.parametrize("question, problem", [
+    (dict(multiple="yes"), "question 1: multiple='yes'; allowed: true or false"),
+    (dict(choices=[{"text": "a", "correct": True, "why": "w"}, {"text": "b", "correct": "no", "why": "w"}]),
+     "question 1, choice b: correct='no'; allowed: true or false"),
+    (dict(choices=["a", "b"]), "question 1: 'choices' must be a list of choices, each with a text, a why"),
+    (dict(prompt=42), "question 1: has no prompt"),
+])
+def test_bank_answers_of_the_wrong_type_are_refused_by_name(tmp_path, question, problem):
+    assert problem in "\n".join(validate_bank(bank(**question), "99_test.yaml"))
+    path = tmp_path / "99_test.yaml"
+    path.write_text(yaml.safe_dump(bank(**question)))
+    with pytest.raises(ValueError, match=f"invalid quiz bank {path}"):
+        Quiz.from_file(path)
+
+
+def test_a_damaged_bank_file_is_named_with_its_line(tmp_path):
+    path = tmp_path / "99_test.yaml"
+    path.write_text("title: T\nquestions:\n  - prompt: [unclosed\n")
+    with pytest.raises(ValueError, match=rf"quiz bank {path}: not valid YAML at line 4"):
+        Quiz.from_file(path)
+    path.write_bytes("title: caf\xe9\nquestions: []\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=rf"quiz bank {path}: not UTF-8 text"):
+        Quiz.from_file(path)
