@@ -2,6 +2,7 @@
 same numbers; and every bad input refused by name."""
 
 import copy
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -537,3 +538,55 @@ def test_resuming_with_the_text_encoder_switched_is_refused_by_name(tmp_path, on
     main([*args, "--train-text-encoder"])
     with pytest.raises(CheckpointError, match="train_text_encoder: the checkpoint has True, this run asks for False"):
         main([*args[:-1], "2"])
+
+
+# ----------------------------------------------------------------------------- LoRA: state dicts and refusals
+
+
+def test_a_merged_models_state_dict_loads_into_a_fresh_lora_model_with_the_same_outputs():
+    """The state dict holds W unmerged: loaded beside A and B, the update counts once."""
+    _, ours = make_pair(TINY, seed=0)
+    fresh = copy.deepcopy(ours)
+    inject_lora(ours, rank=2)
+    random_lora(ours)
+    merge_lora(ours)
+    sample, t, text = inputs(TINY)
+    with torch.no_grad():
+        expected = ours(sample, t, text)
+        inject_lora(fresh, rank=2)
+        fresh.load_state_dict(ours.state_dict())
+        assert (fresh(sample, t, text) - expected).abs().max() <= 1e-5
+        ours.load_state_dict(ours.state_dict())  # into the merged model itself: unmerged, the same outputs
+        assert not any(layer.merged for layer in lora_layers(ours).values())
+        assert (ours(sample, t, text) - expected).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("targets", [[], (), "", [""], [3]])
+def test_inject_lora_with_no_targets_is_refused_and_changes_nothing(targets):
+    _, ours = make_pair(TINY, seed=0)
+    with pytest.raises(ValueError, match="target_modules must name at least one layer"):
+        inject_lora(ours, targets)
+    assert all(p.requires_grad for p in ours.parameters())
+
+
+def test_a_rank_too_large_for_a_later_layer_changes_nothing_so_a_smaller_one_works():
+    config = {**TINY, "cross_attention_dim": 2}  # attn2.to_k is 4 x 2, after five 4 x 4 layers
+    _, ours = make_pair(config, seed=0)
+    with pytest.raises(ValueError, match=r"rank=3; for a 4 x 2 layer it must be from 1 to 2"):
+        inject_lora(ours, rank=3)
+    assert not lora_layers(ours) and all(p.requires_grad for p in ours.parameters())
+    assert len(inject_lora(ours, rank=2)) == 32
+
+
+def test_an_adapter_holding_nan_is_refused_naming_the_file_and_the_layer(tmp_path):
+    _, ours = make_pair(TINY, seed=0)
+    inject_lora(ours, rank=2)
+    random_lora(ours)
+    with torch.no_grad():
+        next(iter(lora_layers(ours).values())).lora_B[0, 0] = float("nan")
+    path = save_lora(ours, tmp_path / "adapter")
+    fresh = make_pair(TINY, seed=0)[1]
+    damaged = rf"adapter in '{re.escape(str(path))}' is damaged: layer down_blocks\.0\..*attn1\.to_q\b"
+    with pytest.raises(ValueError, match=damaged):
+        load_lora(fresh, path)
+    assert not lora_layers(fresh)
