@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from sdcourse.arguments import whole_number
+from sdcourse.arguments import random_seed, whole_number
 from sdcourse.guidance import check_guidance_scale
 from sdcourse.request_checks import check_memory, check_prompts, check_size
 from sdcourse.tokenizer import tokenize
@@ -309,8 +309,8 @@ def generate(pipe, prompts, height: int | None = None, width: int | None = None,
     num_inference_steps = whole_number("num_inference_steps", num_inference_steps, minimum=1)
     guidance_scale = check_guidance_scale(guidance_scale)
     per_prompt = whole_number("num_images_per_prompt", num_images_per_prompt, minimum=1)
-    seed = whole_number("seed", seed, minimum=0)
     batch = len(prompts) * per_prompt
+    seed = random_seed("seed", seed, count=batch)
     check_memory(batch, height, width, pipe.device)
     tokenize(prompts, pipe.tokenizer)  # one warning per prompt that will be truncated ...
     generators = [torch.Generator(device="cpu").manual_seed(seed + i) for i in range(batch)]

@@ -115,6 +115,15 @@ def check_rank(rank, d_in: int, d_out: int) -> int:
     return rank
 
 
+def target_names(targets, name: str = "targets") -> tuple[str, ...]:
+    """The layer names a LoRA targets, as a tuple: one string is one name ("to_q", not its letters)."""
+    if isinstance(targets, str):
+        targets = (targets,)
+    if not isinstance(targets, (list, tuple)) or not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ValueError(f"{name} must name at least one layer, such as {list(DEFAULT_TARGETS)}; got {targets!r}")
+    return tuple(targets)
+
+
 def matches_target(name: str, target: str) -> bool:
     """peft's rule: a target names a layer by the end of its full name ("to_q" matches
     "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q")."""
@@ -148,12 +157,7 @@ def inject_lora(module: nn.Module, target_modules=DEFAULT_TARGETS, rank: int = 4
 
     Works on diffusers' UNet2DConditionModel and on the course's U-Net (the same names).
     """
-    if isinstance(target_modules, str):
-        target_modules = (target_modules,)
-    if not isinstance(target_modules, (list, tuple, set)) or not target_modules or not all(
-            isinstance(t, str) and t for t in target_modules):
-        raise ValueError(f"target_modules must name at least one layer, such as {list(DEFAULT_TARGETS)}; "
-                         f"got {target_modules!r}")
+    target_modules = target_names(target_modules, "target_modules")
     _refuse_second_adapter(module)
     chosen = {name: layer for name, layer in module.named_modules()
               if name and any(matches_target(name, target) for target in target_modules)}

@@ -204,3 +204,16 @@ def test_add_noise_with_numpy_arrays_says_how_to_convert():
         schedule.add_noise(x, np.zeros_like(x), 10)
     with pytest.raises(TypeError, match="noise must be a torch tensor"):
         schedule.add_noise(torch.from_numpy(x), x, 10)
+
+
+@pytest.mark.parametrize("seed, said", [(-1, "from 0 to 9223372036854775807, got -1"), (True, "an integer, got True"),
+                                        (2**63, "from 0 to 9223372036854775807, got 9223372036854775808")])
+def test_a_seed_outside_0_to_2_to_the_63_is_refused(pipe, seed, said):
+    with pytest.raises(ValueError, match=f"seed must be {said}"):
+        generate(pipe, "a red circle", seed=seed, num_inference_steps=1)
+
+
+def test_the_last_pictures_seed_must_fit_too(pipe):
+    """Picture i takes seed + i: two pictures from 2**63 - 1 would need the seed 2**63."""
+    with pytest.raises(ValueError, match=r"seed must be from 0 to 9223372036854775806, got 9223372036854775807"):
+        generate(pipe, "a red circle", seed=2**63 - 1, num_images_per_prompt=2, num_inference_steps=1)

@@ -590,3 +590,20 @@ def test_an_adapter_holding_nan_is_refused_naming_the_file_and_the_layer(tmp_pat
     with pytest.raises(ValueError, match=damaged):
         load_lora(fresh, path)
     assert not lora_layers(fresh)
+
+
+def test_one_target_given_as_a_string_is_one_layer_name_not_its_letters():
+    from sdcourse.training.train_lora import LoRASettings
+
+    assert LoRASettings(targets="to_q").targets == ("to_q",)
+    for targets in ([], [""], [3]):
+        with pytest.raises(ValueError, match="targets must name at least one layer"):
+            LoRASettings(targets=targets)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 1.0])
+def test_the_trainers_seed_must_be_from_0_to_2_to_the_63(seed):
+    from sdcourse.training.train_lora import LoRASettings
+
+    with pytest.raises(ValueError, match=r"seed must be (from 0 to 9223372036854775807|an integer)"):
+        LoRASettings(seed=seed)
