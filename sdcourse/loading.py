@@ -175,9 +175,13 @@ def check_device(device) -> torch.device:
 
 
 _MISMATCH = re.compile(r"(\S+) expected shape (torch\.Size\(\[[^\]]*\]\)), but got (torch\.Size\(\[[^\]]*\]\))")
-# Config fields that size the layers whose names contain these parts (the usual suspects).
-_SIZE_FIELDS = {"attn2.to_k": "cross_attention_dim", "attn2.to_v": "cross_attention_dim",
-                "text_model": "hidden_size", "encoder.": "block_out_channels", "decoder.": "block_out_channels"}
+# Config fields that size the layers whose names contain these parts, the first that matches
+# (the usual suspects); any other layer is sized by block_out_channels.
+_SIZE_FIELDS = {"quant_conv": "latent_channels", "encoder.conv_out": "latent_channels",
+                "decoder.conv_in": "latent_channels", "attn2.to_k": "cross_attention_dim",
+                "attn2.to_v": "cross_attention_dim", "text_model": "hidden_size", "conv_in": "in_channels",
+                "conv_out": "out_channels"}
+_VAE_PARTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
 
 
 def _config_mismatch(error: Exception, folder: Path) -> ValueError | None:
@@ -187,7 +191,7 @@ def _config_mismatch(error: Exception, folder: Path) -> ValueError | None:
         return None
     key, config_shape, weights_shape = found.groups()
     field = next((f for part, f in _SIZE_FIELDS.items() if part in key), "block_out_channels")
-    component = "vae" if key.startswith(("encoder.", "decoder.")) else "text_encoder" if "text_model" in key else "unet"
+    component = "vae" if key.startswith(_VAE_PARTS) else "text_encoder" if "text_model" in key else "unet"
     return ValueError(
         f"{folder / component / 'config.json'} does not fit the weights beside it: {key} is "
         f"{weights_shape} in the weights, but the config makes it {config_shape}. A size in the config "

@@ -217,3 +217,13 @@ def test_the_last_pictures_seed_must_fit_too(pipe):
     """Picture i takes seed + i: two pictures from 2**63 - 1 would need the seed 2**63."""
     with pytest.raises(ValueError, match=r"seed must be from 0 to 9223372036854775806, got 9223372036854775807"):
         generate(pipe, "a red circle", seed=2**63 - 1, num_images_per_prompt=2, num_inference_steps=1)
+
+
+@pytest.mark.parametrize("part, field, value", [("vae", "latent_channels", 8), ("unet", "in_channels", 9)])
+def test_an_edited_channel_count_is_named_not_block_out_channels(model_copy, part, field, value):
+    import json
+
+    path = model_copy / part / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    with pytest.raises(ValueError, match=rf"{part}/config\.json does not fit .*most likely {field}\)"):
+        load_pipeline(model_copy)
