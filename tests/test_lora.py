@@ -607,3 +607,18 @@ def test_the_trainers_seed_must_be_from_0_to_2_to_the_63(seed):
 
     with pytest.raises(ValueError, match=r"seed must be (from 0 to 9223372036854775807|an integer)"):
         LoRASettings(seed=seed)
+
+
+def test_a_16_bit_png_in_the_trainers_folder_is_read_as_its_8_bit_twin(tmp_path):
+    from PIL import Image
+
+    from sdcourse.training.train_lora import folder_pictures
+
+    grey = np.tile(np.arange(0, 240, 3, dtype=np.uint16), (60, 1))  # a grey ramp, 80 x 60
+    for name, picture in (("eight", Image.fromarray(grey.astype(np.uint8))), ("sixteen", Image.fromarray(grey * 257))):
+        (tmp_path / name).mkdir()
+        picture.save(tmp_path / name / "p.png")
+        (tmp_path / name / "p.txt").write_text("a grey ramp")
+    assert Image.open(tmp_path / "sixteen" / "p.png").mode == "I;16"
+    sixteen, eight = folder_pictures(tmp_path / "sixteen", 32)[0], folder_pictures(tmp_path / "eight", 32)[0]
+    assert np.array_equal(sixteen, eight) and eight.max() > 100  # not all white
