@@ -361,7 +361,8 @@ class ImageToImage(StableDiffusion):
                  on_step=None):
         """Pictures for the prompt(s) starting from `image`, as a list of PIL images.
 
-        image: a PIL image, or a list of them (their number must divide the number of pictures).
+        image: a PIL image, or a list of them (their number must divide the number of pictures);
+            16-bit and float pictures are read by `sdcourse.images.eight_bit_picture`.
         strength in [0, 1]: how far the picture is noised; int(num_inference_steps * strength)
             steps run. height, width: default the first image's size rounded down to a multiple
             of 8, as diffusers does; the images are resized (Lanczos) to that size.
@@ -412,8 +413,9 @@ class Inpaint(StableDiffusion):
         """Pictures with the mask's white part repainted for the prompt(s), as a list of PIL images.
 
         image: a PIL image or a list of them; mask_image: one mask of the same size (white = paint,
-            black = keep), or one per image. height, width: default the model's native size, as in
-            diffusers; image and mask are resized (Lanczos) to it.
+            black = keep; a mask of 0s and 1s, bool or float: `sdcourse.images.mask_picture`), or one
+            per image. height, width: default the model's native size, as in diffusers; image and
+            mask are resized (Lanczos) to it.
         strength in [0, 1]: 1 starts the painted part from pure noise.
         """
         latent_channels = self.vae.latent_channels

@@ -206,7 +206,7 @@ def test_add_noise_with_numpy_arrays_says_how_to_convert():
         schedule.add_noise(torch.from_numpy(x), x, 10)
 
 
-@pytest.mark.parametrize("seed, said", [(-1, "from 0 to 9223372036854775807, got -1"), (True, "an integer, got True"),
+@pytest.mark.parametrize("seed, said", [(-1, "from 0 to 9223372036854775807, got -1"),
                                         (2**63, "from 0 to 9223372036854775807, got 9223372036854775808")])
 def test_a_seed_outside_0_to_2_to_the_63_is_refused(pipe, seed, said):
     with pytest.raises(ValueError, match=f"seed must be {said}"):

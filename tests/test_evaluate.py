@@ -335,15 +335,11 @@ def test_position_and_two_object_adherence_run_on_the_embedded_model():
 
 
 @pytest.mark.parametrize("argument, value, said", [
-    ("guidance_scale", float("nan"), r"guidance_scale must be a number >= 0, got nan"),
-    ("guidance_scale", float("inf"), r"guidance_scale must be a number >= 0, got inf"),
-    ("batch_size", 0, "batch_size must be at least 1, got 0"),
-    ("batch_size", -1, "batch_size must be at least 1, got -1"),
     ("seeds", [0, -1], r"seeds\[1\] must be from 0 to 9223372036854775807, got -1"),
     ("seeds", [2**63], r"seeds\[0\] must be from 0 to 9223372036854775807, got 9223372036854775808"),
     ("seeds", [0.5], r"seeds\[0\] must be an integer, got 0.5"),
 ])
-def test_adherence_refuses_runaway_numbers_and_seeds_out_of_range(argument, value, said):
+def test_adherence_refuses_seeds_out_of_range(argument, value, said):
     pipe = RedCirclePipe()
     with pytest.raises(ValueError, match=said):
         prompt_adherence(pipe, ["a red circle"], **{argument: value})

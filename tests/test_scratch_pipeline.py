@@ -168,8 +168,9 @@ def test_inpainting_keeps_the_unmasked_part(both):
     """With nothing to paint, the last latents are the picture's own: the picture back through the VAE."""
     _, _, ours = both
     inpaint, image = ours["inpaint"], picture()
-    kept = inpaint("a green triangle", image=image, mask_image=Image.new("L", (64, 64), 0), num_inference_steps=3,
-                   generator=seeded(0))
+    with pytest.warns(CourseWarning, match="nothing is repainted"):
+        kept = inpaint("a green triangle", image=image, mask_image=Image.new("L", (64, 64), 0),
+                       num_inference_steps=3, generator=seeded(0))
     # the picture's latents z_0 are the first draw from the generator
     with torch.no_grad():
         z0 = inpaint.encode_images(image_to_tensor([image], 64, 64), seeded(0))
@@ -425,12 +426,10 @@ def test_a_float_picture_outside_zero_one_is_refused_by_name(scratch):
 
 @pytest.mark.parametrize("make", [
     lambda m: Image.fromarray((m > 0).astype(np.uint8)),  # 0/1
-    lambda m: Image.fromarray(m > 0),  # bool
     lambda m: Image.fromarray((m > 0).astype(np.float32)),  # float 0/1
     lambda m: Image.fromarray(m.astype(np.float32) / 255),  # float in [0, 1]
-    lambda m: Image.fromarray(m.astype(np.uint16) * 257),  # 16-bit
 ])
-def test_masks_of_0_and_1_bool_float_or_16_bits_paint_what_a_white_mask_paints(scratch, make):
+def test_masks_of_0_and_1_or_floats_paint_what_a_white_mask_paints(scratch, make):
     white = np.where(np.asarray(square_mask()) >= 128, 255, 0).astype(np.uint8)
     expected = call(scratch, "inpaint", mask_image=Image.fromarray(white))
     assert max_difference(call(scratch, "inpaint", mask_image=make(white)), expected) == 0
