@@ -420,7 +420,7 @@ def test_a_16_bit_or_float_picture_is_read_as_its_8_bit_twin(scratch, mode):
 
 def test_a_float_picture_outside_zero_one_is_refused_by_name(scratch):
     values = np.asarray(picture().convert("L")).astype(np.float32)  # 0..255 in a float picture
-    with pytest.raises(ValueError, match=r"image is a float picture \(mode 'F'\) with values from .* must lie in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"image is a float picture \(mode 'F'\) .* must lie in \[0, 1\]"):
         call(scratch, "image", image=Image.fromarray(values))
 
 
@@ -445,5 +445,5 @@ def test_a_vae_of_another_latent_width_is_not_called_an_inpainting_model(scratch
 
     text = scratch["text"]
     vae = VAE.from_config({**text.vae.config, "latent_channels": 8})
-    with pytest.raises(ValueError, match=r"reads 4 channels but the VAE's latents have 8: the U-Net and the VAE do not"):
+    with pytest.raises(ValueError, match=r"reads 4 channels but the VAE's latents have 8: .* not belong to the same"):
         TextToImage(text.text_encoder, text.unet, vae, text.sampler)("a cat", num_inference_steps=2)
