@@ -36,6 +36,12 @@ def whole_number(name: str, value, minimum: int | None = None, maximum: int | No
     return number
 
 
+def random_seed(name: str, value, count: int = 1) -> int:
+    """A seed for torch.Generator().manual_seed, from 0 to 2**63 - 1; `count` seeds value, value + 1, ...
+    must all be in that range (a call that seeds picture i with seed + i)."""
+    return whole_number(name, value, minimum=0, maximum=2**63 - count)
+
+
 def real_number(name: str, value, low: float = -math.inf, high: float = math.inf, *, low_open: bool = False,
                 high_open: bool = False, meaning: str = "") -> float:
     """`value` as a float in the interval from `low` to `high`.

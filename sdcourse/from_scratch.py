@@ -27,6 +27,7 @@ from sdcourse.images import images_to_tensor, unit_to_uint8
 from sdcourse.loading import load_pipeline
 from sdcourse.request_checks import (
     check_generator,
+    check_image_count,
     check_images,
     check_memory,
     check_prompts,
@@ -103,12 +104,6 @@ def first_step(num_inference_steps, strength) -> int:
             f"int({num_inference_steps} * {strength}) = 0 denoising steps: raise strength or num_inference_steps"
         )
     return num_inference_steps - steps_to_run
-
-
-def _check_image_count(count, batch):
-    if batch % count:
-        raise ValueError(f"image: {count} images for {batch} pictures; the number of pictures "
-                         "(len(prompt) * num_images_per_prompt) must be a multiple of the number of images")
 
 
 def repeat_to(x, batch):
@@ -321,11 +316,13 @@ class StableDiffusion:
         return self.unet.sample_size * self.vae_scale_factor
 
     def _check_plain_unet(self):
-        if self.unet.in_channels != self.vae.latent_channels:
-            raise ValueError(
-                f"this U-Net reads {self.unet.in_channels} channels, not the {self.vae.latent_channels} of the "
-                "latents: it is an inpainting model; use Inpaint"
-            )
+        reads, latent = self.unet.in_channels, self.vae.latent_channels
+        if reads == 2 * latent + 1:
+            raise ValueError(f"this U-Net reads {reads} channels, not the {latent} of the latents: it is an "
+                             "inpainting model (latents, mask and masked picture); use Inpaint")
+        if reads != latent:
+            raise ValueError(f"this U-Net reads {reads} channels but the VAE's latents have {latent}: the U-Net "
+                             "and the VAE do not belong to the same model")
 
 
 class TextToImage(StableDiffusion):
@@ -364,7 +361,8 @@ class ImageToImage(StableDiffusion):
                  on_step=None):
         """Pictures for the prompt(s) starting from `image`, as a list of PIL images.
 
-        image: a PIL image, or a list of them (their number must divide the number of pictures).
+        image: a PIL image, or a list of them (their number must divide the number of pictures);
+            16-bit and float pictures are read by `sdcourse.images.eight_bit_picture`.
         strength in [0, 1]: how far the picture is noised; int(num_inference_steps * strength)
             steps run. height, width: default the first image's size rounded down to a multiple
             of 8, as diffusers does; the images are resized (Lanczos) to that size.
@@ -377,7 +375,7 @@ class ImageToImage(StableDiffusion):
         f = self.vae_scale_factor
         height, width = self._check_size(height, width, images[0].height // f * f, images[0].width // f * f,
                                           batch)
-        _check_image_count(len(images), batch)
+        check_image_count(len(images), batch)
         start = first_step(steps, strength)
 
         # 1. encode the prompt
@@ -415,8 +413,9 @@ class Inpaint(StableDiffusion):
         """Pictures with the mask's white part repainted for the prompt(s), as a list of PIL images.
 
         image: a PIL image or a list of them; mask_image: one mask of the same size (white = paint,
-            black = keep), or one per image. height, width: default the model's native size, as in
-            diffusers; image and mask are resized (Lanczos) to it.
+            black = keep; a mask of 0s and 1s, bool or float: `sdcourse.images.mask_picture`), or one
+            per image. height, width: default the model's native size, as in diffusers; image and
+            mask are resized (Lanczos) to it.
         strength in [0, 1]: 1 starts the painted part from pure noise.
         """
         latent_channels = self.vae.latent_channels
@@ -424,7 +423,7 @@ class Inpaint(StableDiffusion):
             raise ValueError(f"Inpaint needs a U-Net with {latent_channels} or {2 * latent_channels + 1} input "
                              f"channels, this one has {self.unet.in_channels}")
         images = check_images(image, "image")
-        masks = check_images(mask_image, "mask_image")
+        masks = check_images(mask_image, "mask_image", masks=True)
         if len(masks) not in (1, len(images)):
             raise ValueError(f"mask_image: {len(masks)} masks for {len(images)} images; "
                              "give one mask, or one per image")
@@ -437,7 +436,7 @@ class Inpaint(StableDiffusion):
         prompts, negatives, steps, guided, batch, generator = self._check_arguments(
             prompt, negative_prompt, num_inference_steps, guidance_scale, num_images_per_prompt, generator, on_step)
         height, width = self._check_size(height, width, self._native_size(), self._native_size(), batch)
-        _check_image_count(len(images), batch)
+        check_image_count(len(images), batch)
         start = first_step(steps, strength)
 
         # 1. encode the prompt
@@ -448,6 +447,9 @@ class Inpaint(StableDiffusion):
         #    the picture's latents z_0, the noise, then the masked picture's latents
         pixels = image_to_tensor(images, height, width)  # (k, 3, H, W) in [-1, 1]
         mask = mask_to_tensor(masks, height, width)  # (k or 1, 1, H, W), 1 = paint
+        if not mask.any():
+            warn("mask_image has no white part, so nothing is repainted: the pictures come back as the image "
+                 "(white, or 1 in a 0/1 mask, marks the part to paint)", CourseWarning, stacklevel=3)
         latent_masking = self.unet.in_channels == latent_channels
         z0 = repeat_to(self.encode_images(pixels, generator), batch) if latent_masking or strength < 1 else None
         noise = self.initial_noise(batch, height, width, generator)

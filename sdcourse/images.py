@@ -1,4 +1,5 @@
-"""Pictures and tensors: one conversion each way, and one from [0, 1] floats to uint8.
+"""Pictures and tensors: one conversion each way, one from [0, 1] floats to uint8, and the one
+rule for pictures and masks of other depths (`eight_bit_picture`, `mask_picture`).
 
 Pictures are uint8 arrays (N, H, W, 3): channels last, values 0..255, as numpy, PIL and the
 shapes generator hold them. The networks (VAE, CLIP, the judge) take float tensors
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import Image
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -35,3 +37,34 @@ def unit_to_uint8(pictures: np.ndarray) -> np.ndarray:
     """Float pictures in [0, 1] (diffusers' output_type="np") -> uint8: x * 255, rounded, as
     diffusers' `numpy_to_pil` does. Values are expected in [0, 1] already (clamp first)."""
     return (pictures * 255).round().astype(np.uint8)
+
+
+def eight_bit_picture(picture: Image.Image, name: str) -> Image.Image:
+    """A PIL picture in 8 bits, by one rule for every depth:
+
+    - 8-bit pictures (modes "RGB", "L", "RGBA", "P", "1", ...) come back as they are;
+    - integer pictures of more bits (a 16-bit PNG opens in mode "I;16", or "I") hold 16-bit
+      values: 0..65535, scaled to 0..255;
+    - float pictures (mode "F") hold values in [0, 1], scaled to 0..255.
+    The last two come back in mode "L" (grey). Values outside their range are a ValueError
+    naming `name`: the picture is not what its mode says, and guessing would be silently wrong.
+    """
+    if not (picture.mode.startswith("I") or picture.mode == "F"):
+        return picture
+    values = np.asarray(picture, dtype=np.float64)
+    top, kind = (1.0, "a float picture") if picture.mode == "F" else (65535.0, "a 16-bit picture")
+    if values.size and not (np.isfinite(values).all() and 0 <= values.min() and values.max() <= top):
+        raise ValueError(f"{name} is {kind} (mode {picture.mode!r}) with values from {values.min():g} to "
+                         f"{values.max():g}; its values must lie in [0, {top:g}] (save it as an 8-bit picture)")
+    return Image.fromarray((values * (255 / top)).round().astype(np.uint8), mode="L")
+
+
+def mask_picture(mask: Image.Image, name: str) -> Image.Image:
+    """A mask in 8 bits, where white (255) is the part to repaint: an integer or float mask that
+    holds only 0s and 1s is a 0/1 mask and becomes 0 and 255; any other mask is a picture
+    (`eight_bit_picture`). Bool masks (mode "1") are 0 and 255 already."""
+    if mask.mode not in ("1", "P"):
+        values = np.asarray(mask)
+        if values.size and np.isin(values, (0, 1)).all():
+            return Image.fromarray(values.astype(np.uint8) * 255)
+    return eight_bit_picture(mask, name)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from sdcourse.arguments import whole_number
+from sdcourse.arguments import random_seed, whole_number
 from sdcourse.guidance import check_guidance_scale
 from sdcourse.request_checks import check_memory, check_prompts, check_size
 from sdcourse.tokenizer import tokenize
@@ -175,9 +175,13 @@ def check_device(device) -> torch.device:
 
 
 _MISMATCH = re.compile(r"(\S+) expected shape (torch\.Size\(\[[^\]]*\]\)), but got (torch\.Size\(\[[^\]]*\]\))")
-# Config fields that size the layers whose names contain these parts (the usual suspects).
-_SIZE_FIELDS = {"attn2.to_k": "cross_attention_dim", "attn2.to_v": "cross_attention_dim",
-                "text_model": "hidden_size", "encoder.": "block_out_channels", "decoder.": "block_out_channels"}
+# Config fields that size the layers whose names contain these parts, the first that matches
+# (the usual suspects); any other layer is sized by block_out_channels.
+_SIZE_FIELDS = {"quant_conv": "latent_channels", "encoder.conv_out": "latent_channels",
+                "decoder.conv_in": "latent_channels", "attn2.to_k": "cross_attention_dim",
+                "attn2.to_v": "cross_attention_dim", "text_model": "hidden_size", "conv_in": "in_channels",
+                "conv_out": "out_channels"}
+_VAE_PARTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
 
 
 def _config_mismatch(error: Exception, folder: Path) -> ValueError | None:
@@ -187,7 +191,7 @@ def _config_mismatch(error: Exception, folder: Path) -> ValueError | None:
         return None
     key, config_shape, weights_shape = found.groups()
     field = next((f for part, f in _SIZE_FIELDS.items() if part in key), "block_out_channels")
-    component = "vae" if key.startswith(("encoder.", "decoder.")) else "text_encoder" if "text_model" in key else "unet"
+    component = "vae" if key.startswith(_VAE_PARTS) else "text_encoder" if "text_model" in key else "unet"
     return ValueError(
         f"{folder / component / 'config.json'} does not fit the weights beside it: {key} is "
         f"{weights_shape} in the weights, but the config makes it {config_shape}. A size in the config "
@@ -317,8 +321,8 @@ def generate(pipe, prompts, height: int | None = None, width: int | None = None,
     num_inference_steps = whole_number("num_inference_steps", num_inference_steps, minimum=1)
     guidance_scale = check_guidance_scale(guidance_scale)
     per_prompt = whole_number("num_images_per_prompt", num_images_per_prompt, minimum=1)
-    seed = whole_number("seed", seed, minimum=0)
     batch = len(prompts) * per_prompt
+    seed = random_seed("seed", seed, count=batch)
     check_memory(batch, height, width, pipe.device)
     tokenize(prompts, pipe.tokenizer)  # one warning per prompt that will be truncated ...
     generators = [torch.Generator(device="cpu").manual_seed(seed + i) for i in range(batch)]

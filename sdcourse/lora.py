@@ -41,6 +41,8 @@ class LoRALinear(nn.Module):
     alpha: the update is multiplied by alpha / rank (default alpha = rank, a factor of 1).
     `scale` (default 1) multiplies the update once more, at run time: 0 switches it off.
     A starts as peft's does (Kaiming-uniform), B at zero.
+    Its state_dict holds W without the update, merged or not, so that it loads into any model
+    with the same LoRA layers; loading one leaves the layer unmerged (the same outputs).
     """
 
     def __init__(self, base: nn.Linear, rank: int = 4, alpha: float | None = None):
@@ -57,6 +59,7 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(rank, d_in, **factory))
         self.lora_B = nn.Parameter(torch.zeros(d_out, rank, **factory))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's own initialisation, as peft
+        self.register_state_dict_post_hook(_save_unmerged)
 
     @property
     def scaling(self) -> float:
@@ -91,6 +94,17 @@ class LoRALinear(nn.Module):
     def extra_repr(self):
         return f"rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:g}, merged={self.merged}"
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.unmerge()  # the state dict's W is unmerged (_save_unmerged); base loads it after this
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _save_unmerged(layer: LoRALinear, state_dict, prefix, local_metadata):
+    """A merged layer's state dict gets W, not W + scaling * B A: loaded beside A and B into a fresh
+    LoRA layer, the update must not count twice."""
+    if layer.merged:
+        state_dict[prefix + "base.weight"] = layer.base.weight.detach() - layer.delta_weight()
+
 
 def check_rank(rank, d_in: int, d_out: int) -> int:
     """rank as an int, from 1 to the smaller side of a d_out x d_in layer."""
@@ -99,6 +113,15 @@ def check_rank(rank, d_in: int, d_out: int) -> int:
         raise ValueError(f"rank={rank}; for a {d_out} x {d_in} layer it must be from 1 to {min(d_in, d_out)} "
                          "(a larger rank is no longer low-rank: train the layer itself)")
     return rank
+
+
+def target_names(targets, name: str = "targets") -> tuple[str, ...]:
+    """The layer names a LoRA targets, as a tuple: one string is one name ("to_q", not its letters)."""
+    if isinstance(targets, str):
+        targets = (targets,)
+    if not isinstance(targets, (list, tuple)) or not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ValueError(f"{name} must name at least one layer, such as {list(DEFAULT_TARGETS)}; got {targets!r}")
+    return tuple(targets)
 
 
 def matches_target(name: str, target: str) -> bool:
@@ -134,8 +157,7 @@ def inject_lora(module: nn.Module, target_modules=DEFAULT_TARGETS, rank: int = 4
 
     Works on diffusers' UNet2DConditionModel and on the course's U-Net (the same names).
     """
-    if isinstance(target_modules, str):
-        target_modules = (target_modules,)
+    target_modules = target_names(target_modules, "target_modules")
     _refuse_second_adapter(module)
     chosen = {name: layer for name, layer in module.named_modules()
               if name and any(matches_target(name, target) for target in target_modules)}
@@ -148,10 +170,13 @@ def inject_lora(module: nn.Module, target_modules=DEFAULT_TARGETS, rank: int = 4
     if missing:
         raise ValueError(f"target_modules {missing} match no layer of this {type(module).__name__}; its Linear "
                          f"layers end in: {', '.join(linear_layer_endings(module))}")
+    for layer in chosen.values():  # a rank too large for any layer is refused before the model changes
+        check_rank(rank, layer.in_features, layer.out_features)
+    wrapped = {name: LoRALinear(layer, rank, alpha) for name, layer in chosen.items()}
     for p in module.parameters():
         p.requires_grad_(False)
-    for name, layer in chosen.items():
-        _replace(module, name, LoRALinear(layer, rank, alpha))
+    for name, layer in wrapped.items():
+        _replace(module, name, layer)
     return sorted(chosen)
 
 
@@ -269,6 +294,10 @@ def load_lora(module: nn.Module, source, prefix: str = "unet") -> list[str]:
         if pair["A"].shape != (rank, d_in) or pair["B"].shape != (d_out, rank):
             raise ValueError(f"the adapter was made for another model: layer {name} is {d_out} x {d_in} here, but "
                              f"the adapter's A is {tuple(pair['A'].shape)} and B {tuple(pair['B'].shape)}")
+        if not all(m.is_floating_point() and torch.isfinite(m).all() for m in pair.values()):
+            where = "" if isinstance(source, dict) else f" in {str(source)!r}"
+            raise ValueError(f"the adapter{where} is damaged: layer {name}'s lora_A or lora_B holds NaN, infinite "
+                             "or non-float numbers (did its training diverge?)")
     for p in module.parameters():
         p.requires_grad_(False)
     for name, pair in pairs.items():

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from sdcourse.arguments import probability, whole_number
+from sdcourse.images import eight_bit_picture, mask_picture
 
 
 def check_prompts(prompt, negative_prompt=None):
@@ -110,15 +111,17 @@ def check_generator(generator, batch):
     raise ValueError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
 
 
-def check_images(images, name):
-    """A PIL image or a list of them, as a list."""
+def check_images(images, name, masks=False):
+    """A PIL image or a list of them, as a list of 8-bit pictures (`sdcourse.images.eight_bit_picture`),
+    or with `masks` 8-bit masks (`mask_picture`: a 0/1 mask is read as one)."""
     items = list(images) if isinstance(images, (list, tuple)) else [images]
     if not items or not all(isinstance(item, Image.Image) for item in items):
         raise ValueError(f"{name} must be a PIL image or a list of PIL images, got {type(images).__name__}")
-    return items
+    return [(mask_picture if masks else eight_bit_picture)(item, name) for item in items]
 
 
-def _check_image_count(count, batch):
+def check_image_count(count, batch):
+    """Refuse `count` input images unless they divide the `batch` pictures evenly."""
     if batch % count:
         raise ValueError(f"image: {count} images for {batch} pictures; the number of pictures "
                          "(len(prompt) * num_images_per_prompt) must be a multiple of the number of images")

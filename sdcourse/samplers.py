@@ -40,12 +40,13 @@ twin, it must match the twin exactly.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
 
-from sdcourse.arguments import probability, whole_number
-from sdcourse.schedules import NoiseSchedule
+from sdcourse.arguments import probability
+from sdcourse.schedules import NoiseSchedule, check_num_inference_steps, spaced_timesteps
 from sdcourse.weights import read_config
 
 # Config fields that belong to other diffusers schedulers. diffusers keeps them in the config
@@ -63,35 +64,6 @@ FIXED_EVERYWHERE = {"trained_betas": (None,), "rescale_betas_zero_snr": (False,)
 THRESHOLDING = {"thresholding": (False,), "dynamic_thresholding_ratio": (0.995,), "sample_max_value": (1.0,)}
 # Euler and DPM-Solver: sigma schedules other than the training one
 OTHER_SIGMAS = {"use_karras_sigmas": (False,), "use_exponential_sigmas": (False,), "use_beta_sigmas": (False,)}
-
-
-def check_num_inference_steps(num_inference_steps, num_train_timesteps) -> int:
-    """Return num_inference_steps as an int, or raise a ValueError that says what is wrong."""
-    steps = whole_number("num_inference_steps", num_inference_steps, minimum=1)  # any integer type
-    if steps > num_train_timesteps:
-        raise ValueError(
-            f"num_inference_steps={steps} is more than num_train_timesteps={num_train_timesteps}: "
-            "the model was trained on that many noise levels only"
-        )
-    return steps
-
-
-def spaced_timesteps(n, num_train_timesteps, spacing, steps_offset, round_linspace=True) -> np.ndarray:
-    """n training timesteps to visit, highest first, spaced as diffusers spaces them (float64 numpy).
-
-    With T = num_train_timesteps:
-        linspace: n points evenly spread over [0, T - 1], both ends included (rounded, unless
-                  round_linspace is False as in the Euler samplers),
-        leading:  0, T//n, 2 T//n, ...: starts at 0 and never reaches T - 1; then + steps_offset,
-        trailing: T - 1, T - 1 - T/n, ... (rounded): ends near T - 1, reaches 0 only when n = T.
-    """
-    T = num_train_timesteps
-    if spacing == "linspace":
-        steps = np.linspace(0, T - 1, n)
-        return (steps.round() if round_linspace else steps)[::-1].copy()
-    if spacing == "leading":
-        return (np.arange(n) * (T // n))[::-1].astype(np.float64) + steps_offset
-    return np.round(np.arange(T, 0, -T / n)) - 1
 
 
 def randn_like_diffusers(shape, generator=None, device=None, dtype=None) -> torch.Tensor:
@@ -218,14 +190,24 @@ class Sampler:
     def _position(self, t) -> int:
         """Where timestep t is in self.timesteps."""
         self._check_ready()
-        t = t.item() if isinstance(t, torch.Tensor) else t
-        found = (self.timesteps.cpu() == t).nonzero()
+        t = t.item() if isinstance(t, torch.Tensor) and t.numel() == 1 else t
+        found = (self.timesteps.cpu() == t).nonzero() if isinstance(t, numbers.Real) else []
         if len(found) == 0:
             first, last = self.timesteps[0].item(), self.timesteps[-1].item()
             raise ValueError(
                 f"timestep {t} is not one of this sampler's {len(self.timesteps)} timesteps ({first} down to {last})"
             )
         return int(found[0])
+
+    def _check_step(self, model_output, t, sample) -> int:
+        """Check a step's inputs against the schedule set; returns t's place in `timesteps`."""
+        for name, value in (("model_output", model_output), ("sample", sample)):
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(f"{name} must be a torch tensor, got {type(value).__name__}")
+        if model_output.shape != sample.shape:
+            raise ValueError(f"model_output has shape {tuple(model_output.shape)} but sample has "
+                             f"{tuple(sample.shape)}: the model's prediction must have the sample's shape")
+        return self._position(t)
 
     def scale_model_input(self, sample, t):
         """The network's input at timestep t: the sample itself (Euler samplers rescale it)."""
@@ -298,7 +280,7 @@ class DDPMSampler(AlphaBarSampler):
 
     def step(self, model_output, t, sample, generator=None):
         """x_{t} -> x_{s}, the sample at the next timestep. Sets `last_x0`."""
-        i = self._position(t)
+        i = self._check_step(model_output, t, sample)
         t = int(self.timesteps[i])
         s = int(self.timesteps[i + 1]) if i + 1 < len(self.timesteps) else -1
         alpha_bar_t = self.alphas_cumprod[t]
@@ -344,9 +326,8 @@ class DDIMSampler(AlphaBarSampler):
 
     def step(self, model_output, t, sample, eta=None, generator=None):
         """x_t -> x_s, with eta in [0, 1] (None: the sampler's `eta`). Sets `last_x0`."""
-        self._check_ready()
+        t = int(self.timesteps[self._check_step(model_output, t, sample)])
         eta = self.eta if eta is None else check_eta(eta)
-        t = int(t)
         s = t - self.num_train_timesteps // self.num_inference_steps
         alpha_bar_t = self.alphas_cumprod[t]
         alpha_bar_s = self.alphas_cumprod[s] if s >= 0 else self.final_alpha_bar
@@ -396,9 +377,21 @@ class SigmaSampler(Sampler):
         self.step_index = None
 
     def _index(self, t) -> int:
-        if self.step_index is None:  # the first step: find t; afterwards count
+        """The step t is: found on the first step, counted afterwards; t must be the next timestep."""
+        if self.step_index is None:
             self.step_index = self._position(t)
-        return self.step_index
+        i, n = self.step_index, len(self.timesteps)
+        if i == n:
+            raise ValueError(f"the {n} steps of this sampler's schedule are all done; call set_timesteps to "
+                             "sample again")
+        if self._position(t) != i:
+            raise ValueError(f"timestep {float(t):g} is not the next one of the schedule: step {i + 1} of {n} is at "
+                             f"t = {self.timesteps[i].item():g}; call set_timesteps to start again")
+        return i
+
+    def _check_step(self, model_output, t, sample) -> int:
+        super()._check_step(model_output, t, sample)
+        return self._index(t)
 
     def add_noise(self, original_samples, noise, timesteps) -> torch.Tensor:
         """The forward process, as the twin's `add_noise`: alpha x_0 + sigma noise in this sampler's variable.
@@ -470,7 +463,7 @@ class EulerSampler(SigmaSampler):
 
     def step(self, model_output, t, sample, generator=None):
         """x at sigma -> x at sigma_next (generator is unused: Euler adds no noise). Sets `last_x0`."""
-        i = self._index(t)
+        i = self._check_step(model_output, t, sample)
         return self._euler_step(model_output, sample, i, self.sigmas[i + 1]).to(model_output.dtype)
 
     def _euler_step(self, model_output, sample, i, sigma_to):
@@ -503,7 +496,7 @@ class EulerAncestralSampler(EulerSampler):
 
     def step(self, model_output, t, sample, generator=None):
         """x at sigma -> x at sigma_next, with fresh noise from `generator`. Sets `last_x0`."""
-        i = self._index(t)
+        i = self._check_step(model_output, t, sample)
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
         sigma_up = (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5
         sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
@@ -591,7 +584,7 @@ class DPMSolverMultistepSampler(SigmaSampler):
 
     def step(self, model_output, t, sample, generator=None):
         """x_s -> x_t, the next timestep (generator is unused: no noise). Sets `last_x0`."""
-        i, n, c = self._index(t), len(self.timesteps), self.config
+        i, n, c = self._check_step(model_output, t, sample), len(self.timesteps), self.config
 
         alpha_s, sigma_s = self._scales(self.sigmas[i])
         alpha_t, sigma_t = self._scales(self.sigmas[i + 1])

@@ -11,7 +11,8 @@ Schedules are computed in float64 and stored as float32, the dtype diffusers use
 The names and arguments mirror diffusers' `DDPMScheduler`, so `NoiseSchedule.from_config(
 scheduler.config)` works. diffusers computes its schedules in float32, which differs from
 float64 in the last bits; `compute_dtype=torch.float32` reproduces its numbers exactly (the
-samplers use this, so that whole sampling trajectories match diffusers').
+samplers use this, so that whole sampling trajectories match diffusers'). `spaced_timesteps` picks
+the training timesteps a sampler visits.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import math
 
 import numpy as np
 import torch
+
+from sdcourse.arguments import whole_number
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "cosine")
 # Stable Diffusion's training schedule (SD 1.x and 2.x): the one place the course writes it down.
@@ -146,3 +149,32 @@ class NoiseSchedule:
         """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t), as float64 for accuracy near t=0."""
         alpha_bar = self.alphas_cumprod.double()[self._timesteps(timesteps)]
         return alpha_bar / (1 - alpha_bar)
+
+
+def check_num_inference_steps(num_inference_steps, num_train_timesteps) -> int:
+    """Return num_inference_steps as an int, or raise a ValueError that says what is wrong."""
+    steps = whole_number("num_inference_steps", num_inference_steps, minimum=1)  # any integer type
+    if steps > num_train_timesteps:
+        raise ValueError(
+            f"num_inference_steps={steps} is more than num_train_timesteps={num_train_timesteps}: "
+            "the model was trained on that many noise levels only"
+        )
+    return steps
+
+
+def spaced_timesteps(n, num_train_timesteps, spacing, steps_offset, round_linspace=True) -> np.ndarray:
+    """n training timesteps to visit, highest first, spaced as diffusers spaces them (float64 numpy).
+
+    With T = num_train_timesteps:
+        linspace: n points evenly spread over [0, T - 1], both ends included (rounded, unless
+                  round_linspace is False as in the Euler samplers),
+        leading:  0, T//n, 2 T//n, ...: starts at 0 and never reaches T - 1; then + steps_offset,
+        trailing: T - 1, T - 1 - T/n, ... (rounded): ends near T - 1, reaches 0 only when n = T.
+    """
+    T = num_train_timesteps
+    if spacing == "linspace":
+        steps = np.linspace(0, T - 1, n)
+        return (steps.round() if round_linspace else steps)[::-1].copy()
+    if spacing == "leading":
+        return (np.arange(n) * (T // n))[::-1].astype(np.float64) + steps_offset
+    return np.round(np.arange(T, 0, -T / n)) - 1

@@ -222,3 +222,26 @@ def test_a_damaged_judge_file_is_named(tmp_path):
     save_file({"weight": torch.zeros(2)}, str(other))
     with pytest.raises(ValueError, match=rf"{other} hold another network, not the judge; train new ones"):
         classify(np.zeros((1, 64, 64, 3), np.uint8), classifier=other)
+
+
+@pytest.mark.parametrize("seed, said", [(-1, "from 0 to 9223372036854775807, got -1"),
+                                        (2**63, "from 0 to 9223372036854775807, got 9223372036854775808")])
+def test_a_seed_outside_0_to_2_to_the_63_is_refused(pipe, seed, said):
+    with pytest.raises(ValueError, match=f"seed must be {said}"):
+        generate(pipe, "a red circle", seed=seed, num_inference_steps=1)
+
+
+def test_the_last_pictures_seed_must_fit_too(pipe):
+    """Picture i takes seed + i: two pictures from 2**63 - 1 would need the seed 2**63."""
+    with pytest.raises(ValueError, match=r"seed must be from 0 to 9223372036854775806, got 9223372036854775807"):
+        generate(pipe, "a red circle", seed=2**63 - 1, num_images_per_prompt=2, num_inference_steps=1)
+
+
+@pytest.mark.parametrize("part, field, value", [("vae", "latent_channels", 8), ("unet", "in_channels", 9)])
+def test_an_edited_channel_count_is_named_not_block_out_channels(model_copy, part, field, value):
+    import json
+
+    path = model_copy / part / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    with pytest.raises(ValueError, match=rf"{part}/config\.json does not fit .*most likely {field}\)"):
+        load_pipeline(model_copy)

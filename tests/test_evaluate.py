@@ -332,3 +332,15 @@ def test_position_and_two_object_adherence_run_on_the_embedded_model():
     two = ev.two_object_adherence(pipe, ["a red circle and a blue square"], seeds=[0, 1], num_inference_steps=5)
     assert two["n_images"] == 2
     assert two["both_correct"] <= min(two["colours_correct"], two["shapes_correct"])
+
+
+@pytest.mark.parametrize("argument, value, said", [
+    ("seeds", [0, -1], r"seeds\[1\] must be from 0 to 9223372036854775807, got -1"),
+    ("seeds", [2**63], r"seeds\[0\] must be from 0 to 9223372036854775807, got 9223372036854775808"),
+    ("seeds", [0.5], r"seeds\[0\] must be an integer, got 0.5"),
+])
+def test_adherence_refuses_seeds_out_of_range(argument, value, said):
+    pipe = RedCirclePipe()
+    with pytest.raises(ValueError, match=said):
+        prompt_adherence(pipe, ["a red circle"], **{argument: value})
+    assert pipe.calls == []

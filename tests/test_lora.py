@@ -2,6 +2,7 @@
 same numbers; and every bad input refused by name."""
 
 import copy
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -592,3 +593,87 @@ def test_a_damaged_adapter_file_is_named(tmp_path, damage):
     path.write_bytes(whole[: len(whole) - 100] if damage == "truncated" else b"PK\x03\x04 a zip, not an adapter")
     with pytest.raises(ValueError, match=rf"the adapter file {path} cannot be read .*truncated or not a safetensors"):
         load_lora(UNet(TINY), tmp_path)
+
+
+# ----------------------------------------------------------------------------- LoRA: state dicts and refusals
+
+
+def test_a_merged_models_state_dict_loads_into_a_fresh_lora_model_with_the_same_outputs():
+    """The state dict holds W unmerged: loaded beside A and B, the update counts once."""
+    _, ours = make_pair(TINY, seed=0)
+    fresh = copy.deepcopy(ours)
+    inject_lora(ours, rank=2)
+    random_lora(ours)
+    merge_lora(ours)
+    sample, t, text = inputs(TINY)
+    with torch.no_grad():
+        expected = ours(sample, t, text)
+        inject_lora(fresh, rank=2)
+        fresh.load_state_dict(ours.state_dict())
+        assert (fresh(sample, t, text) - expected).abs().max() <= 1e-5
+        ours.load_state_dict(ours.state_dict())  # into the merged model itself: unmerged, the same outputs
+        assert not any(layer.merged for layer in lora_layers(ours).values())
+        assert (ours(sample, t, text) - expected).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("targets", [[], (), "", [""], [3]])
+def test_inject_lora_with_no_targets_is_refused_and_changes_nothing(targets):
+    _, ours = make_pair(TINY, seed=0)
+    with pytest.raises(ValueError, match="target_modules must name at least one layer"):
+        inject_lora(ours, targets)
+    assert all(p.requires_grad for p in ours.parameters())
+
+
+def test_a_rank_too_large_for_a_later_layer_changes_nothing_so_a_smaller_one_works():
+    config = {**TINY, "cross_attention_dim": 2}  # attn2.to_k is 4 x 2, after five 4 x 4 layers
+    _, ours = make_pair(config, seed=0)
+    with pytest.raises(ValueError, match=r"rank=3; for a 4 x 2 layer it must be from 1 to 2"):
+        inject_lora(ours, rank=3)
+    assert not lora_layers(ours) and all(p.requires_grad for p in ours.parameters())
+    assert len(inject_lora(ours, rank=2)) == 32
+
+
+def test_an_adapter_holding_nan_is_refused_naming_the_file_and_the_layer(tmp_path):
+    _, ours = make_pair(TINY, seed=0)
+    inject_lora(ours, rank=2)
+    random_lora(ours)
+    with torch.no_grad():
+        next(iter(lora_layers(ours).values())).lora_B[0, 0] = float("nan")
+    path = save_lora(ours, tmp_path / "adapter")
+    fresh = make_pair(TINY, seed=0)[1]
+    damaged = rf"adapter in '{re.escape(str(path))}' is damaged: layer down_blocks\.0\..*attn1\.to_q\b"
+    with pytest.raises(ValueError, match=damaged):
+        load_lora(fresh, path)
+    assert not lora_layers(fresh)
+
+
+def test_one_target_given_as_a_string_is_one_layer_name_not_its_letters():
+    from sdcourse.training.train_lora import LoRASettings
+
+    assert LoRASettings(targets="to_q").targets == ("to_q",)
+    for targets in ([], [""], [3]):
+        with pytest.raises(ValueError, match="targets must name at least one layer"):
+            LoRASettings(targets=targets)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 1.0])
+def test_the_trainers_seed_must_be_from_0_to_2_to_the_63(seed):
+    from sdcourse.training.train_lora import LoRASettings
+
+    with pytest.raises(ValueError, match=r"seed must be (from 0 to 9223372036854775807|an integer)"):
+        LoRASettings(seed=seed)
+
+
+def test_a_16_bit_png_in_the_trainers_folder_is_read_as_its_8_bit_twin(tmp_path):
+    from PIL import Image
+
+    from sdcourse.training.train_lora import folder_pictures
+
+    grey = np.tile(np.arange(0, 240, 3, dtype=np.uint16), (60, 1))  # a grey ramp, 80 x 60
+    for name, picture in (("eight", Image.fromarray(grey.astype(np.uint8))), ("sixteen", Image.fromarray(grey * 257))):
+        (tmp_path / name).mkdir()
+        picture.save(tmp_path / name / "p.png")
+        (tmp_path / name / "p.txt").write_text("a grey ramp")
+    assert Image.open(tmp_path / "sixteen" / "p.png").mode == "I;16"
+    sixteen, eight = folder_pictures(tmp_path / "sixteen", 32)[0], folder_pictures(tmp_path / "eight", 32)[0]
+    assert np.array_equal(sixteen, eight) and eight.max() > 100  # not all white

@@ -478,3 +478,33 @@ def test_set_timesteps_starts_over():
         first, _ = run(sampler, 10, None)
         again, _ = run(sampler, 10, None)
         assert torch.equal(first, again)
+
+
+@pytest.mark.parametrize("cls", TWINS)
+def test_a_model_output_of_another_shape_than_the_sample_is_an_error(cls):
+    sampler = cls()
+    sampler.set_timesteps(3)
+    with pytest.raises(ValueError, match=r"model_output has shape \(1, 4, 4, 4\) but sample has \(1, 4, 8, 8\)"):
+        sampler.step(torch.zeros(1, 4, 4, 4), sampler.timesteps[0], torch.zeros(1, 4, 8, 8))
+
+
+def test_ddim_refuses_a_timestep_that_is_not_in_its_schedule():
+    sampler = DDIMSampler()
+    sampler.set_timesteps(3)  # 666, 333, 0
+    x = torch.zeros(1, 4, 8, 8)
+    with pytest.raises(ValueError, match=r"timestep 999 is not one of this sampler's 3 timesteps"):
+        sampler.step(x, 999, x)
+
+
+@pytest.mark.parametrize("cls", [EulerSampler, EulerAncestralSampler, DPMSolverMultistepSampler])
+def test_a_step_past_the_schedule_or_out_of_order_is_an_error(cls):
+    sampler = cls()
+    sampler.set_timesteps(3)
+    x = torch.zeros(1, 4, 8, 8)
+    sampler.step(x, sampler.timesteps[0], x)
+    with pytest.raises(ValueError, match=r"is not the next one of the schedule: step 2 of 3"):
+        sampler.step(x, sampler.timesteps[0], x)
+    for t in sampler.timesteps[1:]:
+        sampler.step(x, t, x)
+    with pytest.raises(ValueError, match=r"the 3 steps of this sampler's schedule are all done"):
+        sampler.step(x, sampler.timesteps[-1], x)

@@ -168,8 +168,9 @@ def test_inpainting_keeps_the_unmasked_part(both):
     """With nothing to paint, the last latents are the picture's own: the picture back through the VAE."""
     _, _, ours = both
     inpaint, image = ours["inpaint"], picture()
-    kept = inpaint("a green triangle", image=image, mask_image=Image.new("L", (64, 64), 0), num_inference_steps=3,
-                   generator=seeded(0))
+    with pytest.warns(CourseWarning, match="nothing is repainted"):
+        kept = inpaint("a green triangle", image=image, mask_image=Image.new("L", (64, 64), 0),
+                       num_inference_steps=3, generator=seeded(0))
     # the picture's latents z_0 are the first draw from the generator
     with torch.no_grad():
         z0 = inpaint.encode_images(image_to_tensor([image], 64, 64), seeded(0))
@@ -395,3 +396,54 @@ def test_a_word_added_by_textual_inversion_reaches_the_from_scratch_pipeline(tmp
     plain = theirs("a red star", height=64, width=64, num_inference_steps=3, generator=seeded(0)).images
     assert max_difference(reference, plain) > 1  # the new word's embedding changes the picture
     assert max_difference(ours("a red <star>", num_inference_steps=3, generator=seeded(0)), reference) <= 1
+
+
+# ---- pictures and masks of other depths: one rule (sdcourse.images), or a refusal by name
+
+
+def grey(values, mode):
+    """A grey picture from 8-bit values, in `mode`: "L", "I;16" (x 257) or "F" (/ 255)."""
+    if mode == "I;16":
+        return Image.fromarray(values.astype(np.uint16) * 257)
+    if mode == "F":
+        return Image.fromarray(values.astype(np.float32) / 255)
+    return Image.fromarray(values.astype(np.uint8))
+
+
+@pytest.mark.parametrize("mode", ["I;16", "F"])
+def test_a_16_bit_or_float_picture_is_read_as_its_8_bit_twin(scratch, mode):
+    values = np.asarray(picture().convert("L"))
+    assert grey(values, mode).mode == mode
+    assert max_difference(call(scratch, "image", image=grey(values, mode)),
+                          call(scratch, "image", image=grey(values, "L"))) == 0
+
+
+def test_a_float_picture_outside_zero_one_is_refused_by_name(scratch):
+    values = np.asarray(picture().convert("L")).astype(np.float32)  # 0..255 in a float picture
+    with pytest.raises(ValueError, match=r"image is a float picture \(mode 'F'\) .* must lie in \[0, 1\]"):
+        call(scratch, "image", image=Image.fromarray(values))
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: Image.fromarray((m > 0).astype(np.uint8)),  # 0/1
+    lambda m: Image.fromarray((m > 0).astype(np.float32)),  # float 0/1
+    lambda m: Image.fromarray(m.astype(np.float32) / 255),  # float in [0, 1]
+])
+def test_masks_of_0_and_1_or_floats_paint_what_a_white_mask_paints(scratch, make):
+    white = np.where(np.asarray(square_mask()) >= 128, 255, 0).astype(np.uint8)
+    expected = call(scratch, "inpaint", mask_image=Image.fromarray(white))
+    assert max_difference(call(scratch, "inpaint", mask_image=make(white)), expected) == 0
+
+
+def test_a_mask_that_paints_nothing_is_warned_about(scratch):
+    with pytest.warns(CourseWarning, match="mask_image has no white part, so nothing is repainted"):
+        call(scratch, "inpaint", mask_image=Image.new("L", (64, 64), 0))
+
+
+def test_a_vae_of_another_latent_width_is_not_called_an_inpainting_model(scratch):
+    from sdcourse.vae import VAE
+
+    text = scratch["text"]
+    vae = VAE.from_config({**text.vae.config, "latent_channels": 8})
+    with pytest.raises(ValueError, match=r"reads 4 channels but the VAE's latents have 8: .* not belong to the same"):
+        TextToImage(text.text_encoder, text.unet, vae, text.sampler)("a cat", num_inference_steps=2)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..arguments import real_number, whole_number
+from ..arguments import random_seed, real_number, whole_number
 from .judge import classify
 from .pictures import SIZE
 from .prompts import parse_position, parse_prompt, parse_two_objects
@@ -28,6 +28,7 @@ def _generate(pipe, prompts: list[str], seeds: list, guidance_scale, num_inferen
     batch_size = whole_number("batch_size", batch_size, minimum=1)
     if not seeds:
         raise ValueError(f"seeds={seeds!r}; give at least one seed")
+    seeds = [random_seed(f"seeds[{i}]", seed) for i, seed in enumerate(seeds)]
     jobs = [(prompt, seed) for prompt in prompts for seed in seeds]
     images = []
     for start in range(0, len(jobs), batch_size):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..arguments import choice, probability, real_number, whole_number
+from ..arguments import choice, probability, random_seed, real_number, whole_number
 from ..images import images_to_tensor
 from .common import min_snr_weights
 from .trainer import MAY_CHANGE_ON_RESUME, PRECISIONS, Trainer, TrainSettings
@@ -65,7 +65,7 @@ class FineTuneSettings:
                                        meaning="0: the new pictures alone")
         self.min_snr_gamma = real_number("min_snr_gamma", self.min_snr_gamma, 0, meaning="0: plain squared error")
         self.caption_dropout = probability("caption_dropout", self.caption_dropout, below_one=True)
-        self.seed = whole_number("seed", self.seed)
+        self.seed = random_seed("seed", self.seed)
         self.checkpoint_every = whole_number("checkpoint_every", self.checkpoint_every, minimum=0)
         self.mixed_precision = choice("mixed_precision", self.mixed_precision, PRECISIONS)
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..arguments import choice
 from ..data import shapes
+from ..images import eight_bit_picture
 
 CONCEPTS = shapes.HELD_OUT_SHAPES + tuple(shapes.HELD_OUT_COLOURS)  # never taught to the embedded model
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -124,7 +125,7 @@ def folder_pictures(folder, resolution: int):
             raise ValueError(f"the caption of {path} is empty")
         try:
             with Image.open(path) as picture:
-                picture = picture.convert("RGB")
+                picture = eight_bit_picture(picture, str(path)).convert("RGB")
         except (UnidentifiedImageError, OSError) as error:
             raise ValueError(f"{path} cannot be read as a picture ({error})") from None
         scale = resolution / min(picture.size)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..lora import DEFAULT_TARGETS, LORA_FILE, check_rank, linear_layer_endings, matches_target
+from ..lora import DEFAULT_TARGETS, LORA_FILE, check_rank, linear_layer_endings, matches_target, target_names
 from .finetune_core import WhatTrains, unet_prediction
 
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # CLIP's attention, as diffusers' scripts adapt it
@@ -29,7 +29,7 @@ def add_peft_adapter(model, rank: int, alpha: float, targets, seed: int, what: s
     `seed`. Returns the adapter's parameters."""
     from peft import LoraConfig
 
-    targets = tuple(targets)
+    targets = target_names(targets)
     layers = {name: module for name, module in model.named_modules() if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))}
     for target in targets:
         matched = [name for name in layers if matches_target(name, target)]
@@ -59,7 +59,7 @@ class UNetAdapter(WhatTrains):
     name = "LoRA"
 
     def __init__(self, rank: int = 4, alpha: float = 4.0, targets=DEFAULT_TARGETS, seed: int = 0):
-        self.rank, self.alpha, self.targets, self.seed = rank, alpha, tuple(targets), seed
+        self.rank, self.alpha, self.targets, self.seed = rank, alpha, target_names(targets), seed
         self.pipe = None
 
     def attach(self, pipe):

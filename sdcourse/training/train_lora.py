@@ -55,7 +55,7 @@ import torch  # noqa: E402
 
 from ..arguments import flag, real_number, whole_number  # noqa: E402
 from ..data import shapes  # noqa: E402
-from ..lora import DEFAULT_TARGETS  # noqa: E402
+from ..lora import DEFAULT_TARGETS, target_names  # noqa: E402
 from ..images import unit_to_uint8  # noqa: E402
 from ..loading import load_pipeline  # noqa: E402
 from .common import save_grid, set_threads  # noqa: E402
@@ -92,7 +92,7 @@ class LoRASettings(FineTuneSettings):
         super().__post_init__()
         self.rank = whole_number("rank", self.rank, minimum=1)
         self.alpha = real_number("alpha", self.alpha, 0, low_open=True, meaning="the update is scaled by alpha / rank")
-        self.targets = tuple(self.targets)
+        self.targets = target_names(self.targets)
         self.n_pictures = whole_number("n_pictures", self.n_pictures, minimum=1)
         if self.token is not None and (not self.token.strip() or " " in self.token.strip()):
             raise ValueError(f"token={self.token!r}; it must be one word, such as 'sks'")
