@@ -344,3 +344,12 @@ def test_adherence_refuses_seeds_out_of_range(argument, value, said):
     with pytest.raises(ValueError, match=said):
         prompt_adherence(pipe, ["a red circle"], **{argument: value})
     assert pipe.calls == []
+
+
+def test_a_16_bit_picture_is_judged_by_the_one_depth_rule():
+    """A 16-bit PIL picture is scaled from 0..65535, not clipped to white."""
+    from sdcourse.evaluate import as_pictures
+
+    grey = Image.fromarray(np.full((64, 64), 32768, dtype=np.uint16))
+    assert grey.mode.startswith("I")
+    assert as_pictures([grey]).max() == 128

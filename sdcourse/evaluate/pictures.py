@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from ..data import shapes
-from ..images import unit_to_uint8
+from ..images import eight_bit_picture, unit_to_uint8
 
 SIZE = shapes.IMAGE_SIZE
 ALLOWED_PICTURES = "a uint8 array (N, 64, 64, 3), a float array in [0, 1] of that shape, or a list of PIL images"
@@ -35,7 +35,7 @@ def as_pictures(images, name: str = "images") -> np.ndarray:
                              f"allowed: {ALLOWED_PICTURES}")
         if not images:
             return np.empty((0, SIZE, SIZE, 3), dtype=np.uint8)
-        return np.stack([np.asarray(im.convert("RGB")) for im in images])
+        return np.stack([np.asarray(eight_bit_picture(im, f"{name}[{i}]").convert("RGB")) for i, im in enumerate(images)])
     if not isinstance(images, np.ndarray):
         hint = " (convert it with .cpu().numpy(), channels last)" if isinstance(images, torch.Tensor) else ""
         raise ValueError(f"{name}: a {type(images).__name__}{hint}; allowed: {ALLOWED_PICTURES}")
