@@ -35,7 +35,8 @@ def as_pictures(images, name: str = "images") -> np.ndarray:
                              f"allowed: {ALLOWED_PICTURES}")
         if not images:
             return np.empty((0, SIZE, SIZE, 3), dtype=np.uint8)
-        return np.stack([np.asarray(eight_bit_picture(im, f"{name}[{i}]").convert("RGB")) for i, im in enumerate(images)])
+        pictures = [eight_bit_picture(im, f"{name}[{i}]").convert("RGB") for i, im in enumerate(images)]
+        return np.stack([np.asarray(picture) for picture in pictures])
     if not isinstance(images, np.ndarray):
         hint = " (convert it with .cpu().numpy(), channels last)" if isinstance(images, torch.Tensor) else ""
         raise ValueError(f"{name}: a {type(images).__name__}{hint}; allowed: {ALLOWED_PICTURES}")
