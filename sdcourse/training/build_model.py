@@ -418,7 +418,8 @@ def main(argv=None):
     previous = read_json(run_dir / "config.json", "run settings") if (run_dir / "config.json").exists() else None
     check_run_folder(run_dir, cfg, previous)
     try:
-        claim_pipeline_folder(out, run_dir, args.overwrite)
+        if args.stop_after in (None, "ship"):  # it will write --out: claimed before hours of training
+            claim_pipeline_folder(out, run_dir, args.overwrite)
     except FileExistsError as error:
         parser.error(str(error))
     run_dir.mkdir(parents=True, exist_ok=True)
