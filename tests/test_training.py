@@ -282,6 +282,7 @@ def test_a_build_writes_only_inside_its_run_and_out_folders(tmp_path):
                           text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (parent / "run" / "vae_decoder" / "config.json").exists()
+    assert (parent / "run" / "finished" / "vae_decoder.json").exists()  # its marker, written after its files
     assert not (parent / "run" / "clip").exists() and not (parent / "out").exists()
     done = subprocess.run(command, cwd=parent, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -294,7 +295,10 @@ def test_a_build_writes_only_inside_its_run_and_out_folders(tmp_path):
     assert (parent / "out" / "model_index.json").exists()
     assert (parent / "run" / "tiny-clip" / "config.json").exists()
     assert (parent / "run" / CLASSIFIER_FILE).exists()
-    assert not [p for p in after if p.endswith(".partial")]
+    assert not [p for p in after if p.endswith((".partial", ".replaced", ".tmp"))]
+    assert {p.name for p in (parent / "run" / "finished").iterdir()} >= {
+        "vae.json", "vae_decoder.json", "clip.json", "clip_refined.json", "clip_words.json", f"{CLASSIFIER_FILE}.json",
+        "shipped.json"}
     assert clip_image_folder(parent / "out", parent / "run") == parent / "run" / "tiny-clip"
     # The VAE ships as its finished stage stored it, byte for byte (float16)
     weights = "diffusion_pytorch_model.safetensors"
@@ -311,6 +315,7 @@ def test_a_build_writes_only_inside_its_run_and_out_folders(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "CLIP" not in done.stdout and "VAE" not in done.stdout
     assert not any((kept / name).exists() for name in ("vae", "clip", "clip_refined"))
+    assert (kept / "finished" / "clip_words.json").exists()  # taken once, as every file loads: marked now
 
 
 # ---- damaged files: each named, with what to do ---------------------------------------------

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from ..data import shapes
+from ..files import save_safetensors
 from ..images import images_to_tensor
 from ..weights import StateDictMismatch, check_state_dict
 from .pictures import as_pictures
@@ -61,8 +62,7 @@ def save_classifier(model: ShapeClassifier, path: str | Path):
     if path.resolve() == CLASSIFIER_PATH:
         raise ValueError(f"path={str(path)!r} is the fixed judge that every comparison uses; "
                          f"save a new classifier elsewhere (a build saves it in its run folder)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    save_safetensors(path, model.state_dict())  # atomically: never half a file
 
 
 def load_classifier(path: str | Path = CLASSIFIER_PATH) -> ShapeClassifier:

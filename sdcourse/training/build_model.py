@@ -24,11 +24,19 @@ Stages, one function each below, each resumable (run the same command again afte
 Everything else goes to the run folder (default runs/tiny-sd, or runs/tiny-sd-fast): the
 cached data, checkpoints, sample grids (samples/*.png), build_log.json with the time taken,
 the CLIP's image half (tiny-clip/), the classifier (shape_classifier.safetensors) and the
-pipeline folder while it is being written. Nothing is written outside --run and --out.
+pipeline folder while it is being written. Nothing is written outside --run and --out, and
+--out is claimed first: a folder holding files this build did not write is refused unless
+--overwrite (as when rebuilding the shipped model into sdcourse/assets/tiny-sd).
 Every network trains with the same loop (trainer.py). A stage that was interrupted resumes
 from its checkpoint. Only the settings in trainer.MAY_CHANGE_ON_RESUME (the step counts among
 them) may differ from the checkpoint's; any other change stops the run with a message that
 names it. So `--unet-steps 5000` trains a finished run on.
+
+A stage is finished when its marker (finished/<folder>.json in the run folder, written after its
+last file) lists its files and each loads; a finished stage is reused only when the settings it
+records (`STAGE_OUTPUTS`) are this run's, else the build stops, naming them. A stage folder
+without a marker (made before markers, as build-stages/second-edition keeps them) counts as
+finished when every file of it loads; its marker is written then.
 
 On GPUs the same build runs under accelerate, on several of them, in mixed precision if asked:
 
@@ -46,24 +54,93 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 
 from .. import fast_mode_requested  # noqa: E402
+from ..files import files_problem, read_json, read_marker, write_json, write_marker  # noqa: E402
 from ..evaluate import CLASSIFIER_FILE, classifier_accuracy, save_classifier, vae_round_trip  # noqa: E402
 from ..tokenizer import load_tokenizer  # noqa: E402
 from . import config as config_mod  # noqa: E402
 from .common import seed_everything, set_threads  # noqa: E402
+from .config import CLIP_DATA_SETTINGS, CLIP_MODEL_SETTINGS, DATA_SETTINGS  # noqa: E402
 from ..data.photos import photo_crops  # noqa: E402
 from .datasets import build_contrast_set, build_training_set  # noqa: E402
-from .export import folder_size_mb, save_clip_extras, save_pipeline  # noqa: E402
+from .export import claim_pipeline_folder, folder_size_mb, save_clip_extras, save_pipeline  # noqa: E402
 from .judge import train_classifier  # noqa: E402
 from .trainer import PRECISIONS, CheckpointError  # noqa: E402
 from .train_clip import refine_image_encoder, teach_words, train_clip, word_sensitivity, zero_shot_accuracy  # noqa: E402
 from .train_unet import load_or_cache_latents, save_samples, train_unet  # noqa: E402
-from .train_vae import finetune_decoder, latent_scaling_factor, train_vae  # noqa: E402
+from .train_vae import VAE_SETTINGS, finetune_decoder, latent_scaling_factor, train_vae  # noqa: E402
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    """What a stage leaves in the run folder: its files (relative to the run folder) and the
+    settings they were made with (by their names in config.BuildConfig)."""
+    files: tuple
+    settings: tuple
+
+
+# (The VAE's settings include the data's: its scaling factor is measured on the training set.)
+_VAE = (*DATA_SETTINGS, *VAE_SETTINGS, "vae_kl_weight", "vae_steps", "vae_lr")
+_VAE_DECODER = (*_VAE, "vae_decoder_steps", "vae_decoder_lr")
+_CLIP = (*DATA_SETTINGS, *CLIP_MODEL_SETTINGS, *CLIP_DATA_SETTINGS, "clip_steps", "clip_lr")
+_CLIP_IMAGE = (*_CLIP, "clip_image_steps", "clip_image_lr")
+_CLIP_WORDS = (*_CLIP_IMAGE, "clip_words_steps", "clip_words_lr")
+_CLASSIFIER = ("seed", "classifier_steps", "classifier_batch", "classifier_n_train")
+_VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
+_CLIP_FILES = ("config.json", "model.safetensors")
+
+# The run folder's finished pieces, by their name there. The caches (.npz) are written atomically
+# and have no marker, but are reused only with the settings they were drawn with, like the rest.
+STAGE_OUTPUTS = {
+    "train_set.npz": StageOutput(("train_set.npz",), DATA_SETTINGS),
+    "contrast_set.npz": StageOutput(("contrast_set.npz",), ("seed", "clip_contrast_set")),
+    "vae": StageOutput(tuple(f"vae/{f}" for f in _VAE_FILES), _VAE),
+    "vae_decoder": StageOutput(tuple(f"vae_decoder/{f}" for f in _VAE_FILES), _VAE_DECODER),
+    "latents.npz": StageOutput(("latents.npz",), _VAE_DECODER),
+    "clip": StageOutput(tuple(f"clip/{f}" for f in _CLIP_FILES), _CLIP),
+    "clip_refined": StageOutput(tuple(f"clip_refined/{f}" for f in _CLIP_FILES), _CLIP_IMAGE),
+    "clip_words": StageOutput(tuple(f"clip_words/{f}" for f in _CLIP_FILES), _CLIP_WORDS),
+    CLASSIFIER_FILE: StageOutput((CLASSIFIER_FILE,), _CLASSIFIER),
+    "classifier.safetensors": StageOutput(("classifier.safetensors",), _CLASSIFIER),  # its name in older runs
+}
+
+
+class StageError(RuntimeError):
+    """A run folder whose finished stages cannot be used: made with other settings, or damaged."""
+
+
+def stage_marker(run_dir: Path, name: str) -> Path:
+    return Path(run_dir) / "finished" / f"{name}.json"
+
+
+def check_run_folder(run_dir: Path, cfg, previous: dict | None):
+    """Refuse a run folder whose finished stages were made with other settings than `cfg`'s,
+    naming each such stage and setting. A stage's settings are its marker's; for a stage made
+    before markers, those of the run folder's config.json (`previous`, None if there was none)."""
+    changed = []
+    for name, output in STAGE_OUTPUTS.items():
+        if not (run_dir / name).exists():
+            continue
+        recorded = read_marker(stage_marker(run_dir, name))
+        recorded = recorded["settings"] if recorded is not None else previous
+        if recorded is None:
+            continue
+        asked = json.loads(json.dumps(cfg.pick(*output.settings)))  # tuples as lists, as JSON holds them
+        missing = "(not set)"
+        differ = [f"{key}={recorded.get(key, missing)!r} (this run: {value!r})"
+                  for key, value in asked.items() if recorded.get(key, missing) != value]
+        if differ:
+            changed.append(f"{name}: made with " + ", ".join(differ))
+    if changed:
+        raise StageError(f"the run folder {run_dir} holds stages made with other settings:\n  " + "\n  ".join(changed)
+                         + f"\nRun with their settings, give another --run, or delete those stages from {run_dir} "
+                         "to make them again.")
 
 
 class StageLog:
@@ -71,7 +148,7 @@ class StageLog:
     def __init__(self, path: Path, write: bool = True):
         self.path = path
         self.write = write
-        self.data = json.loads(path.read_text()) if path.exists() else {"stages": {}, "figures": {}}
+        self.data = read_json(path, "build log") if path.exists() else {"stages": {}, "figures": {}}
 
     def stage(self, name, seconds):
         self.data["stages"][name] = self.data["stages"].get(name, 0.0) + round(seconds, 1)
@@ -85,7 +162,7 @@ class StageLog:
 
     def save(self):
         if self.write:
-            self.path.write_text(json.dumps(self.data, indent=2))
+            write_json(self.path, self.data)
 
 
 class Build:
@@ -105,9 +182,16 @@ class Build:
         # Made by the stages, in order:
         self.data = self.photos = self.clip = self.text_encoder = self.vae = self.latents = self.unet = None
 
-    def save(self, model, folder: Path):
+    def save(self, model, name: str):
+        """Save a stage's model into its folder of the run folder, then its marker."""
         if self.main:
-            model.save_pretrained(str(folder))
+            model.save_pretrained(str(self.run_dir / name))
+            self.mark(name)
+
+    def mark(self, name: str):
+        """Write the marker of a finished stage output (after its last file)."""
+        output = STAGE_OUTPUTS[name]
+        write_marker(stage_marker(self.run_dir, name), self.run_dir, output.files, self.cfg.pick(*output.settings))
 
 
 def data_stage(b: Build):
@@ -128,24 +212,37 @@ def contrast_set(b: Build) -> dict | None:
                                   progress=b.progress)
 
 
-def finished(b: Build, folder_name: str) -> bool:
-    """Whether the stage that writes this folder of the run folder has finished."""
-    return (b.run_dir / folder_name / "config.json").exists()
+def finished(b: Build, name: str) -> bool:
+    """Whether the stage output `name` (`STAGE_OUTPUTS`) is finished: its marker lists its files
+    and each loads. One with a marker but a file missing or damaged is refused by name. One
+    without a marker counts as finished when every file it should hold loads (a stage made before
+    markers); its marker is written then. Half a stage (an interrupted save) is not finished."""
+    recorded = read_marker(stage_marker(b.run_dir, name))
+    if recorded is not None:
+        problem = files_problem(b.run_dir, recorded["files"])
+        if problem:
+            raise StageError(f"the {name} stage of {b.run_dir} is damaged: {problem}. Delete {b.run_dir / name} "
+                             f"and {stage_marker(b.run_dir, name)} to make it again.")
+        return True
+    if files_problem(b.run_dir, STAGE_OUTPUTS[name].files) is not None:
+        return False
+    if b.main:
+        b.mark(name)
+    return True
 
 
 def clip_stage(b: Build):
     """3. The CLIP, both halves trained together, contrastively."""
     from transformers import CLIPModel
 
-    folder = b.run_dir / "clip"
     if finished(b, "clip_words"):
         return  # its last phase is done: that one is loaded (a run resumed from its finished stages)
-    if (folder / "config.json").exists():
-        b.clip = CLIPModel.from_pretrained(str(folder), dtype=torch.float32).eval()
+    if finished(b, "clip"):
+        b.clip = CLIPModel.from_pretrained(str(b.run_dir / "clip"), dtype=torch.float32).eval()
     else:
         seed_everything(b.cfg.seed + 1)
         b.clip = train_clip(b.cfg, b.data, b.run_dir, b.progress, contrast=contrast_set(b))
-        b.save(b.clip, folder)
+        b.save(b.clip, "clip")
         if b.main:
             b.log.figure("clip_zero_shot", zero_shot_accuracy(b.clip, n=b.eval_n),
                          "CLIP zero-shot accuracy on fresh pictures")
@@ -158,17 +255,16 @@ def later_clip_phase(b: Build, folder_name: str, steps: int, seed_offset: int, t
     it has steps), saved, and its zero-shot accuracy logged. True when it trained now."""
     from transformers import CLIPModel
 
-    folder = b.run_dir / folder_name
     if folder_name != "clip_words" and finished(b, "clip_words"):
         return False
-    if (folder / "config.json").exists():
-        b.clip = CLIPModel.from_pretrained(str(folder), dtype=torch.float32).eval()
+    if finished(b, folder_name):
+        b.clip = CLIPModel.from_pretrained(str(b.run_dir / folder_name), dtype=torch.float32).eval()
         return False
     if steps <= 0:
         return False
     seed_everything(b.cfg.seed + seed_offset)
     b.clip = train(b.cfg, b.clip, b.data, b.run_dir, b.progress, contrast=contrast_set(b))
-    b.save(b.clip, folder)
+    b.save(b.clip, folder_name)
     if b.main:
         b.log.figure(f"clip_zero_shot_after_{label}_phase", zero_shot_accuracy(b.clip, n=b.eval_n),
                      f"CLIP zero-shot accuracy after the {label} phase")
@@ -212,17 +308,16 @@ def vae_stage(b: Build):
     from diffusers import AutoencoderKL
 
 
-    folder = b.run_dir / "vae"
     if finished(b, "vae_decoder"):
         return  # the decoder phase is done: its VAE is loaded next
-    if (folder / "config.json").exists():
-        b.vae = AutoencoderKL.from_pretrained(str(folder)).eval()
+    if finished(b, "vae"):
+        b.vae = AutoencoderKL.from_pretrained(str(b.run_dir / "vae")).eval()
         return
     seed_everything(b.cfg.seed + 2)
     b.vae = train_vae(b.cfg, b.photos, b.run_dir, b.progress)
     scale = latent_scaling_factor(b.vae, b.data["images"][: min(2048, len(b.data["images"]))])
     b.vae.register_to_config(scaling_factor=scale)
-    b.save(b.vae, folder)
+    b.save(b.vae, "vae")
     if b.main:
         b.log.figure("vae", {"scaling_factor": scale, **vae_figures(b, b.vae)}, "VAE")
 
@@ -232,14 +327,13 @@ def vae_decoder_stage(b: Build):
     from diffusers import AutoencoderKL
 
 
-    folder = b.run_dir / "vae_decoder"
-    if (folder / "config.json").exists():
-        b.vae = AutoencoderKL.from_pretrained(str(folder)).eval()
+    if finished(b, "vae_decoder"):
+        b.vae = AutoencoderKL.from_pretrained(str(b.run_dir / "vae_decoder")).eval()
     elif b.cfg.vae_decoder_steps > 0:
         b.vae = finetune_decoder(b.cfg, b.vae, b.photos, b.run_dir, b.progress)
         # Stored in float16, as the pipeline ships it (half the size). The VAE in use from here
         # on holds the same rounded weights, so the U-Net learns from the shipped VAE's latents.
-        b.save(b.vae.half(), folder)
+        b.save(b.vae.half(), "vae_decoder")
         b.vae = b.vae.float()
         if b.main:
             b.log.figure("vae_after_decoder_phase", vae_figures(b, b.vae), "VAE after the decoder phase")
@@ -257,7 +351,8 @@ def unet_stage(b: Build):
     seed_everything(b.cfg.seed + 3)
     b.unet = train_unet(b.cfg, b.latents, b.data["token_ids"], b.text_encoder, b.vae, b.tokenizer,
                         b.vae.config.scaling_factor, b.run_dir, b.progress, total_steps=b.cfg.unet_steps)
-    b.save(b.unet, b.run_dir / "unet")
+    if b.main:
+        b.unet.save_pretrained(str(b.run_dir / "unet"))  # for looking at: a later run trains on from its checkpoint
     b.log.figure("unet_steps", b.cfg.unet_steps)
 
 
@@ -265,13 +360,14 @@ def classifier_stage(b: Build):
     """6. A shape/colour classifier trained by the judge's recipe (`training.judge`), kept in the run folder
     (the fixed judge in the package is never replaced)."""
     cfg = b.cfg
-    if any((b.run_dir / name).exists() for name in (CLASSIFIER_FILE, "classifier.safetensors")):
+    if any(finished(b, name) for name in (CLASSIFIER_FILE, "classifier.safetensors")):
         return  # "classifier.safetensors": its name in runs made before
     classifier = train_classifier(cfg.classifier_steps, cfg.classifier_batch, cfg.classifier_n_train,
                                   seed=cfg.seed + 7, progress=b.progress, checkpoint=b.run_dir / "classifier_ckpt.pt",
                                   mixed_precision=cfg.mixed_precision)
     if b.main:
         save_classifier(classifier, b.run_dir / CLASSIFIER_FILE)
+        b.mark(CLASSIFIER_FILE)
         b.log.figure("classifier_accuracy", classifier_accuracy(n=b.eval_n, classifier=classifier))
 
 
@@ -280,7 +376,7 @@ def ship_stage(b: Build):
     image half in the run folder (benchmarks/quality.py --run finds it there)."""
     if not b.main:
         return
-    save_pipeline(b.unet, b.vae, b.text_encoder, b.tokenizer, b.out, partial=b.run_dir / "pipeline.partial")
+    save_pipeline(b.unet, b.vae, b.text_encoder, b.tokenizer, b.out, b.run_dir)
     save_clip_extras(b.clip, b.run_dir / "tiny-clip")
     save_samples(b.unet, b.vae, b.text_encoder, b.tokenizer, b.run_dir / "samples" / "final.png")
 
@@ -294,6 +390,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=None, help="pipeline folder to write (default: <run>/tiny-sd)")
     parser.add_argument("--run", default=None, help="run folder for caches, checkpoints, samples")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write the pipeline over --out even if it holds files this build did not write")
     parser.add_argument("--fast", action="store_true", help="miniature build (also: SDCOURSE_FAST=1)")
     parser.add_argument("--unet-steps", type=int, default=None, help="override the U-Net step count")
     parser.add_argument("--vae-decoder-steps", type=int, default=None, help="override the decoder-only steps")
@@ -317,12 +415,19 @@ def main(argv=None):
     out = Path(args.out) if args.out else run_dir / "tiny-sd"
     if run_dir.resolve() == out.resolve() or out.resolve() in run_dir.resolve().parents:
         parser.error(f"--run {run_dir} must not be --out {out} or inside it: writing the pipeline replaces --out")
+    previous = read_json(run_dir / "config.json", "run settings") if (run_dir / "config.json").exists() else None
+    check_run_folder(run_dir, cfg, previous)
+    try:
+        if args.stop_after in (None, "ship"):  # it will write --out: claimed before hours of training
+            claim_pipeline_folder(out, run_dir, args.overwrite)
+    except FileExistsError as error:
+        parser.error(str(error))
     run_dir.mkdir(parents=True, exist_ok=True)
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
     b = Build(cfg, run_dir, out, progress=not args.quiet)
     if b.main:
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        write_json(run_dir / "config.json", cfg.to_dict())
     started = time.time()
     for name, stage in STAGES:
         t = time.time()
@@ -347,5 +452,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except CheckpointError as error:  # a message to act on; the traceback would not help
+    except (CheckpointError, StageError) as error:  # a message to act on; the traceback would not help
         raise SystemExit(f"error: {error}") from None

@@ -6,13 +6,13 @@ Pictures to tensors and back are `sdcourse.images`' (`images_to_tensor`, `to_uin
 from __future__ import annotations
 
 import copy
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..files import write_atomically
 
 
 def seed_everything(seed: int):
@@ -58,11 +58,7 @@ class EMA:
 def save_checkpoint(path: Path, **state):
     """Save atomically (write a temporary file, then rename), so an interrupt never leaves
     a half-written checkpoint behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomically(path, lambda temporary: torch.save(state, temporary))
 
 
 def load_checkpoint(path: Path):
@@ -119,8 +115,7 @@ def save_grid(images: np.ndarray, path: Path, titles=None, columns: int = 8):
             if titles is not None:
                 ax.set_title(titles[i][:34], fontsize=5)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=100, format="png"))
     plt.close(fig)
 
 

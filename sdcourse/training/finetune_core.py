@@ -21,6 +21,7 @@ loss (min-SNR weighted), and the course's training loop (trainer.py) with its ch
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from ..arguments import choice, probability, random_seed, real_number, whole_number
+from ..files import save_into
 from ..images import images_to_tensor
 from .common import min_snr_weights
 from .trainer import MAY_CHANGE_ON_RESUME, PRECISIONS, Trainer, TrainSettings
@@ -155,6 +157,16 @@ def encode_examples(pipe, images: np.ndarray, captions: list[str], extras: dict 
     return Examples(torch.cat(means), torch.cat(stds), torch.cat(token_ids), torch.cat(texts), dict(extras or {}))
 
 
+def data_fingerprint(images: np.ndarray, captions: list[str], prior: tuple | None = None) -> str:
+    """SHA-256 over the pictures' pixels and their captions (and the prior's): a resumed run
+    checks that it trains on the same data, not only on a folder of the same name."""
+    digest = hashlib.sha256()
+    for pictures, texts in [(images, captions), *([prior] if prior is not None else [])]:
+        digest.update(np.ascontiguousarray(pictures).tobytes())
+        digest.update("\0".join(map(str, texts)).encode())
+    return digest.hexdigest()
+
+
 def prior_count(settings: FineTuneSettings, prior) -> int:
     """How many pictures of each batch come from the prior; refuses a share that leaves no room
     for the new pictures, or one with no prior pictures to draw from."""
@@ -226,7 +238,8 @@ def fine_tune(pipe, what: WhatTrains, images: np.ndarray, captions: list[str], s
     prior: (images, captions) the model already knows; settings.prior_share of every batch is drawn
         from them. Needed when settings.prior_share > 0.
     extras: per-picture inputs the method's `predict` reads from the batch, by name.
-    record: what describes the data; with the settings, it is what a resumed run must share.
+    record: what describes the data and the model; with the settings and the data's fingerprint
+        (`data_fingerprint`), it is what a resumed run must share.
     Returns the file `what` saved.
     """
     if len(images) != len(captions):
@@ -248,11 +261,12 @@ def fine_tune(pipe, what: WhatTrains, images: np.ndarray, captions: list[str], s
                           mixed_precision=settings.mixed_precision)
     identity = {name: value for name, value in {**asdict(settings), **(record or {})}.items()
                 if name not in MAY_CHANGE_ON_RESUME}
+    identity["data_sha256"] = data_fingerprint(images, captions, prior)
     trainer = Trainer(what.module, loss, batches, train, params=params, generator=batches.generator,
                       checkpoint=out / checkpoint, name=what.name, record=identity, progress=progress,
                       save_trained_only=True)
     trainer.fit()
     what.module.to(pipe.vae.device)  # the trainer hands the module back on the CPU; the pipeline may live on a GPU
     if trainer.accelerator.is_main_process:
-        what.save(out)
+        save_into(out, what.save)
     return what.saved_file(out)

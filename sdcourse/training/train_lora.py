@@ -32,7 +32,10 @@ fine-tuning core (finetune_core.py) on the course's training loop (trainer.py): 
 a checkpoint every `--checkpoint-every` steps in --out, and a resumed run continues where the
 last one stopped.
 Only the settings in trainer.MAY_CHANGE_ON_RESUME (the step count among them) may differ;
-any other change is refused by name. On GPUs, the same script under accelerate:
+any other change is refused by name, and so is other data (the checkpoint keeps a SHA-256 of
+the pictures and captions) or another base model (its folder and a SHA-256 of its weights and
+configs). --out may be new, empty, or a folder of this command's (a run to resume); it may not
+be --model or hold it or lie in it; other files in it are refused unless --overwrite. On GPUs, the same script under accelerate:
 
     accelerate launch -m sdcourse.training.train_lora --images my-pictures --model sd15 \\
         --out runs/my-lora --mixed-precision fp16 --batch 4 --lr 1e-4
@@ -45,7 +48,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see build_model.py
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import time  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -55,9 +57,10 @@ import torch  # noqa: E402
 
 from ..arguments import flag, real_number, whole_number  # noqa: E402
 from ..data import shapes  # noqa: E402
-from ..lora import DEFAULT_TARGETS, target_names  # noqa: E402
+from ..files import claim_folder, folder_fingerprint, refuse_overlap, write_json  # noqa: E402
+from ..lora import DEFAULT_TARGETS, LORA_FILE, target_names  # noqa: E402
 from ..images import unit_to_uint8  # noqa: E402
-from ..loading import load_pipeline  # noqa: E402
+from ..loading import load_pipeline, resolve_model  # noqa: E402
 from .common import save_grid, set_threads  # noqa: E402
 from .finetune_core import FineTuneSettings, WhatTrains, fine_tune  # noqa: E402
 from .finetune_data import CONCEPTS, concept_pictures, folder_pictures, prior_pictures  # noqa: E402, F401
@@ -65,6 +68,9 @@ from .methods import FullUNet, UNetAdapter, UNetAndTextEncoderAdapters  # noqa: 
 from .trainer import PRECISIONS, CheckpointError  # noqa: E402
 
 CHECKPOINT = "lora_ckpt.pt"
+# Every file a run writes into --out (a folder holding only these is a run to resume).
+RUN_FILES = (CHECKPOINT, LORA_FILE, "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "samples.png",
+             "train_lora.json")
 CONCEPT_PRIOR_SHARE = 0.75  # --concept's default prior_share (see FineTuneSettings; README, "What it learns")
 
 
@@ -140,6 +146,8 @@ def main(argv=None):
     data.add_argument("--images", help="a folder of pictures with captions (metadata.jsonl or .txt files)")
     parser.add_argument("--out", required=True, help="folder for the adapter, its checkpoint and sample grids")
     parser.add_argument("--model", default=None, help="a diffusers SD 1.x/2.x folder (default: the embedded model)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into --out even if it holds files this command did not write")
     defaults = LoRASettings()
     parser.add_argument("--rank", type=int, default=defaults.rank)
     parser.add_argument("--alpha", type=float, default=defaults.alpha, help="the update is scaled by alpha / rank")
@@ -184,6 +192,13 @@ def main(argv=None):
                                 caption_dropout=args.caption_dropout)
     except ValueError as error:
         parser.error(str(error))
+    model_folder = resolve_model(args.model)
+    out = Path(args.out)
+    try:
+        refuse_overlap(out, model_folder, "--out", "--model")
+        claim_folder(out, "--out", owned=RUN_FILES, overwrite=args.overwrite)
+    except (ValueError, FileExistsError) as error:
+        parser.error(str(error))
     set_threads(args.threads)
     started = time.time()
     from accelerate import PartialState
@@ -203,8 +218,7 @@ def main(argv=None):
         data_record = {"data": str(Path(args.images).resolve()), "n_images": len(images)}
         if not args.quiet:
             print(f"{len(images)} pictures from {args.images}, {resolution} px")
-    data_record["model"] = str(args.model or "embedded")
-    out = Path(args.out)
+    data_record.update(model=str(model_folder.resolve()), model_sha256=folder_fingerprint(model_folder))
     path = train_lora(pipe, images, captions, settings, out, progress=not args.quiet, data_record=data_record,
                       prior=prior)
     if not process.is_main_process:
@@ -218,8 +232,8 @@ def main(argv=None):
         prompts = captions[:4]
     sample_grid(pipe, prompts, out / "samples.png")
     minutes = (time.time() - started) / 60
-    (out / "train_lora.json").write_text(json.dumps({**asdict(settings), **data_record, "minutes": round(minutes, 2),
-                                                    "pictures": len(images)}, indent=2))
+    write_json(out / "train_lora.json", {**asdict(settings), **data_record, "minutes": round(minutes, 2),
+                                         "pictures": len(images)})
     print(f"{path} written ({path.stat().st_size / 1e6:.2f} MB) in {minutes:.1f} min; "
           f"samples in {out / 'samples.png'}")
 
