@@ -113,3 +113,40 @@ def photo_crops(n: int, seed: int, names=TRAIN_PHOTOS) -> np.ndarray:
             crop = crop[:, ::-1]
         crops[i] = crop
     return crops
+
+
+def build_rule_set(n: int, captions_per_image: int, seed: int, rule, two_object_prob: float = 0.3,
+                   concept_rule=None, n_empty_stars: int = 0, cache: Path | None = None,
+                   progress: bool = True) -> dict:
+    """`n` pictures drawn under a `shapes.CaptionRule` (stars and pink among them, at the rule's
+    shares), each with `captions_per_image` captions, in the dict `build_training_set` returns.
+
+    concept_rule: if given, every second caption follows it instead (a rule with
+        concept_words=True: "star" and "pink" said, for a text encoder that should know them).
+    n_empty_stars: one-star pictures appended whose captions are all empty: more stars among
+        the pictures the U-Net learns its unconditional prediction from.
+    """
+    if cache is not None and Path(cache).exists():
+        data = np.load(cache, allow_pickle=False)
+        return {key: data[key] for key in data.files}
+    total = n + n_empty_stars
+    images = np.empty((total, 64, 64, 3), dtype=np.uint8)
+    captions = []
+    for i in tqdm(range(n), desc="drawing pictures under the caption rule", disable=not progress, mininterval=2):
+        scene = shapes.rule_scene_at(i, seed, rule, two_object_prob)
+        images[i] = shapes.render(scene)
+        rng = np.random.default_rng([seed, i, 4])
+        rules = [concept_rule if concept_rule is not None and j % 2 else rule for j in range(captions_per_image)]
+        captions.append([shapes.recaption(scene, rng, r) for r in rules])
+    stars, _, _ = shapes.make_dataset(n_empty_stars, seed=seed + 17, shapes=shapes.HELD_OUT_SHAPES, n_objects=1)
+    images[n:] = stars
+    captions += [[""] * captions_per_image for _ in range(n_empty_stars)]
+    flat = [c for row in captions for c in row]
+    token_ids = tokenize_ids(flat).reshape(total, captions_per_image, MAX_LENGTH)
+    data = {"images": images, "token_ids": token_ids, "captions": np.array(captions)}
+    if cache is not None:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(str(cache) + ".tmp.npz")
+        np.savez(tmp, **data)
+        tmp.replace(cache)
+    return data
