@@ -85,19 +85,19 @@ def shares(guesses) -> str:
     return ", ".join(f"{s} {100 * counts[s] / len(guesses):.0f}%" for s in shapes.ALL_SHAPES)
 
 
-def model_figures(folder: Path, n_prompts: int, grid: Path | None):
+def model_figures(folder: Path, n_prompts: int, grid: Path | None, guidance: float = 7.5, seeds=SEEDS):
     from sdcourse.evaluate import prompt_adherence
     from sdcourse.pipeline import load_pipeline
 
     pipe = load_pipeline(str(folder))
     star = shapes.evaluation_prompts(n_prompts, seed=777, shapes=("star",))
     as_shape = [{**p, "prompt": p["prompt"].replace("star", shapes.CLASS_WORD)} for p in star]
-    star_result = prompt_adherence(pipe, star, seeds=SEEDS, return_images=True)
-    shape_result = prompt_adherence(pipe, as_shape, seeds=SEEDS, return_images=True)
+    star_result = prompt_adherence(pipe, star, seeds=seeds, guidance_scale=guidance, return_images=True)
+    shape_result = prompt_adherence(pipe, as_shape, seeds=seeds, guidance_scale=guidance, return_images=True)
     empty = prompt_adherence(pipe, [{"prompt": "", "colour": "red", "shape": "star"}], seeds=range(2000, 2032),
                              return_images=True)
-    known = prompt_adherence(pipe, shapes.evaluation_prompts(2 * n_prompts), seeds=SEEDS[:2])
-    print(f"\n## {folder}")
+    known = prompt_adherence(pipe, shapes.evaluation_prompts(2 * n_prompts), seeds=seeds[:2], guidance_scale=guidance)
+    print(f"\n## {folder}, guidance {guidance:g}, seeds {list(seeds)}")
     print(f"star prompts ({star_result['n_images']} pictures): stars {star_result['shape_correct']:.1f}% "
           f"[{shares(star_result['guesses'])}], colour right {star_result['colour_correct']:.1f}%")
     print(f"the same prompts saying 'shape' ({shape_result['n_images']}): [{shares(shape_result['guesses'])}], "
@@ -174,6 +174,8 @@ def main():
     model.add_argument("folder", type=Path)
     model.add_argument("--prompts", type=int, default=16, help="star prompts (and as many 'shape' ones)")
     model.add_argument("--grid", type=Path, default=None, help="save a grid of pictures here")
+    model.add_argument("--guidance", type=float, default=7.5)
+    model.add_argument("--seeds", type=int, default=len(SEEDS), help="seeds per prompt, from 1000 on")
     ti = sub.add_parser("ti")
     ti.add_argument("folder", type=Path)
     ti.add_argument("--steps", type=int, default=500)
@@ -188,7 +190,7 @@ def main():
     elif args.what == "ti":
         textual_inversion(args.folder, args.steps, args.batch, args.lr)
     else:
-        model_figures(args.folder, args.prompts, args.grid)
+        model_figures(args.folder, args.prompts, args.grid, args.guidance, tuple(range(1000, 1000 + args.seeds)))
 
 
 if __name__ == "__main__":
