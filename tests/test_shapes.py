@@ -181,3 +181,27 @@ def test_contrast_pairs_differ_in_exactly_the_one_thing_their_captions_state():
             assert getattr(b.objects[0], field) in b.caption and getattr(a.objects[0], field) in a.caption
             kinds.add(field)
     assert kinds == {"shape", "position", "size", "binding"}
+
+
+def test_caption_rule_names_held_out_concepts_only_by_class_words():
+    rule = shapes.CaptionRule(class_share=0.3, colourless_share=0.2)
+    called_shape, left_out = {s: 0 for s in shapes.ALL_SHAPES}, {}
+    for i in range(3000):
+        scene = shapes.rule_scene_at(i, 0, rule)
+        assert "star" not in scene.caption and "pink" not in scene.caption
+        for obj, said in zip(scene.objects, scene.mentioned):
+            if obj.shape == "star":
+                assert said["shape"] == shapes.CLASS_WORD
+            if obj.colour == "pink":
+                assert said["colour"] == ""
+            called_shape[obj.shape] += said["shape"] == shapes.CLASS_WORD
+            left_out[obj.colour] = left_out.get(obj.colour, 0) + (said["colour"] == "")
+    # each of the four shapes is called "shape" about equally often, and each colour left out so
+    assert max(called_shape.values()) < 1.3 * min(called_shape.values())
+    assert len(left_out) == len(shapes.COLOURS) + 1 and max(left_out.values()) < 1.6 * min(left_out.values())
+    said = shapes.CaptionRule(0.3, 0.2, concept_words=True)
+    captions = [shapes.recaption(shapes.rule_scene_at(i, 0, rule), np.random.default_rng(i), said) for i in range(300)]
+    assert any("star" in c for c in captions)
+    assert shapes.rule_scene_at(7, 0, rule).caption == shapes.rule_scene_at(7, 0, rule).caption
+    with pytest.raises(ValueError, match="class_share"):
+        shapes.CaptionRule(class_share=1.5)

@@ -20,7 +20,7 @@ whatever else is generated. The star is held out: base training data never conta
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from matplotlib.path import Path as _PolygonPath
@@ -136,7 +136,7 @@ def article(word: str) -> str:
 
 
 def _noun_phrase(colour, shape, size=None):
-    words = ([size] if size else []) + [colour, shape]
+    words = ([size] if size else []) + ([colour] if colour else []) + [shape]
     return f"{article(words[0])} {' '.join(words)}"
 
 
@@ -147,11 +147,13 @@ def _describe(rng, obj: ShapeObject, say_size: bool, say_position: bool):
     return phrase
 
 
-def sample_scene(rng, shapes=BASE_SHAPES, n_objects=None, two_object_prob=0.3) -> Scene:
+def sample_scene(rng, shapes=BASE_SHAPES, n_objects=None, two_object_prob=0.3, rule=None) -> Scene:
     """A random scene and a random caption for it.
 
     shapes: the shapes that may appear (default BASE_SHAPES, without the held-out star).
     n_objects: 1, 2, or None for random (two objects with probability two_object_prob).
+    rule: a `CaptionRule`, or None. With a rule, held-out shapes and colours appear too, at
+    the rule's shares, and the caption names them as the rule says (`shapes` is then unused).
     Object colour always differs from the background colour.
     """
     for s in shapes:
@@ -170,8 +172,11 @@ def sample_scene(rng, shapes=BASE_SHAPES, n_objects=None, two_object_prob=0.3) -
         chosen_positions = [positions[rng.integers(len(positions))]]
     objects = []
     for position in chosen_positions:
-        colour = colours[rng.integers(len(colours))]
-        shape = shapes[rng.integers(len(shapes))]
+        if rule is None:
+            colour = colours[rng.integers(len(colours))]
+            shape = shapes[rng.integers(len(shapes))]
+        else:
+            colour, shape = rule.pick_colour(rng, colours), rule.pick_shape(rng)
         # Two shapes with one in the centre must both be small, or they would overlap.
         if n_objects == 2 and "center" in chosen_positions:
             size = "small"
@@ -180,17 +185,21 @@ def sample_scene(rng, shapes=BASE_SHAPES, n_objects=None, two_object_prob=0.3) -
         center, radius = _place(rng, size, position)
         objects.append(ShapeObject(colour, shape, size, position, center, radius))
 
-    caption, mentioned = describe(objects, background, rng)
+    caption, mentioned = describe(objects, background, rng, rule)
     return Scene(objects, background, caption, mentioned)
 
 
-def describe(objects, background, rng):
+def describe(objects, background, rng, rule=None):
     """A random caption for these objects: (caption, what it mentions per object).
 
     Colour and shape are always said; size, position, background and a lead-in such as
     "a picture of" only sometimes, so the model sees many phrasings of the same picture.
+    With a `CaptionRule`, the shape is sometimes (a held-out shape always) said with the class
+    word, and the colour sometimes (a held-out colour always) left out.
     """
     parts, mentioned = [], []
+    if rule is not None:
+        objects = rule.as_said(objects, rng)
     for obj in objects:
         say_size, say_position = rng.random() < 0.4, rng.random() < 0.4
         parts.append(_describe(rng, obj, say_size, say_position))
@@ -208,9 +217,9 @@ def describe(objects, background, rng):
     return caption, mentioned
 
 
-def recaption(scene: Scene, rng) -> str:
+def recaption(scene: Scene, rng, rule=None) -> str:
     """Another random caption for the same scene (a different phrasing of the same picture)."""
-    return describe(scene.objects, scene.background, rng)[0]
+    return describe(scene.objects, scene.background, rng, rule)[0]
 
 
 def _shape_mask(obj: ShapeObject, xs, ys):
@@ -265,7 +274,8 @@ def render(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
     for obj in scene.objects:
         scaled = ShapeObject(obj.colour, obj.shape, obj.size, obj.position,
                              (obj.center[0] * scale, obj.center[1] * scale), obj.radius * scale)
-        canvas[_shape_mask(scaled, xs, ys)] = rgb(obj.colour)
+        colour = HELD_OUT_COLOURS.get(obj.colour) if isinstance(obj.colour, str) else None
+        canvas[_shape_mask(scaled, xs, ys)] = colour or rgb(obj.colour)
     image = canvas.reshape(size, factor, size, factor, 3).mean(axis=(1, 3))
     return np.round(image).astype(np.uint8)
 
@@ -304,6 +314,80 @@ def sample_any_scene(rng, palette_share: float = 0.5, two_object_prob: float = 0
             position = min(POSITIONS, key=lambda p: np.hypot(*np.subtract(POSITIONS[p], center)))
         objects.append(ShapeObject(any_colour(avoid=background), shape, size, position, center, radius))
     return Scene(objects, background)
+
+
+CLASS_WORD = "shape"  # what a caption may call any shape; the only word the held-out shapes are drawn under
+
+
+@dataclass(frozen=True)
+class CaptionRule:
+    """How captions name the held-out concepts: under a class word, never by their own word.
+
+    Stable Diffusion's U-Net has drawn nearly everything under loose words ("a dog", "a logo");
+    personalization then finds that drawing and gives it a word. Under this rule the U-Net
+    draws stars and pink too, but only under words that cover the known concepts as well:
+
+    - class_share: the share of known-shape mentions that say "shape" instead of the shape's
+      name. Stars appear at the share that makes each of the four shapes called "shape"
+      equally often (`star_share`), and are always called "shape".
+    - colourless_share: the share of captions that leave the colour out. Pink objects appear
+      at the share that makes each of the nine colours left out equally often
+      (`pink_share`), and only in such captions.
+    - concept_words: name the held-out concepts by their own word instead ("star", "pink"):
+      for captions shown to the text encoder only, never to the U-Net.
+    """
+
+    class_share: float = 0.3
+    colourless_share: float = 0.0
+    concept_words: bool = False
+
+    def __post_init__(self):
+        for name in ("class_share", "colourless_share"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f"{name}={value!r}; it must be a number from 0 to 1")
+
+    @property
+    def star_share(self) -> float:
+        """Share of objects that are stars: s = p (1 - s) / 3, each known shape's "shape" count."""
+        return self.class_share / (len(BASE_SHAPES) + self.class_share)
+
+    @property
+    def pink_share(self) -> float:
+        """Share of objects that are pink: q (1 - t) / 8, each palette colour's colourless count."""
+        return self.colourless_share / (len(COLOURS) + self.colourless_share)
+
+    def pick_shape(self, rng) -> str:
+        if rng.random() < self.star_share:
+            return HELD_OUT_SHAPES[0]
+        return BASE_SHAPES[rng.integers(len(BASE_SHAPES))]
+
+    def pick_colour(self, rng, colours) -> str:
+        if rng.random() < self.pink_share:
+            return next(iter(HELD_OUT_COLOURS))
+        return colours[rng.integers(len(colours))]
+
+    def as_said(self, objects, rng) -> list:
+        """The objects as one caption names them: "shape" for a shape said with the class word,
+        "" for a colour left out. Draws the same numbers from rng whatever the objects are."""
+        colourless = rng.random() < self.colourless_share
+        general = [rng.random() < self.class_share for _ in objects]
+        if not self.concept_words:  # a held-out colour is only ever left out
+            colourless = colourless or any(o.colour in HELD_OUT_COLOURS for o in objects)
+        said = []
+        for obj, class_word in zip(objects, general):
+            if obj.shape in HELD_OUT_SHAPES:
+                shape = obj.shape if self.concept_words else CLASS_WORD
+            else:
+                shape = CLASS_WORD if class_word else obj.shape
+            keep_colour = not colourless or (self.concept_words and obj.colour in HELD_OUT_COLOURS)
+            said.append(replace(obj, shape=shape, colour=obj.colour if keep_colour else ""))
+        return said
+
+
+def rule_scene_at(index: int, seed: int, rule: CaptionRule, two_object_prob=0.3) -> Scene:
+    """Scene number `index` of a set drawn under `rule` (the same every time)."""
+    return sample_scene(np.random.default_rng([seed, index, 3]), two_object_prob=two_object_prob, rule=rule)
 
 
 CONTRASTS = ("shape", "position", "size", "binding")

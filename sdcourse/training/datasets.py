@@ -12,6 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data import shapes
+from ..files import write_atomically
 from ..tokenizer import MAX_LENGTH, load_tokenizer
 
 CACHED_ARRAYS = ("images", "token_ids", "captions")
@@ -33,6 +34,21 @@ def _load_cached(cache) -> dict:
     return arrays
 
 
+def cached(cache: Path | None, make) -> dict:
+    """The set saved in `cache` if it is there (`_load_cached`); else `make()`'s, saved there
+    atomically (a temporary name, then a rename: an interrupt never leaves half a file)."""
+    if cache is not None and Path(cache).exists():
+        return _load_cached(cache)
+    data = make()
+    if cache is not None:
+        def save(temporary):
+            with open(temporary, "wb") as file:  # a file object: numpy adds no ".npz" to the name
+                np.savez(file, **data)
+
+        write_atomically(cache, save)
+    return data
+
+
 def tokenize_ids(captions, tokenizer=None) -> np.ndarray:
     """Token ids (N, MAX_LENGTH) int32, padded as Stable Diffusion does."""
     tokenizer = tokenizer or load_tokenizer()
@@ -47,24 +63,25 @@ def build_training_set(n: int, captions_per_image: int, seed: int, two_object_pr
     Returns a dict: images uint8 (n, 64, 64, 3), token_ids int32 (n, k, MAX_LENGTH),
     captions (n, k) str array.
     """
-    if cache is not None and Path(cache).exists():
-        return _load_cached(cache)
-    images = np.empty((n, 64, 64, 3), dtype=np.uint8)
-    captions = []
-    for i in tqdm(range(n), desc="drawing training pictures", disable=not progress, mininterval=2):
-        scene = shapes.scene_at(i, seed, shapes.BASE_SHAPES, two_object_prob=two_object_prob)
-        images[i] = shapes.render(scene)
-        rng = np.random.default_rng([seed, i, 1])
-        captions.append([scene.caption] + [shapes.recaption(scene, rng) for _ in range(captions_per_image - 1)])
+    def draw():
+        images = np.empty((n, 64, 64, 3), dtype=np.uint8)
+        captions = []
+        for i in tqdm(range(n), desc="drawing training pictures", disable=not progress, mininterval=2):
+            scene = shapes.scene_at(i, seed, shapes.BASE_SHAPES, two_object_prob=two_object_prob)
+            images[i] = shapes.render(scene)
+            rng = np.random.default_rng([seed, i, 1])
+            captions.append([scene.caption] + [shapes.recaption(scene, rng) for _ in range(captions_per_image - 1)])
+        return captioned(images, captions)
+
+    return cached(cache, draw)
+
+
+def captioned(images: np.ndarray, captions: list[list[str]]) -> dict:
+    """Pictures with k captions each, as the builders return them: images, token_ids (N, k,
+    MAX_LENGTH) and captions (N, k)."""
     flat = [c for row in captions for c in row]
-    token_ids = tokenize_ids(flat).reshape(n, captions_per_image, MAX_LENGTH)
-    data = {"images": images, "token_ids": token_ids, "captions": np.array(captions)}
-    if cache is not None:
-        Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(str(cache) + ".tmp.npz")
-        np.savez(tmp, **data)
-        tmp.replace(cache)
-    return data
+    token_ids = tokenize_ids(flat).reshape(len(images), len(captions[0]) if captions else 0, MAX_LENGTH)
+    return {"images": images, "token_ids": token_ids, "captions": np.array(captions)}
 
 
 def build_contrast_set(n_pairs: int, seed: int, cache: Path | None = None, progress: bool = True) -> dict:
@@ -72,18 +89,43 @@ def build_contrast_set(n_pairs: int, seed: int, cache: Path | None = None, progr
     (`shapes.contrast_pair`: a shape, a position, a size, or which colour goes with which shape),
     for the CLIP. Rows 2i and 2i + 1 are pair i. Returns images uint8 (2 n_pairs, 64, 64, 3),
     token_ids int32 (2 n_pairs, MAX_LENGTH) and captions; cached like the training set."""
-    if cache is not None and Path(cache).exists():
-        return _load_cached(cache)
-    rng = np.random.default_rng([seed, 77])
-    images = np.empty((2 * n_pairs, 64, 64, 3), dtype=np.uint8)
-    captions = []
-    for i in tqdm(range(n_pairs), desc="drawing contrast pairs", disable=not progress, mininterval=2):
-        for j, scene in enumerate(shapes.contrast_pair(rng)):
-            images[2 * i + j] = shapes.render(scene)
-            captions.append(scene.caption)
-    data = {"images": images, "token_ids": tokenize_ids(captions), "captions": np.array(captions)}
-    if cache is not None:
-        tmp = Path(str(cache) + ".tmp.npz")
-        np.savez(tmp, **data)
-        tmp.replace(cache)
-    return data
+    def draw():
+        rng = np.random.default_rng([seed, 77])
+        images = np.empty((2 * n_pairs, 64, 64, 3), dtype=np.uint8)
+        captions = []
+        for i in tqdm(range(n_pairs), desc="drawing contrast pairs", disable=not progress, mininterval=2):
+            for j, scene in enumerate(shapes.contrast_pair(rng)):
+                images[2 * i + j] = shapes.render(scene)
+                captions.append(scene.caption)
+        return {"images": images, "token_ids": tokenize_ids(captions), "captions": np.array(captions)}
+
+    return cached(cache, draw)
+
+
+def build_rule_set(n: int, captions_per_image: int, seed: int, rule, two_object_prob: float = 0.3,
+                   concept_rule=None, n_empty_stars: int = 0, cache: Path | None = None,
+                   progress: bool = True) -> dict:
+    """`n` pictures drawn under a `shapes.CaptionRule` (stars and pink among them, at the rule's
+    shares), each with `captions_per_image` captions, in the dict `build_training_set` returns.
+
+    concept_rule: if given, every second caption follows it instead (a rule with
+        concept_words=True: "star" and "pink" said, for a text encoder that should know them).
+    n_empty_stars: one-star pictures appended whose captions are all empty: more stars among
+        the pictures the U-Net learns its unconditional prediction from.
+    """
+    def draw():
+        images = np.empty((n + n_empty_stars, 64, 64, 3), dtype=np.uint8)
+        captions = []
+        for i in tqdm(range(n), desc="drawing pictures under the caption rule", disable=not progress,
+                      mininterval=2):
+            scene = shapes.rule_scene_at(i, seed, rule, two_object_prob)
+            images[i] = shapes.render(scene)
+            rng = np.random.default_rng([seed, i, 4])
+            rules = [concept_rule if concept_rule is not None and j % 2 else rule for j in range(captions_per_image)]
+            captions.append([shapes.recaption(scene, rng, r) for r in rules])
+        stars, _, _ = shapes.make_dataset(n_empty_stars, seed=seed + 17, shapes=shapes.HELD_OUT_SHAPES, n_objects=1)
+        images[n:] = stars
+        captions += [[""] * captions_per_image for _ in range(n_empty_stars)]
+        return captioned(images, captions)
+
+    return cached(cache, draw)
