@@ -108,9 +108,10 @@ def test_the_build_refuses_an_out_folder_of_someone_elses_before_it_trains(tmp_p
     assert [p.name for p in mine.iterdir()] == ["cat.png"] and not (tmp_path / "run").exists()
 
 
-def test_a_full_build_in_a_fast_builds_run_folder_is_refused_by_stage_and_setting(tmp_path):
+def test_a_full_build_in_a_fast_builds_run_folder_is_refused_by_stage_and_setting(tmp_path, monkeypatch):
     from sdcourse.training.build_model import StageError, main
 
+    monkeypatch.delenv("SDCOURSE_FAST", raising=False)  # a full build, even where the suite runs in fast mode
     run = tmp_path / "run"
     run.mkdir()
     write_json(run / "config.json", fast_config().to_dict())
