@@ -97,6 +97,34 @@ def test_a_pipeline_save_interrupted_leaves_out_as_it_was_and_the_next_save_reco
     assert (out / "model_index.json").exists() and not (run / "pipeline.partial").exists()
 
 
+def test_an_out_folder_moved_aside_by_an_interrupted_save_is_put_back(tmp_path, parts, monkeypatch):
+    """An interrupt between moving the old --out aside and moving the new one in: the next save
+    starts from the old --out, never deletes it as a leftover."""
+    import shutil
+
+    from sdcourse.training import export
+
+    run, out = tmp_path / "run", tmp_path / "out"
+    export.save_pipeline(*parts, out, run)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    real_move = shutil.move
+
+    def move_then_stop(source, target):
+        real_move(source, target)
+        if str(target).endswith("pipeline.replaced"):
+            raise Interrupted
+
+    monkeypatch.setattr(export.shutil, "move", move_then_stop)
+    with pytest.raises(Interrupted):
+        export.save_pipeline(*parts, out, run)
+    assert not out.exists() and (run / "pipeline.replaced").exists()
+    monkeypatch.setattr(export.shutil, "move", real_move)
+    monkeypatch.setattr(export, "build_pipeline", lambda *args: (_ for _ in ()).throw(Interrupted()))
+    with pytest.raises(Interrupted):
+        export.save_pipeline(*parts, out, run)  # stopped again, after the start of the next save
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
 def test_the_build_refuses_an_out_folder_of_someone_elses_before_it_trains(tmp_path):
     from sdcourse.training.build_model import main
 

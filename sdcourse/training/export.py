@@ -39,6 +39,8 @@ def save_pipeline(unet, vae, text_encoder, tokenizer, out: Path, run_dir: Path):
     folder is in place. The run folder records what it wrote (`claim_pipeline_folder` reads it)."""
     out, run_dir = Path(out), Path(run_dir)
     partial, replaced = run_dir / "pipeline.partial", run_dir / "pipeline.replaced"
+    if replaced.exists() and not out.exists():  # interrupted between the two moves below: put `out` back
+        shutil.move(str(replaced), str(out))
     for leftover in (partial, replaced):
         if leftover.exists():
             shutil.rmtree(leftover)
