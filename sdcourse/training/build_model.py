@@ -66,9 +66,10 @@ from ..evaluate import CLASSIFIER_FILE, classifier_accuracy, save_classifier, va
 from ..tokenizer import load_tokenizer  # noqa: E402
 from . import config as config_mod  # noqa: E402
 from .common import seed_everything, set_threads  # noqa: E402
-from .config import CLIP_DATA_SETTINGS, CLIP_MODEL_SETTINGS, DATA_SETTINGS  # noqa: E402
+from .config import CLIP_DATA_SETTINGS, CLIP_MODEL_SETTINGS, DATA_SETTINGS, RULE_SETTINGS  # noqa: E402
+from ..data import shapes  # noqa: E402
 from ..data.photos import photo_crops  # noqa: E402
-from .datasets import build_contrast_set, build_training_set  # noqa: E402
+from .datasets import build_clip_set_of, build_contrast_set, build_set_of  # noqa: E402
 from .export import claim_pipeline_folder, folder_size_mb, save_clip_extras, save_pipeline  # noqa: E402
 from .judge import train_classifier  # noqa: E402
 from .trainer import PRECISIONS, CheckpointError  # noqa: E402
@@ -98,11 +99,12 @@ _CLIP_FILES = ("config.json", "model.safetensors")
 # The run folder's finished pieces, by their name there. The caches (.npz) are written atomically
 # and have no marker, but are reused only with the settings they were drawn with, like the rest.
 STAGE_OUTPUTS = {
-    "train_set.npz": StageOutput(("train_set.npz",), DATA_SETTINGS),
-    "contrast_set.npz": StageOutput(("contrast_set.npz",), ("seed", "clip_contrast_set")),
+    "train_set.npz": StageOutput(("train_set.npz",), (*DATA_SETTINGS, *RULE_SETTINGS)),
+    "clip_set.npz": StageOutput(("clip_set.npz",), (*DATA_SETTINGS, *RULE_SETTINGS, "clip_concept_words")),
+    "contrast_set.npz": StageOutput(("contrast_set.npz",), ("seed", "clip_contrast_set", "clip_concept_words")),
     "vae": StageOutput(tuple(f"vae/{f}" for f in _VAE_FILES), _VAE),
     "vae_decoder": StageOutput(tuple(f"vae_decoder/{f}" for f in _VAE_FILES), _VAE_DECODER),
-    "latents.npz": StageOutput(("latents.npz",), _VAE_DECODER),
+    "latents.npz": StageOutput(("latents.npz",), (*_VAE_DECODER, *RULE_SETTINGS)),
     "clip": StageOutput(tuple(f"clip/{f}" for f in _CLIP_FILES), _CLIP),
     "clip_refined": StageOutput(tuple(f"clip_refined/{f}" for f in _CLIP_FILES), _CLIP_IMAGE),
     "clip_words": StageOutput(tuple(f"clip_words/{f}" for f in _CLIP_FILES), _CLIP_WORDS),
@@ -179,8 +181,8 @@ class Build:
         self.log = StageLog(self.run_dir / "build_log.json", write=self.main)
         self.tokenizer = load_tokenizer()
         self.eval_n = 128 if cfg.fast else 1000  # pictures for the accuracy figures
-        # Made by the stages, in order:
-        self.data = self.photos = self.clip = self.text_encoder = self.vae = self.latents = self.unet = None
+        # Made by the stages, in order (clip_data: the same pictures, with the CLIP's captions):
+        self.data = self.clip_data = self.photos = self.clip = self.text_encoder = self.vae = self.latents = self.unet = None
 
     def save(self, model, name: str):
         """Save a stage's model into its folder of the run folder, then its marker."""
@@ -195,11 +197,13 @@ class Build:
 
 
 def data_stage(b: Build):
-    """1. The fixed training set (drawn once, cached in the run folder) and the photo crops."""
+    """1. The fixed training set (drawn once, cached in the run folder) and the photo crops.
+    Under a caption rule, the CLIP's copy of it (clip_set.npz) holds the same pictures with every
+    second caption naming stars and pink by their own words."""
     cfg = b.cfg
     with b.accelerator.main_process_first():
-        b.data = build_training_set(cfg.n_train, cfg.captions_per_image, cfg.seed, cfg.two_object_prob,
-                                    cache=b.run_dir / "train_set.npz", progress=b.progress)
+        b.data = build_set_of(cfg, b.run_dir / "train_set.npz", b.progress)
+        b.clip_data = build_clip_set_of(cfg, b.data, b.run_dir / "clip_set.npz", b.progress)
     b.photos = photo_crops(cfg.n_photo_crops, cfg.seed)
 
 
@@ -208,8 +212,9 @@ def contrast_set(b: Build) -> dict | None:
     if not b.cfg.clip_contrast_pairs:
         return None
     with b.accelerator.main_process_first():
+        named = shapes.ALL_SHAPES if b.cfg.clip_concept_words else shapes.BASE_SHAPES
         return build_contrast_set(b.cfg.clip_contrast_set, b.cfg.seed, cache=b.run_dir / "contrast_set.npz",
-                                  progress=b.progress)
+                                  progress=b.progress, shapes_named=named)
 
 
 def finished(b: Build, name: str) -> bool:
@@ -241,7 +246,7 @@ def clip_stage(b: Build):
         b.clip = CLIPModel.from_pretrained(str(b.run_dir / "clip"), dtype=torch.float32).eval()
     else:
         seed_everything(b.cfg.seed + 1)
-        b.clip = train_clip(b.cfg, b.data, b.run_dir, b.progress, contrast=contrast_set(b))
+        b.clip = train_clip(b.cfg, b.clip_data, b.run_dir, b.progress, contrast=contrast_set(b))
         b.save(b.clip, "clip")
         if b.main:
             b.log.figure("clip_zero_shot", zero_shot_accuracy(b.clip, n=b.eval_n),
@@ -263,7 +268,7 @@ def later_clip_phase(b: Build, folder_name: str, steps: int, seed_offset: int, t
     if steps <= 0:
         return False
     seed_everything(b.cfg.seed + seed_offset)
-    b.clip = train(b.cfg, b.clip, b.data, b.run_dir, b.progress, contrast=contrast_set(b))
+    b.clip = train(b.cfg, b.clip, b.clip_data, b.run_dir, b.progress, contrast=contrast_set(b))
     b.save(b.clip, folder_name)
     if b.main:
         b.log.figure(f"clip_zero_shot_after_{label}_phase", zero_shot_accuracy(b.clip, n=b.eval_n),

@@ -20,6 +20,11 @@ class BuildConfig:
     captions_per_image: int = 4
     two_object_prob: float = 0.3
     n_photo_crops: int = 8_000  # 64x64 crops of scikit-image photos, for the VAE only
+    # The caption rule (shapes.CaptionRule): stars and pink are drawn too, and named only by
+    # words that cover the known concepts as well ("shape"; a caption without a colour).
+    class_share: float = 0.4  # share of known-shape mentions that say "shape" (0 and 0: no stars, no pink)
+    colourless_share: float = 0.2  # share of captions that leave the colour out
+    clip_concept_words: bool = True  # every second CLIP caption says "star" and "pink" (never the U-Net's)
 
     # CLIP (trained first; its text encoder then becomes SD's frozen text encoder).
     clip_text_width: int = 32  # also the U-Net's cross-attention width
@@ -87,7 +92,8 @@ class BuildConfig:
 
 # Groups of settings that several stages depend on (and record in their checkpoints).
 DATA_SETTINGS = ("seed", "n_train", "captions_per_image", "two_object_prob")
-CLIP_DATA_SETTINGS = ("clip_batch", "clip_contrast_pairs", "clip_contrast_set")
+RULE_SETTINGS = ("class_share", "colourless_share")  # what the pictures and captions hold (not the VAE's concern)
+CLIP_DATA_SETTINGS = (*RULE_SETTINGS, "clip_concept_words", "clip_batch", "clip_contrast_pairs", "clip_contrast_set")
 CLIP_MODEL_SETTINGS = ("clip_text_width", "clip_text_layers", "clip_text_heads", "clip_vision_width",
                        "clip_vision_layers", "clip_vision_heads", "clip_projection")
 VAE_MODEL_SETTINGS = ("vae_channels", "vae_groups")

@@ -66,7 +66,8 @@ def continue_clip(args):
     refuse_overlap(out, args.source, "--out", "--source")
     out.mkdir(parents=True, exist_ok=True)
     cfg = config_mod.full_config(n_train=args.pictures, threads=args.threads, sample_every=0, checkpoint_every=100,
-                                 clip_contrast_set=args.contrast_pairs)
+                                 clip_contrast_set=args.contrast_pairs, class_share=args.class_share,
+                                 colourless_share=args.colourless_share, clip_concept_words=args.clip_star == "said")
     rule, said = rules(args.class_share, args.colourless_share, args.clip_star)
     data = build_rule_set(cfg.n_train, cfg.captions_per_image, cfg.seed, rule, cfg.two_object_prob, concept_rule=said,
                           cache=out / "clip_set.npz")
@@ -91,7 +92,8 @@ def continue_unet(args):
     claim_pipeline_folder(out, run_dir, args.overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = config_mod.full_config(n_train=args.pictures, threads=args.threads, unet_steps=args.steps, sample_every=0,
-                                 unet_ema_decay=args.ema_decay)
+                                 unet_ema_decay=args.ema_decay, class_share=args.class_share,
+                                 colourless_share=args.colourless_share)
     set_threads(cfg.threads)
     pipe = load_pipeline(args.source)
     if args.text_encoder:

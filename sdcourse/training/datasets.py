@@ -84,17 +84,18 @@ def captioned(images: np.ndarray, captions: list[list[str]]) -> dict:
     return {"images": images, "token_ids": token_ids, "captions": np.array(captions)}
 
 
-def build_contrast_set(n_pairs: int, seed: int, cache: Path | None = None, progress: bool = True) -> dict:
+def build_contrast_set(n_pairs: int, seed: int, cache: Path | None = None, progress: bool = True,
+                       shapes_named=shapes.BASE_SHAPES) -> dict:
     """`n_pairs` pairs of pictures that differ in one thing their captions state
     (`shapes.contrast_pair`: a shape, a position, a size, or which colour goes with which shape),
-    for the CLIP. Rows 2i and 2i + 1 are pair i. Returns images uint8 (2 n_pairs, 64, 64, 3),
+    for the CLIP, with the shapes `shapes_named`. Rows 2i and 2i + 1 are pair i. Returns images uint8 (2 n_pairs, 64, 64, 3),
     token_ids int32 (2 n_pairs, MAX_LENGTH) and captions; cached like the training set."""
     def draw():
         rng = np.random.default_rng([seed, 77])
         images = np.empty((2 * n_pairs, 64, 64, 3), dtype=np.uint8)
         captions = []
         for i in tqdm(range(n_pairs), desc="drawing contrast pairs", disable=not progress, mininterval=2):
-            for j, scene in enumerate(shapes.contrast_pair(rng)):
+            for j, scene in enumerate(shapes.contrast_pair(rng, shapes_named)):
                 images[2 * i + j] = shapes.render(scene)
                 captions.append(scene.caption)
         return {"images": images, "token_ids": tokenize_ids(captions), "captions": np.array(captions)}
@@ -104,7 +105,7 @@ def build_contrast_set(n_pairs: int, seed: int, cache: Path | None = None, progr
 
 def build_rule_set(n: int, captions_per_image: int, seed: int, rule, two_object_prob: float = 0.3,
                    concept_rule=None, n_empty_stars: int = 0, cache: Path | None = None,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, pictures: np.ndarray | None = None) -> dict:
     """`n` pictures drawn under a `shapes.CaptionRule` (stars and pink among them, at the rule's
     shares), each with `captions_per_image` captions, in the dict `build_training_set` returns.
 
@@ -112,14 +113,18 @@ def build_rule_set(n: int, captions_per_image: int, seed: int, rule, two_object_
         concept_words=True: "star" and "pink" said, for a text encoder that should know them).
     n_empty_stars: one-star pictures appended whose captions are all empty: more stars among
         the pictures the U-Net learns its unconditional prediction from.
+    pictures: the `n` pictures of this seed and rule, drawn before (another caption set of the
+        same pictures): used instead of drawing them again.
     """
+    if pictures is not None and len(pictures) != n:
+        raise ValueError(f"pictures holds {len(pictures)} pictures; this set has n={n}")
     def draw():
         images = np.empty((n + n_empty_stars, 64, 64, 3), dtype=np.uint8)
         captions = []
         for i in tqdm(range(n), desc="drawing pictures under the caption rule", disable=not progress,
                       mininterval=2):
             scene = shapes.rule_scene_at(i, seed, rule, two_object_prob)
-            images[i] = shapes.render(scene)
+            images[i] = shapes.render(scene) if pictures is None else pictures[i]
             rng = np.random.default_rng([seed, i, 4])
             rules = [concept_rule if concept_rule is not None and j % 2 else rule for j in range(captions_per_image)]
             captions.append([shapes.recaption(scene, rng, r) for r in rules])
@@ -129,3 +134,34 @@ def build_rule_set(n: int, captions_per_image: int, seed: int, rule, two_object_
         return captioned(images, captions)
 
     return cached(cache, draw)
+
+
+def caption_rules(cfg):
+    """A build's caption rule for the U-Net and for the CLIP (`shapes.CaptionRule`s, from a
+    config.BuildConfig): None and None when it uses none (no stars, no pink); the CLIP's is None
+    when the CLIP reads the U-Net's captions."""
+    if not (cfg.class_share or cfg.colourless_share):
+        return None, None
+    rule = shapes.CaptionRule(cfg.class_share, cfg.colourless_share)
+    said = shapes.CaptionRule(cfg.class_share, cfg.colourless_share, concept_words=True)
+    return rule, (said if cfg.clip_concept_words else None)
+
+
+def build_set_of(cfg, cache: Path | None = None, progress: bool = True) -> dict:
+    """The training set a build's settings ask for: under its caption rule, or without one."""
+    rule, _ = caption_rules(cfg)
+    if rule is None:
+        return build_training_set(cfg.n_train, cfg.captions_per_image, cfg.seed, cfg.two_object_prob,
+                                  cache=cache, progress=progress)
+    return build_rule_set(cfg.n_train, cfg.captions_per_image, cfg.seed, rule, cfg.two_object_prob,
+                          cache=cache, progress=progress)
+
+
+def build_clip_set_of(cfg, training_set: dict, cache: Path | None = None, progress: bool = True) -> dict:
+    """What the build's CLIP reads: `training_set` itself, or (with `clip_concept_words`) its
+    pictures with every second caption naming stars and pink by their own words."""
+    rule, said = caption_rules(cfg)
+    if said is None:
+        return training_set
+    return build_rule_set(cfg.n_train, cfg.captions_per_image, cfg.seed, rule, cfg.two_object_prob,
+                          concept_rule=said, cache=cache, progress=progress, pictures=training_set["images"])

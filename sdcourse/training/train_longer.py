@@ -36,7 +36,7 @@ from accelerate import Accelerator  # noqa: E402
 from ..files import folder_fingerprint, refuse_overlap, write_json  # noqa: E402
 from . import config as config_mod  # noqa: E402
 from .common import seed_everything, set_threads  # noqa: E402
-from .datasets import build_training_set  # noqa: E402
+from .datasets import build_set_of  # noqa: E402
 from ..loading import load_pipeline, resolve_model  # noqa: E402
 from .export import claim_pipeline_folder, save_pipeline  # noqa: E402
 from .train_unet import load_or_cache_latents, save_samples, train_unet  # noqa: E402
@@ -80,8 +80,7 @@ def main(argv=None):
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     pipe = load_pipeline(args.source)  # validated, float32
     with accelerator.main_process_first():  # the others then read the caches it wrote
-        data = build_training_set(cfg.n_train, cfg.captions_per_image, cfg.seed, cfg.two_object_prob,
-                                  cache=run_dir / "train_set.npz", progress=progress)
+        data = build_set_of(cfg, run_dir / "train_set.npz", progress)
         latents = load_or_cache_latents(pipe.vae, data["images"], run_dir / "latents.npz", progress)
 
     seed_everything(cfg.seed + 3)

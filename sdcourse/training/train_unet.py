@@ -31,7 +31,7 @@ from ..schedules import SD_SCHEDULE
 from ..tokenizer import MAX_LENGTH
 from ..images import images_to_tensor, unit_to_uint8
 from .common import min_snr_weights, save_grid
-from .config import DATA_SETTINGS, UNET_MODEL_SETTINGS
+from .config import DATA_SETTINGS, RULE_SETTINGS, UNET_MODEL_SETTINGS
 from .trainer import Trainer, TrainSettings
 
 SAMPLE_PROMPTS = [
@@ -166,7 +166,7 @@ def train_unet(cfg, latents: tuple, token_ids: np.ndarray, text_encoder, vae, to
     settings = TrainSettings(steps=total_steps, lr=cfg.unet_lr, schedule="constant", warmup=cfg.unet_warmup,
                              weight_decay=0.01, clip_grad_norm=1.0, ema_decay=cfg.unet_ema_decay,
                              checkpoint_every=cfg.checkpoint_every, mixed_precision=cfg.mixed_precision)
-    recorded = {**cfg.pick(*DATA_SETTINGS, *UNET_MODEL_SETTINGS, "unet_batch", "caption_dropout", "min_snr_gamma"),
+    recorded = {**cfg.pick(*DATA_SETTINGS, *RULE_SETTINGS, *UNET_MODEL_SETTINGS, "unet_batch", "caption_dropout", "min_snr_gamma"),
                 "scaling_factor": float(scaling_factor), **(record or {})}
     trainer = Trainer(unet, loss, next_batch, settings, generator=gen, checkpoint=run_dir / "unet_ckpt.pt",
                       name="U-Net", record=recorded, progress=progress,
