@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..arguments import choice, probability, random_seed, real_number, whole_number
+from ..dreambooth import prior_preservation_loss
 from ..files import save_into
 from ..images import images_to_tensor
 from .common import min_snr_weights
@@ -48,6 +49,9 @@ class FineTuneSettings:
     # (DreamBooth's "prior preservation"), so that learning the new word does not overwrite the
     # old ones. 0 trains on the new pictures alone.
     prior_share: float = 0.0
+    # None: one mean over the whole batch. A number: DreamBooth's loss, the new pictures' mean
+    # plus this weight times the prior pictures' mean (sdcourse.dreambooth.prior_preservation_loss).
+    prior_loss_weight: float | None = None
     # Each timestep's loss weighted by min(SNR, gamma) / SNR, as the embedded model was trained
     # (train_unet.py; 5 there): the noisy timesteps, where a picture's shape is decided, count fully.
     # 0: plain squared error, as diffusers' LoRA scripts default to.
@@ -65,6 +69,12 @@ class FineTuneSettings:
         self.lr = real_number("lr", self.lr, 0, low_open=True)
         self.prior_share = probability("prior_share", self.prior_share, below_one=True,
                                        meaning="0: the new pictures alone")
+        if self.prior_loss_weight is not None:
+            self.prior_loss_weight = real_number("prior_loss_weight", self.prior_loss_weight, 0,
+                                                 meaning="None: one mean over the batch")
+            if not self.prior_share:
+                raise ValueError(f"prior_loss_weight={self.prior_loss_weight} weighs the prior pictures, but "
+                                 "prior_share=0 draws none; give a prior_share, or prior_loss_weight=None")
         self.min_snr_gamma = real_number("min_snr_gamma", self.min_snr_gamma, 0, meaning="0: plain squared error")
         self.caption_dropout = probability("caption_dropout", self.caption_dropout, below_one=True)
         self.seed = random_seed("seed", self.seed)
@@ -79,8 +89,9 @@ class WhatTrains(ABC):
     encodes_text = False  # True: each step's text input is token ids, encoded by `predict`
 
     @abstractmethod
-    def attach(self, pipe) -> list[torch.nn.Parameter]:
-        """Make this method's part of `pipe` trainable; return the parameters to train."""
+    def attach(self, pipe) -> list:
+        """Make this method's part of `pipe` trainable; return the parameters to train (or groups
+        of them, {"params": [...], "lr_scale": x}, for parts that learn at x times the rate)."""
 
     @property
     @abstractmethod
@@ -213,6 +224,7 @@ class Batches:
         if self.n_prior:  # the rest of the batch: pictures the model already knows
             old = self.prior.rows(torch.randint(0, len(self.prior), (self.n_prior,), generator=gen), self.text_as_ids)
             rows = {name: torch.cat([rows[name], old[name]]) for name in rows}
+        prior = (torch.arange(self.size) >= self.size - self.n_prior)
         mean, std, text = rows.pop("mean"), rows.pop("std"), rows.pop("text")
         if self.caption_dropout:
             drop = torch.rand(self.size, generator=gen) < self.caption_dropout
@@ -222,7 +234,7 @@ class Batches:
         t = torch.randint(0, self.noise_schedule.config.num_train_timesteps, (self.size,), generator=gen)
         target = noise if self.prediction == "epsilon" else self.noise_schedule.get_velocity(z0, noise, t)
         return {"noisy": self.noise_schedule.add_noise(z0, noise, t), "timesteps": t, "text": text,
-                "target": target, "weight": self.snr_weight[t], **rows}
+                "target": target, "weight": self.snr_weight[t], "prior": prior, **rows}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -254,7 +266,10 @@ def fine_tune(pipe, what: WhatTrains, images: np.ndarray, captions: list[str], s
 
     def loss(module, batch):
         error = what.predict(module, batch).float() - batch["target"]
-        return (error.pow(2).mean((1, 2, 3)) * batch["weight"].to(error.device)).mean()
+        per_picture = error.pow(2).mean((1, 2, 3)) * batch["weight"].to(error.device)
+        if settings.prior_loss_weight is None:
+            return per_picture.mean()
+        return prior_preservation_loss(per_picture, batch["prior"], settings.prior_loss_weight)
 
     train = TrainSettings(steps=settings.steps, lr=settings.lr, schedule="constant", warmup=min(20, settings.steps),
                           weight_decay=0.0, clip_grad_norm=1.0, checkpoint_every=settings.checkpoint_every,

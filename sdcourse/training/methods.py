@@ -9,6 +9,16 @@ core (finetune_core.py).
   adapters go into the one file.
 - `FullUNet`: every U-Net weight (a full fine-tune), the ceiling an adapter is measured against.
   Saved as a diffusers U-Net folder, out/unet.
+
+And the ways of fine-tune.py's other methods:
+
+- `TextualInversion`: a new word's row of the text encoder's input embedding, nothing else
+  (sdcourse.textual_inversion). Saved as learned_embeds.safetensors, which diffusers'
+  `pipe.load_textual_inversion(out / "learned_embeds.safetensors")` loads.
+- `DreamBooth`: every U-Net weight, on pictures captioned with a rare word and the class word,
+  usually with prior preservation (sdcourse.dreambooth; the loss is the fine-tuning core's).
+  Saved as out/unet, as `FullUNet`.
+- `PivotalTuning`: a new word's row and a LoRA adapter on the U-Net together; both files.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ..lora import DEFAULT_TARGETS, LORA_FILE, check_rank, linear_layer_endings, matches_target, target_names
+from ..textual_inversion import EMBEDDING_FILE, add_token, learned_embedding, row_mask, save_learned_embedding
 from .finetune_core import WhatTrains, unet_prediction
 
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # CLIP's attention, as diffusers' scripts adapt it
@@ -142,3 +153,74 @@ class FullUNet(WhatTrains):
 
     def saved_file(self, out):
         return Path(out) / "unet" / "diffusion_pytorch_model.safetensors"
+
+
+class DreamBooth(FullUNet):
+    """Every U-Net weight, on pictures of the subject under "a <rare word> <class word>"; the
+    prior-preservation loss comes from the settings (FineTuneSettings.prior_loss_weight)."""
+
+    name = "DreamBooth"
+
+
+class TextualInversion(WhatTrains):
+    """A new word `token`, its row started from `initializer`'s, and that row alone trained: the
+    gradient of the embedding matrix is multiplied by a mask that is 1 on the new row only."""
+
+    name = "textual inversion"
+    encodes_text = True  # the captions go through the text encoder at every step: its input row trains
+
+    def __init__(self, token: str, initializer: str):
+        self.token, self.initializer = token, initializer
+        self.pipe = self.token_id = self.mask = None
+
+    def attach(self, pipe):
+        self.pipe = pipe
+        pipe.unet.requires_grad_(False)
+        pipe.text_encoder.requires_grad_(False)
+        self.token_id = add_token(pipe.tokenizer, pipe.text_encoder, self.token, self.initializer)
+        rows = pipe.text_encoder.get_input_embeddings().weight
+        rows.requires_grad_(True)
+        self.mask = row_mask(rows.shape[0], [self.token_id], rows.dtype).to(rows.device)
+        rows.register_hook(lambda gradient: gradient * self.mask.to(gradient.device))
+        self._module = torch.nn.ModuleDict({"unet": pipe.unet, "text_encoder": pipe.text_encoder})
+        return [rows]
+
+    @property
+    def module(self):
+        return self._module
+
+    def predict(self, module, batch):
+        return unet_prediction(module["unet"], batch, module["text_encoder"](batch["text"])[0])
+
+    def save(self, out):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        save_learned_embedding(Path(out) / EMBEDDING_FILE, self.token,
+                               learned_embedding(self.pipe.text_encoder, self.token_id))
+
+    def saved_file(self, out):
+        return Path(out) / EMBEDDING_FILE
+
+
+class PivotalTuning(TextualInversion):
+    """A new word's row (as `TextualInversion`) and a LoRA adapter on the U-Net, trained
+    together; the row learns at `embedding_lr_scale` times the adapter's rate."""
+
+    name = "pivotal tuning"
+
+    def __init__(self, token: str, initializer: str, rank: int = 4, alpha: float = 4.0, targets=DEFAULT_TARGETS,
+                 seed: int = 0, embedding_lr_scale: float = 5.0):
+        super().__init__(token, initializer)
+        self.adapter = UNetAdapter(rank, alpha, targets, seed)
+        self.embedding_lr_scale = embedding_lr_scale
+
+    def attach(self, pipe):
+        rows = super().attach(pipe)
+        adapter = self.adapter.attach(pipe)
+        return [{"params": adapter}, {"params": rows, "lr_scale": self.embedding_lr_scale}]
+
+    def save(self, out):
+        super().save(out)
+        self.adapter.save(out)
+
+    def saved_file(self, out):
+        return self.adapter.saved_file(out)

@@ -134,7 +134,8 @@ class _ModelWithLoss(torch.nn.Module):
 class Trainer:
     """Trains `model` by minimizing `loss(model, next_batch())`; see the module's docstring.
 
-    params: the parameters to train (default: those of `model` that require gradients).
+    params: the parameters to train (default: those of `model` that require gradients), or
+        groups of them, {"params": [...], "lr_scale": x}: a group learns at x times settings.lr.
     generator: the numpy or torch generator `next_batch` draws from (saved in checkpoints).
     checkpoint: the checkpoint file; None trains without checkpoints (and cannot resume).
     record: the stage's own settings (model sizes, data, loss weights) that a resumed run
@@ -158,8 +159,11 @@ class Trainer:
         self.after_step = after_step
         self.save_trained_only = save_trained_only
         self.accelerator = Accelerator(mixed_precision=settings.mixed_precision)
-        self.params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(self.params, lr=settings.lr, weight_decay=settings.weight_decay,
+        params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
+        groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+        groups = [{**group, "params": list(group["params"]), "lr_scale": group.get("lr_scale", 1.0)} for group in groups]
+        self.params = [p for group in groups for p in group["params"]]
+        optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay,
                                       betas=tuple(settings.betas))
         self.wrapped, self.optimizer = self.accelerator.prepare(_ModelWithLoss(model, loss), optimizer)
         self.ema = EMA(self.model, settings.ema_decay) if settings.ema_decay is not None else None
@@ -213,7 +217,7 @@ class Trainer:
     def training_step(self, step: int):
         """One optimizer step at the learning rate of `step`. Returns (loss as a float, values to show)."""
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.settings, step)
+            group["lr"] = learning_rate(self.settings, step) * group.get("lr_scale", 1.0)  # older checkpoints lack it
         self.optimizer.zero_grad(set_to_none=True)
         out = self.wrapped(self._share(self.next_batch()))
         loss, shown = out if isinstance(out, tuple) else (out, {})

@@ -1,0 +1,98 @@
+"""Textual inversion: a new word whose embedding is the only thing that trains.
+
+The text encoder starts by looking each token up in its input embedding matrix, one row per
+word of the vocabulary. Textual inversion adds one row for a new word ("<star>"), starts it
+from the row of a word that is near in meaning (the "initializer", such as "shape"), and
+trains that row alone: the U-Net, the rest of the text encoder and every other row stay as
+they were, so every prompt without the new word draws exactly what it drew before.
+
+- `add_token`: the new word in the tokenizer, its row in the text encoder, copied from the
+  initializer's row;
+- `row_mask`: a (vocabulary, 1) mask that is 1 on the trained rows only; multiplied into the
+  matrix's gradient, it keeps every other row still (with an optimizer without weight decay:
+  AdamW's decay would shrink the other rows even with a zero gradient);
+- `save_learned_embedding` / `load_learned_embedding`: the file diffusers'
+  `pipe.load_textual_inversion(path)` reads, {token: vector} in learned_embeds.safetensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+EMBEDDING_FILE = "learned_embeds.safetensors"  # the name diffusers' textual-inversion script writes
+
+
+def check_new_token(tokenizer, token: str) -> str:
+    """`token`, if it can be a new word: one word, not yet in the tokenizer's vocabulary."""
+    if not isinstance(token, str) or not token.strip() or token != token.strip() or " " in token:
+        raise ValueError(f"token must be one word without spaces, such as '<star>', got {token!r}")
+    vocabulary = tokenizer.get_vocab()
+    # CLIP's vocabulary holds most words twice: "star" inside a word and "star</w>" at its end.
+    if token in vocabulary or f"{token}</w>" in vocabulary or token in tokenizer.get_added_vocab():
+        suggestion = f"<{token.strip('<>')}>"
+        suggestion = suggestion if suggestion != token else f"<{token.strip('<>')}-1>"
+        raise ValueError(f"token {token!r} is already a word of the tokenizer, so its meaning would change for every "
+                         f"prompt that uses it; choose a new one, such as {suggestion!r}")
+    return token
+
+
+def initializer_id(tokenizer, word: str) -> int:
+    """The token id of `word`, which must be a single token of the vocabulary."""
+    if not isinstance(word, str) or not word.strip():
+        raise ValueError(f"initializer must be a word of the vocabulary, such as 'shape', got {word!r}")
+    ids = tokenizer(word, add_special_tokens=False).input_ids
+    if len(ids) != 1:
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        raise ValueError(f"initializer {word!r} is {len(ids)} tokens ({', '.join(map(repr, pieces))}), not one; "
+                         "a new word's row starts from the row of a single token: give a word such as 'shape'")
+    return ids[0]
+
+
+def add_token(tokenizer, text_encoder, token: str, initializer: str) -> int:
+    """Add `token` to the tokenizer and a row for it to the text encoder's input embedding,
+    copied from `initializer`'s row. Returns the new token's id (the last row)."""
+    check_new_token(tokenizer, token)
+    start = initializer_id(tokenizer, initializer)
+    tokenizer.add_tokens([token])
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    text_encoder.resize_token_embeddings(len(tokenizer))
+    with torch.no_grad():
+        rows = text_encoder.get_input_embeddings().weight
+        rows[token_id] = rows[start]
+    return token_id
+
+
+def row_mask(n_rows: int, trained_ids, dtype=torch.float32) -> torch.Tensor:
+    """A (n_rows, 1) mask: 1 on the rows `trained_ids`, 0 elsewhere. The gradient of the
+    embedding matrix times this mask moves the trained rows alone."""
+    mask = torch.zeros(n_rows, 1, dtype=dtype)
+    mask[list(trained_ids)] = 1
+    return mask
+
+
+def learned_embedding(text_encoder, token_id: int) -> torch.Tensor:
+    """The trained row of `token_id`, as a new float32 tensor."""
+    return text_encoder.get_input_embeddings().weight[token_id].detach().float().clone()
+
+
+def save_learned_embedding(path, token: str, vector: torch.Tensor) -> Path:
+    """Write {token: vector} to `path` (safetensors), as diffusers' `load_textual_inversion` reads it."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    save_file({token: vector.detach().float().contiguous().cpu()}, str(path))
+    return path
+
+
+def load_learned_embedding(path) -> tuple[str, torch.Tensor]:
+    """(token, vector) from a file `save_learned_embedding` wrote."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    if len(state) != 1:
+        raise ValueError(f"{path} holds {len(state)} tensors ({', '.join(sorted(state)[:5])}); a learned embedding "
+                         "file holds one, named by its token")
+    (token, vector), = state.items()
+    return token, vector

@@ -1,0 +1,179 @@
+"""Personalization: textual inversion, DreamBooth and pivotal tuning from one fine-tuning command,
+and what each writes, loaded by diffusers and by the course's own pipeline."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sdcourse.dreambooth import class_pictures, prior_preservation_loss
+from sdcourse.pipeline import TextToImage, load_pipeline
+from sdcourse.textual_inversion import (EMBEDDING_FILE, add_token, check_new_token, initializer_id,
+                                        load_learned_embedding, row_mask)
+from sdcourse.training.finetune import CHECKPOINT, load_finetuned, main
+from sdcourse.training.trainer import Trainer, TrainSettings
+
+SETTINGS = ["--concept", "star", "--batch", "4", "--n-pictures", "8", "--threads", "1", "--quiet"]
+SMALL = [*SETTINGS, "--steps", "3"]
+
+
+def seeded(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def pixels(pictures):
+    """PIL pictures as one int16 array, to compare in 0..255 levels."""
+    return np.stack([np.asarray(picture, dtype=np.int16) for picture in pictures])
+
+
+def draw(pipe, prompt, seed=0, steps=3):
+    """diffusers' pictures, or the course pipeline's (it takes the same arguments)."""
+    out = pipe(prompt, num_inference_steps=steps, generator=seeded(seed))
+    return pixels(out.images if hasattr(out, "images") else out)
+
+
+# ---- the pieces
+
+
+def test_a_new_token_starts_from_its_initializers_row_in_a_new_last_row():
+    pipe = load_pipeline()
+    rows_before = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
+    token_id = add_token(pipe.tokenizer, pipe.text_encoder, "<star>", "shape")
+    rows = pipe.text_encoder.get_input_embeddings().weight
+    assert token_id == len(pipe.tokenizer) - 1 == rows.shape[0] - 1 == rows_before.shape[0]
+    assert torch.equal(rows[token_id], rows_before[initializer_id(pipe.tokenizer, "shape")])
+    assert torch.equal(rows[:-1], rows_before)
+    assert pipe.tokenizer("a red <star>", add_special_tokens=False).input_ids[-1] == token_id
+
+
+def test_a_token_the_vocabulary_holds_and_an_initializer_of_several_tokens_are_refused():
+    tokenizer = load_pipeline().tokenizer
+    with pytest.raises(ValueError, match=r"token 'star' is already a word of the tokenizer.*such as '<star>'"):
+        check_new_token(tokenizer, "star")
+    with pytest.raises(ValueError, match="token must be one word"):
+        check_new_token(tokenizer, "two words")
+    with pytest.raises(ValueError, match=r"initializer 'triangles' is 2 tokens \('tri', 'angles</w>'\)"):
+        initializer_id(tokenizer, "triangles")
+
+
+def test_the_gradient_mask_keeps_other_rows_still_but_weight_decay_would_move_them():
+    torch.manual_seed(0)
+    for weight_decay, others_still in ((0.0, True), (0.01, False)):
+        rows = torch.nn.Parameter(torch.randn(6, 3))
+        start = rows.detach().clone()
+        rows.register_hook(lambda gradient: gradient * row_mask(6, [5]))
+        optimizer = torch.optim.AdamW([rows], lr=0.1, weight_decay=weight_decay)
+        for _ in range(3):
+            optimizer.zero_grad()
+            rows.pow(2).sum().backward()
+            assert rows.grad[:5].abs().sum() == 0  # the mask zeroes the gradient of every other row
+            optimizer.step()
+        assert not torch.equal(rows[5], start[5])
+        assert torch.equal(rows[:5], start[:5]) is others_still
+
+
+def test_the_prior_preservation_loss_is_the_instance_mean_plus_lambda_times_the_prior_mean():
+    per_picture = torch.tensor([1.0, 3.0, 10.0, 20.0, 30.0])
+    is_prior = torch.tensor([False, False, True, True, True])
+    assert prior_preservation_loss(per_picture, is_prior, 0.5) == pytest.approx(2.0 + 0.5 * 20.0)
+    with pytest.raises(ValueError, match="needs both subject and class pictures"):
+        prior_preservation_loss(per_picture, torch.zeros(5, dtype=torch.bool))
+
+
+def test_class_pictures_are_drawn_by_the_model_itself_for_the_class_prompts():
+    pipe = load_pipeline()
+    images, captions = class_pictures(pipe, ["a red shape", "a blue shape"], 3, seed=1, steps=3, batch=2)
+    assert images.shape == (3, 64, 64, 3) and images.dtype == np.uint8
+    assert captions == ["a red shape", "a blue shape", "a red shape"]
+    again, _ = class_pictures(pipe, ["a red shape", "a blue shape"], 3, seed=1, steps=3, batch=2)
+    assert np.array_equal(images, again)
+
+
+def test_a_parameter_group_with_an_lr_scale_learns_that_many_times_faster():
+    a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    model = torch.nn.ParameterList([a, b])
+    settings = TrainSettings(steps=1, lr=0.1, schedule="constant", warmup=0, weight_decay=0.0)
+    trainer = Trainer(model, lambda m, batch: -(m[0] + m[1]).sum(), lambda: {}, settings,
+                      params=[{"params": [a]}, {"params": [b], "lr_scale": 5.0}], progress=False)
+    trainer.fit()
+    assert b.item() == pytest.approx(5 * a.item()) and a.item() == pytest.approx(0.1)
+
+
+# ---- the command, each method
+
+
+def test_textual_inversion_trains_one_row_and_diffusers_and_the_course_draw_the_same(tmp_path, one_thread):
+    out = tmp_path / "ti"
+    main(["--method", "textual-inversion", "--out", str(out), "--checkpoint-every", "2", *SMALL])
+    record = json.loads((out / "finetune.json").read_text())
+    assert record["method"] == "textual-inversion" and record["word"] == "<star>"
+    token, vector = load_learned_embedding(out / EMBEDDING_FILE)
+    assert token == "<star>" and vector.shape == (32,) and (out / EMBEDDING_FILE).stat().st_size <= 10_000
+
+    # Every other row of the trained text encoder is bit-identical to the base model's: the
+    # checkpoint holds the whole matrix as trained.
+    base = load_pipeline()
+    rows = base.text_encoder.get_input_embeddings().weight
+    trained = torch.load(out / CHECKPOINT, weights_only=False)["model"]
+    (name, matrix), = trained.items()
+    assert "token_embedding" in name and torch.equal(matrix[:-1], rows)
+    assert torch.equal(matrix[-1], vector) and not torch.equal(vector, rows[initializer_id(base.tokenizer, "shape")])
+
+    known = draw(base, "a red circle")
+    assert load_finetuned(base, out) == "<star>"
+    assert np.array_equal(draw(base, "a red circle"), known)  # prompts without the word draw as before
+    theirs = draw(base, "a blue <star>", seed=3)
+    assert np.abs(draw(TextToImage.from_pretrained(base), "a blue <star>", seed=3) - theirs).max() <= 1
+
+
+def test_dreambooth_writes_a_unet_diffusers_loads_and_the_course_pipeline_draws_the_same(tmp_path, one_thread):
+    out = tmp_path / "db"
+    main(["--method", "dreambooth", "--out", str(out), "--class-pictures", "4", *SMALL])
+    record = json.loads((out / "finetune.json").read_text())
+    assert record["word"] == "sks shape" and record["prior_pictures"] == 4
+    assert record["settings"]["prior_loss_weight"] == 1.0
+    pipe = load_pipeline()
+    before = draw(pipe, "a red sks shape")
+    load_finetuned(pipe, out)
+    after = draw(pipe, "a red sks shape")
+    assert not np.array_equal(before, after)  # every U-Net weight trained
+    assert np.abs(draw(TextToImage.from_pretrained(pipe), "a red sks shape") - after).max() <= 1
+
+
+def test_pivotal_tuning_writes_the_word_and_the_adapter_and_both_load(tmp_path, one_thread):
+    out = tmp_path / "pivotal"
+    main(["--method", "pivotal", "--out", str(out), *SMALL])
+    assert (out / EMBEDDING_FILE).exists() and (out / "pytorch_lora_weights.safetensors").exists()
+    assert any("lora" in key for key in load_file(str(out / "pytorch_lora_weights.safetensors")))
+    pipe = load_pipeline()
+    assert load_finetuned(pipe, out) == "<star>"
+    assert pipe.tokenizer.convert_tokens_to_ids("<star>") == len(pipe.tokenizer) - 1
+
+
+def test_a_finished_run_resumes_and_another_methods_folder_is_refused(tmp_path, one_thread, capsys):
+    out = tmp_path / "ti"
+    main(["--method", "textual-inversion", "--out", str(out), *SMALL])
+    main(["--method", "textual-inversion", "--out", str(out), *SETTINGS, "--steps", "4"])
+    assert torch.load(out / CHECKPOINT, weights_only=False)["step"] == 4
+    before = sorted(p.name for p in out.iterdir())
+    for overwrite in ([], ["--overwrite"]):
+        with pytest.raises(SystemExit):
+            main(["--method", "lora", "--out", str(out), *SMALL, *overwrite])
+        assert "holds a textual-inversion run (finetune.json, learned_embeds.safetensors)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "textual-inversion", "--token", "star"], "token 'star' is already a word of the tokenizer"),
+    (["--method", "pivotal", "--initializer", "triangles"], "initializer 'triangles' is 2 tokens"),
+    (["--method", "dreambooth", "--class-pictures", "0"], "needs class pictures to learn again, got class_pictures=0"),
+    (["--method", "dreambooth", "--prior-share", "0.5", "--no-prior"], "--no-prior with --prior-share 0.5"),
+    (["--method", "foo"], "invalid choice: 'foo' (choose from 'lora', 'textual-inversion', 'dreambooth', 'pivotal')"),
+])
+def test_bad_input_is_refused_by_name_before_training(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit):
+        main([*args, "--concept", "star", "--out", str(tmp_path / "run"), "--quiet"])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
