@@ -6,6 +6,7 @@ import json
 import runpy
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,6 +150,25 @@ def test_a_full_build_in_a_fast_builds_run_folder_is_refused_by_stage_and_settin
         main(["--run", str(run), "--out", str(tmp_path / "out"), "--stop-after", "data", "--quiet"])
     assert (run / "config.json").read_text() == config_before  # nothing was written
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "vae_decoder"]
+
+
+def test_the_build_resumed_on_the_second_editions_stages_refuses_its_clip_by_stage_and_setting(tmp_path, monkeypatch):
+    """The second edition drew no stars and no pink, and its CLIP read no class words: a build
+    under the caption rule reuses its VAE but not its CLIP, and says so before it draws anything."""
+    from sdcourse.training.build_model import StageError, main
+
+    monkeypatch.delenv("SDCOURSE_FAST", raising=False)
+    second = Path(__file__).resolve().parents[1] / "build-stages" / "second-edition"
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.json", "vae_decoder", "clip_words"):
+        (shutil.copytree if (second / name).is_dir() else shutil.copy)(second / name, run / name)
+    with pytest.raises(StageError, match=r"clip_words: made with class_share='\(not set\)' \(this run: 0.4\), "
+                                         r"colourless_share='\(not set\)' \(this run: 0.2\), "
+                                         r"clip_concept_words='\(not set\)' \(this run: True\)") as refused:
+        main(["--run", str(run), "--out", str(tmp_path / "out"), "--stop-after", "data", "--quiet"])
+    assert "vae_decoder" not in str(refused.value)  # the VAE's settings are the same: it is reused
+    assert sorted(p.name for p in run.iterdir()) == ["clip_words", "config.json", "vae_decoder"]
 
 
 def build_for(run, **settings):
