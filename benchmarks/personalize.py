@@ -1,0 +1,116 @@
+"""Four ways of teaching the embedded model a subject, on the same pictures, measured alike.
+
+    python benchmarks/personalize.py                              # every method, its defaults
+    python benchmarks/personalize.py --methods lora dreambooth --quick
+    python benchmarks/personalize.py --model runs/third/tiny-sd --methods dreambooth --extra=--no-prior
+
+Each method runs `python -m sdcourse.training.finetune --method M --concept star` with its
+defaults (timed by the command itself), is loaded into a fresh pipeline with `load_finetuned`,
+and is judged with the fixed judge on generation seeds no training used:
+- concept right: "a {colour} {word} ..." prompts (varied phrasings; the word is what the run
+  records, e.g. "<star>" or "sks shape") drawn with the right colour and as a star;
+- known kept: the usual single-object prompts (circles, squares, triangles), colour and shape
+  both right, before and after, and the change in points;
+- numbers trained, file size, minutes;
+- variety: the mean RMS distance (0..1) between two seeds' pictures of one concept prompt, and
+  copying: the mean RMS distance from each concept picture to the nearest training picture (a
+  model that redraws its training pictures gets near 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from sdcourse.data import shapes  # noqa: E402
+from sdcourse.evaluate import prompt_adherence  # noqa: E402
+from sdcourse.loading import load_pipeline  # noqa: E402
+from sdcourse.training.finetune import METHOD_FILES, METHODS, RECORD, load_finetuned, main as finetune  # noqa: E402
+from sdcourse.training.finetune_data import concept_pictures  # noqa: E402
+
+
+def concept_prompts(n: int, word: str) -> list[dict]:
+    """Star prompts of every colour in varied phrasings, "star" written as `word`."""
+    return [{**p, "prompt": p["prompt"].replace("star", word)}
+            for p in shapes.evaluation_prompts(n, seed=777, shapes=("star",))]
+
+
+def copying(pictures: np.ndarray, training: np.ndarray) -> float:
+    """Mean RMS distance (0..1) from each picture (floats in [0, 1]) to its nearest training
+    picture (uint8)."""
+    a = pictures.reshape(len(pictures), -1).astype(np.float32)
+    b = training.reshape(len(training), -1).astype(np.float32) / 255
+    squared = (a ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None, :] - 2 * a @ b.T
+    return float(np.sqrt(np.maximum(squared.min(1), 0) / a.shape[1]).mean())
+
+
+def trained_numbers(method: str, pipe, base_parameters: int) -> int:
+    if method == "dreambooth":
+        return base_parameters
+    adapter = sum(p.numel() for n, p in pipe.unet.named_parameters() if "lora" in n)
+    row = pipe.text_encoder.get_input_embeddings().weight.shape[1] if method in ("textual-inversion", "pivotal") else 0
+    return adapter + row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="pipeline folder (default: the embedded model)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--extra", action="append", default=[],
+                        help="one more finetune argument, for every method (repeat: --extra=--steps --extra=300)")
+    parser.add_argument("--quick", action="store_true", help="16 prompts x 2 seeds instead of 32 x 4")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    n_prompts, seeds = (16, (1000, 1001)) if args.quick else (32, (1000, 1001, 1002, 1003))
+    known_prompts = shapes.evaluation_prompts(2 * n_prompts)
+
+    base = load_pipeline(args.model)
+    base_parameters = sum(p.numel() for p in base.unet.parameters())
+    known_before = prompt_adherence(base, known_prompts, seeds=seeds)["both_correct"]
+    plain = prompt_adherence(base, concept_prompts(n_prompts, "star"), seeds=seeds)["both_correct"]
+    print(f"base model: 'star' prompts right {plain:.1f}%, known prompts right {known_before:.1f}% "
+          f"({n_prompts} concept and {2 * n_prompts} known prompts x {len(seeds)} seeds)", flush=True)
+
+    rows = []
+    for method in args.methods:
+        with tempfile.TemporaryDirectory() as out:
+            finetune(["--method", method, "--concept", "star", "--out", out, "--threads", str(args.threads),
+                      "--quiet", *(["--model", args.model] if args.model else []), *args.extra])
+            record = json.loads((Path(out) / RECORD).read_text())
+            size = sum((Path(out) / f).stat().st_size for f in METHOD_FILES[method])
+            pipe = load_pipeline(args.model)
+            word = load_finetuned(pipe, out)
+        settings = record["settings"]
+        training, _ = concept_pictures("star", settings["n_pictures"], settings["seed"])
+        concept = prompt_adherence(pipe, concept_prompts(n_prompts, word), seeds=seeds, return_images=True)
+        known = prompt_adherence(pipe, known_prompts, seeds=seeds)["both_correct"]
+        rows.append((method, word, trained_numbers(method, pipe, base_parameters), size, record["minutes"],
+                     concept["both_correct"], known, known - known_before, concept["diversity"],
+                     copying(concept["images"], training)))
+        print(f"{method}: {record['minutes']:.2f} min, concept right {concept['both_correct']:.1f}%", flush=True)
+
+    print(f"\nextra finetune arguments: {' '.join(args.extra) or 'none'}; {args.threads} threads; "
+          f"U-Net {base_parameters / 1e6:.2f} M parameters")
+    print("| method | word | numbers trained | file | minutes | concept right | known right | change | variety | "
+          "to nearest training picture |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for method, word, count, size, minutes, right, known, change, variety, nearest in rows:
+        shown = f"{size / 1e3:.1f} KB" if size < 1e6 else f"{size / 1e6:.1f} MB"
+        print(f"| {method} | {word} | {count:,} | {shown} | {minutes:.2f} | {right:.1f}% | {known:.1f}% | "
+              f"{change:+.1f} | {variety:.3f} | {nearest:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
