@@ -205,3 +205,19 @@ def test_caption_rule_names_held_out_concepts_only_by_class_words():
     assert shapes.rule_scene_at(7, 0, rule).caption == shapes.rule_scene_at(7, 0, rule).caption
     with pytest.raises(ValueError, match="class_share"):
         shapes.CaptionRule(class_share=1.5)
+
+
+def test_an_outline_is_a_white_ring_about_two_pixels_wide_on_the_shapes_edge():
+    from sdcourse.data.shapes import render_outline
+
+    scene = shapes.Scene([shapes.ShapeObject("red", "circle", "large", "center", (32.0, 32.0), 14.0)], "blue", "")
+    outline = render_outline(scene)
+    assert outline.shape == (64, 64, 3) and outline.dtype == np.uint8
+    assert np.array_equal(outline[..., 0], outline[..., 2])  # grey: white on black
+    ink = outline[..., 0].astype(float) / 255
+    assert 0 < ((ink > 0) & (ink < 1)).sum()  # anti-aliased edges
+    assert ink.sum() == pytest.approx(2 * np.pi * 14 * 2, rel=0.05)  # perimeter x 2 px
+    ys, xs = np.nonzero(ink > 0.5)
+    radii = np.hypot(xs + 0.5 - 32, ys + 0.5 - 32)
+    assert radii.min() > 12 and radii.max() < 16  # centred on the edge at radius 14
+    assert ink[32, 32] == 0 and ink[0, 0] == 0  # neither the inside nor the background is drawn
