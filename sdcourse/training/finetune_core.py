@@ -242,7 +242,7 @@ class Batches:
 
 def fine_tune(pipe, what: WhatTrains, images: np.ndarray, captions: list[str], settings: FineTuneSettings, out,
               checkpoint: str, *, prior: tuple | None = None, extras: dict | None = None, record: dict | None = None,
-              progress: bool = True) -> Path:
+              progress: bool = True, after_step=None) -> Path:
     """Train `what` on `pipe`, in place, with the pictures and their captions; write it into `out`.
 
     images: uint8 (N, H, W, 3) at the model's resolution; captions: one per picture.
@@ -252,6 +252,7 @@ def fine_tune(pipe, what: WhatTrains, images: np.ndarray, captions: list[str], s
     extras: per-picture inputs the method's `predict` reads from the batch, by name.
     record: what describes the data and the model; with the settings and the data's fingerprint
         (`data_fingerprint`), it is what a resumed run must share.
+    after_step(trainer, step): called after each step (e.g. to draw pictures as it learns).
     Returns the file `what` saved.
     """
     if len(images) != len(captions):
@@ -279,7 +280,7 @@ def fine_tune(pipe, what: WhatTrains, images: np.ndarray, captions: list[str], s
     identity["data_sha256"] = data_fingerprint(images, captions, prior)
     trainer = Trainer(what.module, loss, batches, train, params=params, generator=batches.generator,
                       checkpoint=out / checkpoint, name=what.name, record=identity, progress=progress,
-                      save_trained_only=True)
+                      save_trained_only=True, after_step=after_step)
     trainer.fit()
     what.module.to(pipe.vae.device)  # the trainer hands the module back on the CPU; the pipeline may live on a GPU
     if trainer.accelerator.is_main_process:
