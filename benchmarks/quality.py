@@ -9,13 +9,14 @@ Every figure is judged by the fixed judge (sdcourse/assets/shape_classifier.safe
 so two models measured here are comparable. Prints:
 - load time of `load_pipeline()` and time for 16 pictures at 25 steps with CFG;
 - each measure's own accuracy on clean generator pictures: the judge (colour, shape), the
-  position measure, the two-object measure;
+  position measure, the size measure (per shape), the two-object measure;
 - the VAE round trip: per shape and size, the share of fresh pictures whose shape the judge
   still names after encoding and decoding; PSNR on shape pictures and photo crops;
 - how much the text encoder's output changes when a colour, shape, position or colour-shape
   binding word changes (a U-Net can follow only the words that move it);
 - the tiny CLIP's zero-shot colour and shape accuracy, when its image half is found;
-- prompt adherence (single-object prompts, colour and shape) over guidance scales;
+- prompt adherence (single-object prompts, colour and shape) over guidance scales; beside it,
+  the size right on the prompts that name one, and colour, shape and (where named) size right;
 - position right, for prompts that name one position;
 - both objects right, for prompts that name two.
 """
@@ -133,12 +134,14 @@ def main(argv=None):
         own = {
             "judge": ev.classifier_accuracy(n=n, seed=2024, classifier=judge),
             "position": ev.position_measure_accuracy(n=n, seed=2025),
+            "size": ev.size_measure_accuracy(n=n, seed=2027),
             "two_objects": ev.two_object_measure_accuracy(n=n, seed=2026, classifier=judge),
         }
         figures["measures_on_clean_pictures"] = own
         print(f"the measures on {n} clean generator pictures each (their own accuracy):")
         print(f"  judge, one object (4 shapes incl. star): {_fmt(own['judge'])}")
         print(f"  position of one object: {_fmt(own['position'])}")
+        print(f"  size of one object (all, then per shape): {_fmt(own['size'])}")
         print(f"  two objects: {_fmt(own['two_objects'])}")
 
     # The VAE.
@@ -186,13 +189,17 @@ def main(argv=None):
         prompts = shapes.evaluation_prompts(args.prompts)
         figures["adherence"] = {}
         print(f"prompt adherence: {len(prompts)} single-object prompts x {len(seeds)} seeds, {steps} DDIM steps")
-        print("  guidance  colour%  shape%  both%  diversity")
+        n_sized = sum(ev.parse_size(p["prompt"]) is not None for p in prompts) * len(seeds)
+        print(f"  size%: size right on the {n_sized} pictures whose prompt names a size; "
+              f"all%: colour, shape and (where named) size right")
+        print("  guidance  colour%  shape%  both%  diversity   size%   all%")
         for scale in args.scales:
             r = ev.prompt_adherence(pipe, prompts, seeds=seeds, guidance_scale=scale, num_inference_steps=steps,
                                     classifier=judge)
             figures["adherence"][str(scale)] = {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}
+            size = "    -" if r["size_correct"] is None else f"{r['size_correct']:5.1f}"
             print(f"  {scale:8.1f}  {r['colour_correct']:6.1f}  {r['shape_correct']:6.1f}  {r['both_correct']:5.1f}"
-                  f"  {r['diversity']:.3f}", flush=True)
+                  f"  {r['diversity']:9.3f}   {size}  {r['all_correct']:5.1f}", flush=True)
 
     # Position.
     if args.position_prompts:

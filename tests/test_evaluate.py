@@ -99,6 +99,7 @@ def test_pictures_in_the_wrong_form_are_refused(bad, said):
 def test_every_function_that_takes_pictures_checks_them():
     images = picture(("red", "circle", "large", "center")).astype(np.float32) / 127.5 - 1
     for call in (lambda: ev.locate(images), lambda: ev.score_positions(images, ["center"]),
+                 lambda: ev.measure_size(images), lambda: ev.score_sizes(images, ["large"]),
                  lambda: ev.classify_objects(images),
                  lambda: ev.score_two_objects(images, [[{"colour": "red", "shape": "circle"}] * 2]),
                  lambda: ev.psnr(images, images)):
@@ -163,6 +164,84 @@ def test_position_prompts_say_what_their_labels_say():
         assert p["shape"] in shapes.BASE_SHAPES
     with pytest.raises(ValueError, match="names 0 positions"):
         ev.parse_position("a red circle")
+
+
+# ----------------------------------------------------------------------------- size
+
+
+def test_size_measure_is_right_on_clean_pictures():
+    result = ev.size_measure_accuracy(n=200, seed=5)
+    assert result == {"size": 100.0, **{shape: 100.0 for shape in shapes.ALL_SHAPES}}
+
+
+def one_shape(shape, radius, colour="black", background="white", center=(32.0, 32.0)):
+    """One uint8 picture (1, 64, 64, 3) of a shape of this half-width, whatever its size's range."""
+    obj = shapes.ShapeObject(colour, shape, "small", "center", center, radius)
+    return shapes.render(shapes.Scene([obj], background))[None]
+
+
+@pytest.mark.parametrize("shape", shapes.ALL_SHAPES)
+def test_size_measure_tells_small_from_large_for_every_shape(shape):
+    for size in shapes.SIZES:
+        images = np.concatenate([picture(("red", shape, size, position), background="gray")
+                                 for position in shapes.POSITIONS])
+        assert [f["size"] for f in ev.measure_size(images)] == [size] * len(shapes.POSITIONS)
+        assert ev.score_sizes(images, [size] * len(images))["size_correct"] == 100.0
+    # The half-widths nearest the threshold, at the strongest and the weakest contrast of the palette.
+    (_, small_most), (large_least, _) = shapes.RADIUS["small"], shapes.RADIUS["large"]
+    for colour, background in (("black", "white"), ("orange", "yellow")):
+        for radius, size in ((small_most, "small"), (large_least, "large")):
+            found = ev.measure_size(one_shape(shape, radius, colour, background, center=(31.7, 32.4)))[0]
+            assert found["size"] == size, (colour, background, radius, found)
+            assert abs(found["extent"] - ev.SIZE_THRESHOLD) >= 1.5
+
+
+def test_size_measure_on_hand_made_pictures():
+    def square(side, at=(10, 10)):
+        image = np.full((1, 64, 64, 3), 255, np.uint8)
+        image[0, at[0] : at[0] + side, at[1] : at[1] + side] = (35, 70, 225)
+        return image
+
+    small, large = square(14), square(26)
+    assert ev.measure_size(small)[0] == {"size": "small", "extent": 14.0, "pixels": 196}
+    assert ev.measure_size(large)[0] == {"size": "large", "extent": 26.0, "pixels": 676}
+    assert ev.score_sizes(np.concatenate([small, large]), ["small", "small"]) == \
+        {"size_correct": 50.0, "found": ["small", "large"]}
+    # The largest piece is measured; specks (under MIN_OBJECT_PIXELS) are no object.
+    both = large.copy()
+    both[0, 45:59, 45:59] = (35, 70, 225)
+    assert ev.measure_size(both)[0]["size"] == "large"
+    speck = square(4)
+    assert ev.measure_size(speck)[0] == {"size": None, "extent": None, "pixels": 0}
+    blank = np.full((1, 64, 64, 3), 128, np.uint8)
+    assert ev.measure_size(blank)[0] == {"size": None, "extent": None, "pixels": 0}
+    assert ev.score_sizes(blank, ["small"])["size_correct"] == 0.0
+
+
+def test_size_measure_refuses_bad_input():
+    images = picture(("red", "circle", "large", "center"))
+    with pytest.raises(ValueError, match=r"images: an array of shape \(64, 64, 3\) \(one picture"):
+        ev.measure_size(images[0])
+    with pytest.raises(ValueError, match="images: an array of dtype int64"):
+        ev.measure_size(images.astype(np.int64))
+    with pytest.raises(ValueError, match=r"sizes='medium' is not allowed; choose one of 'small', 'large'"):
+        ev.score_sizes(images, ["medium"])
+    with pytest.raises(ValueError, match="sizes: 2 names for 1 pictures"):
+        ev.score_sizes(images, ["small", "large"])
+
+
+def test_parse_size_reads_the_sizes_of_evaluation_prompts():
+    assert ev.parse_size("a small blue square in the top left") == "small"
+    assert ev.parse_size("A LARGE red circle, on a white background") == "large"
+    assert ev.parse_size("a red circle") is None
+    with pytest.raises(ValueError, match="names 2 sizes; it must name at most one of"):
+        ev.parse_size("a small red circle and a large blue square")
+    prompts = shapes.evaluation_prompts(64)
+    said = [ev.parse_size(p["prompt"]) for p in prompts]
+    assert set(said) == {None, "small", "large"}
+    for p, size in zip(prompts, said):
+        assert (size is not None) == any(f" {s} " in f" {p['prompt']} " for s in shapes.SIZES)
+        assert parse_prompt(p["prompt"]) == {"colour": p["colour"], "shape": p["shape"]}  # size left out
 
 
 # ----------------------------------------------------------------------------- two objects
@@ -286,6 +365,28 @@ def test_each_adherence_measure_scores_the_pictures_against_its_prompts():
     assert two["guesses"] == [[{"colour": "red", "shape": "circle"}]] * 2
 
 
+def test_prompt_adherence_judges_the_size_where_the_prompt_names_one():
+    pipe = RedCirclePipe()  # a large red circle, always
+    prompts = ["a large red circle", "a small red circle", "a red circle", "a large blue square",
+               {"prompt": "a red circle", "colour": "red", "shape": "circle", "size": "small"},
+               {"prompt": "a small red circle", "colour": "red", "shape": "circle", "size": None},
+               {"prompt": "a large red circle", "colour": "red", "shape": "circle"}]
+    result = prompt_adherence(pipe, prompts, seeds=[0, 1], num_inference_steps=3, return_images=True)
+    # Sizes named: large (right), small (wrong), large (right, the square), small (wrong), large (right).
+    assert result["n_size_named"] == 10 and result["size_correct"] == 60.0
+    # Right in colour and shape: all but the square; of those, the two "small" ones have the size wrong.
+    assert result["both_correct"] == pytest.approx(600 / 7) and result["all_correct"] == pytest.approx(400 / 7)
+    assert result["sizes"] == ["large"] * 14
+    unsized = prompt_adherence(pipe, ["a red circle", "a blue circle"], seeds=[0])
+    assert unsized["size_correct"] is None and unsized["n_size_named"] == 0
+    assert unsized["all_correct"] == unsized["both_correct"] == 50.0
+    with pytest.raises(ValueError, match="size='medium' is not allowed"):
+        prompt_adherence(pipe, [{"prompt": "a red circle", "colour": "red", "shape": "circle", "size": "medium"}])
+    with pytest.raises(ValueError, match="names 2 sizes"):
+        prompt_adherence(pipe, ["a small large red circle"])
+    assert len(pipe.calls) == 2  # bad prompts are refused before generating
+
+
 @pytest.mark.parametrize("argument, value, said", [
     ("num_inference_steps", 0, "num_inference_steps must be at least 1, got 0"),
     ("guidance_scale", -1.0, r"guidance_scale must be a number >= 0, got -1.0"),
@@ -323,6 +424,17 @@ def test_prompt_adherence_runs_on_the_embedded_model():
         assert 0 <= result[key] <= 100
     assert result["both_correct"] <= min(result["colour_correct"], result["shape_correct"])
     assert result["diversity"] > 0
+
+
+def test_size_adherence_runs_on_the_embedded_model():
+    from sdcourse.pipeline import load_pipeline
+
+    result = prompt_adherence(load_pipeline(), ["a small red circle", "a large blue square"], seeds=[0],
+                              num_inference_steps=3, return_images=True)
+    assert result["n_size_named"] == 2 and 0 <= result["size_correct"] <= 100
+    assert 0 <= result["all_correct"] <= result["both_correct"]
+    assert result["all_correct"] <= result["size_correct"]
+    assert all(size in ("small", "large", None) for size in result["sizes"])
 
 
 def test_position_and_two_object_adherence_run_on_the_embedded_model():

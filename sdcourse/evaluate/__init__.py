@@ -9,7 +9,8 @@ rebuild is judged the same way. A build trains a classifier of its own into its 
 
 The measures, each with a check of its own accuracy on clean generator pictures:
 
-- `prompt_adherence`: colour and shape of single-object prompts (the classifier);
+- `prompt_adherence`: colour and shape of single-object prompts (the classifier), and size
+  where the prompt names one (`measure_size`, no classifier);
 - `position_adherence`: is the object where the prompt says (`locate`, no classifier);
 - `two_object_adherence`: are both objects of "a red circle and a blue square" right
   (`split_objects`, then the classifier on each);
@@ -20,7 +21,7 @@ The measures, each with a check of its own accuracy on clean generator pictures:
     >>> from sdcourse.evaluate import prompt_adherence
     >>> pipe = load_pipeline()
     >>> prompt_adherence(pipe, ["a red circle", "a blue square"], seeds=[0, 1])
-    {'colour_correct': ..., 'shape_correct': ..., 'both_correct': ..., 'diversity': ..., ...}
+    {'colour_correct': ..., 'shape_correct': ..., 'both_correct': ..., 'diversity': ..., 'size_correct': ..., ...}
 
 Pictures may be given as a uint8 array (N, 64, 64, 3), a float array in [0, 1] of that
 shape (what the pipeline returns with output_type="np"), or a list of PIL images; anything
@@ -47,10 +48,12 @@ from .objects import (
     FOREGROUND_THRESHOLD,
     MIN_OBJECT_PIXELS,
     POSITION_NAMES,
+    SIZE_THRESHOLD,
     background_colour,
     classify_objects,
     foreground_mask,
     locate,
+    measure_size,
     split_objects,
 )
 from .pictures import ALLOWED_PICTURES, SIZE, as_pictures
@@ -58,6 +61,7 @@ from .prompts import (
     SIZE_NAMES,
     parse_position,
     parse_prompt,
+    parse_size,
     parse_two_objects,
     position_prompts,
     two_object_prompts,
@@ -67,17 +71,19 @@ from .runs import clip_image_folder
 from .scoring import (
     position_measure_accuracy,
     score_positions,
+    score_sizes,
     score_two_objects,
+    size_measure_accuracy,
     two_object_measure_accuracy,
 )
 
 __all__ = [
     "ALLOWED_PICTURES", "CLASSIFIER_FILE", "CLASSIFIER_PATH", "COLOUR_NAMES", "FOREGROUND_THRESHOLD",
-    "MIN_OBJECT_PIXELS", "POSITION_NAMES", "SHAPE_NAMES", "SIZE", "SIZE_NAMES", "ShapeClassifier",
+    "MIN_OBJECT_PIXELS", "POSITION_NAMES", "SHAPE_NAMES", "SIZE", "SIZE_NAMES", "SIZE_THRESHOLD", "ShapeClassifier",
     "as_pictures", "background_colour", "classifier_accuracy", "classify", "classify_objects",
-    "clip_image_folder", "foreground_mask", "load_classifier", "locate", "parse_position", "parse_prompt",
-    "parse_two_objects", "position_adherence", "position_measure_accuracy", "position_prompts",
-    "prompt_adherence", "psnr", "round_trip_pictures", "save_classifier", "score_positions",
-    "score_two_objects", "split_objects", "two_object_adherence", "two_object_measure_accuracy",
-    "two_object_prompts", "vae_round_trip",
+    "clip_image_folder", "foreground_mask", "load_classifier", "locate", "measure_size", "parse_position",
+    "parse_prompt", "parse_size", "parse_two_objects", "position_adherence", "position_measure_accuracy",
+    "position_prompts", "prompt_adherence", "psnr", "round_trip_pictures", "save_classifier", "score_positions",
+    "score_sizes", "score_two_objects", "size_measure_accuracy", "split_objects", "two_object_adherence",
+    "two_object_measure_accuracy", "two_object_prompts", "vae_round_trip",
 ]

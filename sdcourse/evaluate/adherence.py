@@ -4,7 +4,8 @@ The three measures share one skeleton (`_adherence`): read the prompts, generate
 (prompt, seed), score the pictures, count them. Each measure adds only how it reads a prompt
 and how it scores:
 
-- `prompt_adherence`: colour and shape of single-object prompts (the judge);
+- `prompt_adherence`: colour and shape of single-object prompts (the judge), and the size where
+  the prompt names one (`measure_size`, no judge);
 - `position_adherence`: is the object where the prompt says (`locate`, no judge);
 - `two_object_adherence`: are both objects of "a red circle and a blue square" right.
 """
@@ -14,10 +15,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..arguments import random_seed, real_number, whole_number
+from ..arguments import choice, random_seed, real_number, whole_number
 from .judge import classify
+from .objects import measure_size
 from .pictures import SIZE
-from .prompts import parse_position, parse_prompt, parse_two_objects
+from .prompts import SIZE_NAMES, parse_position, parse_prompt, parse_size, parse_two_objects
 from .scoring import colour_and_shape, score_positions, score_two_objects
 
 
@@ -73,13 +75,30 @@ def _score_colour_and_shape(images, jobs, n_seeds, classifier):
         for i in range(n_seeds):
             for j in range(i + 1, n_seeds):
                 distances.append(float(np.sqrt(np.mean((group[i] - group[j]) ** 2))))
+    asked = [item["size"] for item in jobs]
+    found = [f["size"] for f in measure_size(images)]
+    size_ok = [f == a for f, a in zip(found, asked) if a is not None]
+    all_ok = [b and (a is None or f == a) for b, f, a in zip(both_ok, found, asked)]
     figures = {
         "colour_correct": float(100 * np.mean(colour_ok)),
         "shape_correct": float(100 * np.mean(shape_ok)),
         "both_correct": float(100 * np.mean(both_ok)),
         "diversity": float(np.mean(distances)) if distances else 0.0,
+        "size_correct": float(100 * np.mean(size_ok)) if size_ok else None,
+        "n_size_named": len(size_ok),
+        "all_correct": float(100 * np.mean(all_ok)),
     }
-    return figures, {"guesses": guesses}
+    return figures, {"guesses": guesses, "sizes": found}
+
+
+def _asked_size(item: dict):
+    """The size a prompt asks for: the dict's "size" when it has one (None: no size asked for),
+    else the size its text names (`parse_size`), or None."""
+    if "size" not in item:
+        return parse_size(item["prompt"])
+    if item["size"] is not None:
+        choice("size", item["size"], SIZE_NAMES)
+    return item["size"]
 
 
 def _score_position(images, jobs, n_seeds, classifier):
@@ -99,15 +118,25 @@ def _score_two_objects(images, jobs, n_seeds, classifier):
 def prompt_adherence(pipe, prompts, seeds=(0, 1, 2, 3), guidance_scale: float = 7.5,
                      num_inference_steps: int = 25, batch_size: int = 32, classifier=None,
                      return_images: bool = False) -> dict:
-    """How often generated pictures show the colour and shape their prompt asks for.
+    """How often generated pictures show the colour and shape their prompt asks for, and the size
+    where the prompt names one.
 
     prompts: strings ("a small red circle in the top left") or dicts with keys prompt,
-        colour, shape (as `sdcourse.data.evaluation_prompts()` returns).
+        colour, shape (as `sdcourse.data.evaluation_prompts()` returns), and optionally size
+        ("small", "large" or None); a dict without size asks for the size its prompt names.
     Every prompt is generated once per seed (64x64). Returns percentages colour_correct,
-    shape_correct, both_correct, and `diversity`: the mean pairwise RMS pixel distance
-    (0..1 scale) among the pictures of the same prompt (0 = all identical).
+    shape_correct, both_correct (by the judge), and `diversity`: the mean pairwise RMS pixel
+    distance (0..1 scale) among the pictures of the same prompt (0 = all identical). And for
+    sizes (`measure_size`): size_correct, the share of the n_size_named pictures whose prompt
+    names a size that have that size (None when no prompt names one), and all_correct, the
+    share of all pictures with colour and shape right and, where the prompt names a size, the
+    size right too. With return_images, also the judge's `guesses` and the `sizes` found.
     """
-    return _adherence(parse_prompt, _score_colour_and_shape, pipe, prompts, seeds, guidance_scale,
+    def read_prompt(text):
+        return {**parse_prompt(text), "size": parse_size(text)}
+
+    prompts = [{**p, "size": _asked_size(p)} if isinstance(p, dict) else p for p in prompts]
+    return _adherence(read_prompt, _score_colour_and_shape, pipe, prompts, seeds, guidance_scale,
                       num_inference_steps, batch_size, classifier, return_images)
 
 

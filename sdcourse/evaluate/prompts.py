@@ -13,7 +13,8 @@ SIZE_NAMES = shapes.SIZES
 
 
 def parse_prompt(prompt: str) -> dict:
-    """The colour and shape a single-object prompt asks for (the first ones it names)."""
+    """The colour and shape a single-object prompt asks for (the first ones it names); its size,
+    if it names one, is `parse_size`'s."""
     words = prompt.lower().replace(",", " ").split()
     colour = next((w for w in words if w in COLOUR_NAMES), None)
     shape = next((w for w in words if w in SHAPE_NAMES), None)
@@ -32,6 +33,19 @@ def parse_position(prompt: str) -> str:
     if len(named) != 1:
         raise ValueError(f"prompt={prompt!r} names {len(named)} positions; it must name one of {list(POSITION_NAMES)}")
     return named[0]
+
+
+def parse_size(prompt: str) -> str | None:
+    """The size a prompt names ("a small red circle" -> "small"), or None when it names none.
+
+    Sizes are words of their own in the training captions ("a large blue square in the top
+    left"); `parse_prompt` leaves them out, so that its answer compares with the judge's.
+    """
+    words = prompt.lower().replace(",", " ").split()
+    named = [s for s in SIZE_NAMES if s in words]
+    if len(named) > 1:
+        raise ValueError(f"prompt={prompt!r} names {len(named)} sizes; it must name at most one of {list(SIZE_NAMES)}")
+    return named[0] if named else None
 
 
 def parse_two_objects(prompt: str) -> list[dict]:

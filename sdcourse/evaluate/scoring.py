@@ -1,5 +1,5 @@
-"""Scoring pictures against what was asked: positions (`locate`) and two objects (`classify_objects`),
-and each measure's own accuracy on clean generator pictures."""
+"""Scoring pictures against what was asked: positions (`locate`), sizes (`measure_size`) and two
+objects (`classify_objects`), and each measure's own accuracy on clean generator pictures."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 
 from ..arguments import choice
 from ..data import shapes
-from .objects import classify_objects, locate
+from .objects import classify_objects, locate, measure_size
 
 
 def colour_and_shape(obj: dict) -> tuple:
@@ -28,6 +28,21 @@ def score_positions(images, positions) -> dict:
         choice("positions", p, shapes.POSITIONS)
     right = [f["position"] == p for f, p in zip(found, positions)]
     return {"position_correct": float(100 * np.mean(right)) if right else 0.0, "found": [f["position"] for f in found]}
+
+
+def score_sizes(images, sizes) -> dict:
+    """Share (%) of pictures whose object is of the expected size (`measure_size`).
+
+    sizes: one of shapes.SIZES ("small", "large") per picture. Also returns the sizes found.
+    """
+    found = measure_size(images)
+    sizes = list(sizes)
+    if len(sizes) != len(found):
+        raise ValueError(f"sizes: {len(sizes)} names for {len(found)} pictures; give one per picture")
+    for s in sizes:
+        choice("sizes", s, shapes.SIZES)
+    right = [f["size"] == s for f, s in zip(found, sizes)]
+    return {"size_correct": float(100 * np.mean(right)) if right else 0.0, "found": [f["size"] for f in found]}
 
 
 def score_two_objects(images, expected, classifier=None) -> dict:
@@ -61,6 +76,20 @@ def position_measure_accuracy(n: int = 1000, seed: int = 2025) -> dict:
     images, _, labels = shapes.make_dataset(n, seed=seed, shapes=shapes.ALL_SHAPES, n_objects=1)
     result = score_positions(images, [l["objects"][0]["position"] for l in labels])
     return {"position": result["position_correct"]}
+
+
+def size_measure_accuracy(n: int = 1000, seed: int = 2027) -> dict:
+    """`measure_size`'s own accuracy (%) on fresh single-object generator pictures (all shapes, sizes,
+    positions): overall ("size") and per shape."""
+    images, _, labels = shapes.make_dataset(n, seed=seed, shapes=shapes.ALL_SHAPES, n_objects=1)
+    asked = [l["objects"][0] for l in labels]
+    found = score_sizes(images, [o["size"] for o in asked])["found"]
+    right = [f == o["size"] for f, o in zip(found, asked)]
+    result = {"size": float(100 * np.mean(right)) if right else 0.0}
+    for shape in shapes.ALL_SHAPES:
+        mine = [r for r, o in zip(right, asked) if o["shape"] == shape]
+        result[shape] = float(100 * np.mean(mine)) if mine else 0.0
+    return result
 
 
 def two_object_measure_accuracy(n: int = 1000, seed: int = 2026, classifier=None) -> dict:
