@@ -257,14 +257,23 @@ class ControlNet(nn.Module):
                 f"controlnet_cond is {height}x{width}, but this ControlNet needs {f} times the size of sample "
                 f"({sample.shape[2]}x{sample.shape[3]}): {sample.shape[2] * f}x{sample.shape[3] * f}")
 
+    def embed_control(self, controlnet_cond):
+        """The control picture (batch, conditioning_channels, H, W) in [0, 1] -> its features on the
+        latent grid (batch, channels[0], H / 8, W / 8). They do not change from step to step: a
+        pipeline computes them once and passes them to every step as `control_embedding`."""
+        if self.channel_order == "bgr":
+            controlnet_cond = controlnet_cond.flip(1)  # the picture's channels as the ControlNet was trained on
+        return self.controlnet_cond_embedding(controlnet_cond)
+
     # ---- forward
 
-    def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale=1.0,
-                guess_mode=False):
+    def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond=None, conditioning_scale=1.0,
+                guess_mode=False, *, control_embedding=None):
         """sample: the U-Net's input (batch, in_channels, h, w); timestep: a number or (batch,);
         encoder_hidden_states: (batch, tokens, cross_attention_dim); controlnet_cond: the control
         picture (batch, conditioning_channels, h * 8, w * 8) in [0, 1]; conditioning_scale: a
         number every residual is multiplied by.
+        control_embedding: instead of controlnet_cond, `embed_control(controlnet_cond)` computed before.
 
         guess_mode: the residuals are scaled from 0.1 (the first skip, high resolution) up to 1
         (the mid block) on a log scale, times conditioning_scale: the ControlNet then shapes the
@@ -274,16 +283,25 @@ class ControlNet(nn.Module):
         return_dict=False: a list with one tensor per skip of the U-Net, and one tensor.
         """
         check_inputs(self, sample, encoder_hidden_states)
-        self._check_control(controlnet_cond, sample)
+        if (controlnet_cond is None) == (control_embedding is None):
+            raise ValueError("give the control picture as controlnet_cond, or its embed_control() as "
+                             "control_embedding: one of the two")
+        if control_embedding is None:
+            self._check_control(controlnet_cond, sample)
+            control_embedding = self.embed_control(controlnet_cond)
+        else:
+            expected = (sample.shape[0], self.conv_in.out_channels, *sample.shape[2:])
+            if tuple(control_embedding.shape) != expected:
+                raise ValueError(f"control_embedding must have the shape {expected} (embed_control of a picture "
+                                 f"{self.downsample_factor} times the size of sample), got "
+                                 f"{tuple(control_embedding.shape)}")
         scale = real_number("conditioning_scale", conditioning_scale)
         guess_mode = flag("guess_mode", guess_mode)
-        if self.channel_order == "bgr":
-            controlnet_cond = controlnet_cond.flip(1)  # the picture's channels as the ControlNet was trained on
 
         # 1. time, as in the U-Net
         temb = embed_time(self, timestep, sample)
         # 2. the latents and the control picture meet: both on the latent grid, channels[0] wide
-        x = self.conv_in(sample) + self.controlnet_cond_embedding(controlnet_cond)
+        x = self.conv_in(sample) + control_embedding
         # 3. the U-Net's down path and mid block, keeping what the U-Net keeps for its skips
         x, skips = run_down_blocks(self.down_blocks, x, temb, encoder_hidden_states)
         x = self.mid_block(x, temb, encoder_hidden_states)

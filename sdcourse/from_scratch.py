@@ -124,11 +124,12 @@ def repeat_to(x, batch):
 
 @dataclass
 class Control:
-    """A ControlNet's part in one call: the control pictures (one per row of the U-Net's batch,
-    doubled for guidance unless in guess mode), the scale and the share of the steps it acts in."""
+    """A ControlNet's part in one call: the control pictures' embedding (one per row of the U-Net's
+    batch, doubled for guidance unless in guess mode; the same at every step, so computed once),
+    the scale and the share of the steps it acts in."""
 
     controlnet: ControlNet
-    pixels: torch.Tensor
+    embedding: torch.Tensor
     scale: float
     guess_mode: bool
     start: float
@@ -145,11 +146,13 @@ class Control:
             if self.guess_mode and guided:
                 # the ControlNet sees the prompt's half only; the unconditional half gets no residuals
                 half = len(x) // 2
-                down, mid = self.controlnet(x[half:], t, context[half:], self.pixels, scale, guess_mode=True)
+                down, mid = self.controlnet(x[half:], t, context[half:], None, scale, guess_mode=True,
+                                            control_embedding=self.embedding)
                 down = [torch.cat([torch.zeros_like(d), d]) for d in down]
                 mid = torch.cat([torch.zeros_like(mid), mid])
             else:
-                down, mid = self.controlnet(x, t, context, self.pixels, scale, guess_mode=self.guess_mode)
+                down, mid = self.controlnet(x, t, context, None, scale, guess_mode=self.guess_mode,
+                                            control_embedding=self.embedding)
             return unet(x, t, context, down, mid)
 
         return controlled
@@ -448,8 +451,9 @@ class TextToImage(StableDiffusion):
         height, width = self._check_size(height, width, default_height, default_width, batch)
         control = None
         if pictures is not None:
-            control = Control(self.controlnet, self._control_pixels(pictures, height, width, guided, guess_mode,
-                                                                    num_images_per_prompt, batch),
+            pixels = self._control_pixels(pictures, height, width, guided, guess_mode, num_images_per_prompt, batch)
+            # the control picture's features on the latent grid are the same at every step: computed once
+            control = Control(self.controlnet, self.controlnet.embed_control(pixels),
                               float(controlnet_conditioning_scale), guess_mode, float(control_guidance_start),
                               float(control_guidance_end))
 

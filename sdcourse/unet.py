@@ -22,6 +22,8 @@ The ResNet blocks, the resampling and the attention core come from `sdcourse.lay
 with the VAE and the text encoder; this file wires them into the U and adds what only the
 U-Net has: the timestep embedding and the transformer blocks. Every block reads the settings
 it shares with the others from one `BlockConfig`, and each level's own sizes from a `Level`.
+The first half of the U (conv_in, the time embedding, the down blocks, the mid block) is built and
+run by functions that the ControlNet (`sdcourse.controlnet`), a copy of that half, uses too.
 
 Every parameter has the same name as in diffusers' `UNet2DConditionModel`, so
 

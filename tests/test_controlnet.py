@@ -160,6 +160,21 @@ def test_a_new_controlnet_leaves_the_unet_unchanged():
         assert torch.equal(our_unet(sample, t, text, down, mid), our_unet(sample, t, text))
 
 
+def test_the_control_embedding_computed_once_gives_the_same_residuals():
+    """A pipeline embeds the control picture once per call, not at every step."""
+    _, _, _, ours = make_networks(SD2_STYLE_CROSSATTN_LAST, seed=6)
+    sample, t, text, control = inputs(SD2_STYLE_CROSSATTN_LAST)
+    with torch.no_grad():
+        down, mid = ours(sample, t, text, control, 0.7)
+        embedding = ours.embed_control(control)
+        again_down, again_mid = ours(sample, t, text, conditioning_scale=0.7, control_embedding=embedding)
+        assert all(torch.equal(a, b) for a, b in zip([*down, mid], [*again_down, again_mid]))
+        with pytest.raises(ValueError, match="one of the two"):
+            ours(sample, t, text, control, control_embedding=embedding)
+        with pytest.raises(ValueError, match=r"control_embedding must have the shape \(2, 8, 8, 16\)"):
+            ours(sample, t, text, control_embedding=embedding[:, :, :4])
+
+
 def test_load_controlnet_from_a_model_and_from_its_folder(tmp_path):
     _, controlnet, _, _ = make_networks(CROSSATTN_FIRST, seed=4)
     controlnet.save_pretrained(tmp_path / "controlnet")
