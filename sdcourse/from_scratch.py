@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,7 +22,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sdcourse import CourseWarning, warn
-from sdcourse.arguments import whole_number
+from sdcourse.arguments import flag, real_number, whole_number
+from sdcourse.controlnet import (
+    ControlNet,
+    check_fits,
+    control_images_to_tensor,
+    control_picture_warnings,
+    load_controlnet,
+    picture_size,
+    read_control_images,
+)
 from sdcourse.guidance import guided_noise_prediction, uses_guidance
 from sdcourse.images import images_to_tensor, unit_to_uint8
 from sdcourse.loading import load_pipeline
@@ -54,6 +64,7 @@ from sdcourse.vae import VAE
 #   4. the denoising loop     eps = U-Net(x_t, t, c) with guidance; x_t -> x_next by the sampler
 #   5. decode                 pixels = VAE decoder(z / scaling_factor)
 # The three classes share steps 1, 2, 4 and 5 (`StableDiffusion`) and differ in step 3.
+# TextToImage may hold a ControlNet: its residuals then join the U-Net at every step of 4.
 
 # "DDIMScheduler" -> "ddim": the from-scratch sampler that reproduces each diffusers scheduler
 TWIN_SAMPLERS = {cls.twin: name for name, cls in SAMPLERS.items()}
@@ -109,6 +120,44 @@ def first_step(num_inference_steps, strength) -> int:
 def repeat_to(x, batch):
     """Repeat a batch of k tensors to `batch` of them (k divides batch): [a, b] -> [a, b, a, b]."""
     return x.repeat(batch // len(x), *[1] * (x.ndim - 1))
+
+
+@dataclass
+class Control:
+    """A ControlNet's part in one call: the control pictures' embedding (one per row of the U-Net's
+    batch, doubled for guidance unless in guess mode; the same at every step, so computed once),
+    the scale and the share of the steps it acts in."""
+
+    controlnet: ControlNet
+    embedding: torch.Tensor
+    scale: float
+    guess_mode: bool
+    start: float
+    end: float
+
+    def scale_at(self, i, steps) -> float:
+        """The scale at step i of `steps`: 0 outside [start, end], where step i covers [i/steps, (i+1)/steps]."""
+        outside = i / steps < self.start or (i + 1) / steps > self.end
+        return 0.0 if outside else self.scale
+
+    def denoiser(self, unet, scale, guided):
+        """unet with the ControlNet's residuals: a model(x, t, context) for `guided_noise_prediction`."""
+        def controlled(x, t, context):
+            if self.guess_mode and guided:
+                # the ControlNet sees the prompt's half only; the unconditional half gets no residuals
+                half = len(x) // 2
+                down, mid = self.controlnet(x[half:], t, context[half:], None, scale, guess_mode=True,
+                                            control_embedding=self.embedding)
+                down = [torch.cat([torch.zeros_like(d), d]) for d in down]
+                mid = torch.cat([torch.zeros_like(mid), mid])
+            else:
+                down, mid = self.controlnet(x, t, context, None, scale, guess_mode=self.guess_mode,
+                                            control_embedding=self.embedding)
+            return unet(x, t, context, down, mid)
+
+        return controlled
+
+
 # ---- pictures in and out
 
 
@@ -143,18 +192,38 @@ class StableDiffusion:
 
     Build one with `from_pretrained`, or from networks already built:
     `ImageToImage(sd.text_encoder, sd.unet, sd.vae, sd.sampler)` reuses a TextToImage's networks.
+    TextToImage also takes a ControlNet (`controlnet=`, `sdcourse.controlnet`): made for its U-Net,
+    it steers every picture towards a control picture.
     `on_step(step, t, latents, x0_pred)`, if given to a call, runs after each denoising step
     with the step's index, its timestep, the latents after the step and the sampler's guess of
     the clean latents (`sampler.last_x0`); `sd.decode(x0_pred)` shows that guess as pictures.
     """
 
-    def __init__(self, text_encoder: TextEncoder, unet: UNet, vae: VAE, sampler, tokenizer=None):
+    takes_controlnet = False  # True for the pipelines that can use a ControlNet
+
+    def __init__(self, text_encoder: TextEncoder, unet: UNet, vae: VAE, sampler, tokenizer=None, controlnet=None):
         self.tokenizer = load_tokenizer() if tokenizer is None else tokenizer
         self.text_encoder = text_encoder.eval()
         self.unet = unet.eval()
         self.vae = vae.eval()
         self.sampler = sampler
         self.vae_scale_factor = vae.downsample_factor  # 8: one latent pixel covers 8 x 8 pixels
+        self.controlnet = None if controlnet is None else self._check_controlnet(controlnet).eval()
+
+    def _check_controlnet(self, controlnet):
+        """The course's ControlNet (a diffusers ControlNetModel is converted), made for this U-Net
+        and for pictures this VAE's factor larger than the latents."""
+        if not self.takes_controlnet:
+            raise ValueError(f"{type(self).__name__} does not take a ControlNet; use TextToImage")
+        if not isinstance(controlnet, ControlNet):
+            controlnet = load_controlnet(controlnet)
+        check_fits(controlnet, self.unet)
+        if controlnet.downsample_factor != self.vae_scale_factor:
+            raise ValueError(
+                f"this ControlNet's conditioning embedding shrinks the control picture {controlnet.downsample_factor} "
+                f"times (conditioning_embedding_out_channels={list(controlnet.config['conditioning_embedding_out_channels'])}), "
+                f"but the VAE's latents are {self.vae_scale_factor} times smaller than the pictures")
+        return controlnet
 
     @property
     def pad_token_id(self) -> int:
@@ -169,6 +238,7 @@ class StableDiffusion:
         path_or_diffusers_pipeline: None (the embedded tiny model, or $SDCOURSE_MODEL), a model
             folder or cached hub id (loaded with `load_pipeline`), or a diffusers pipeline already
             loaded. The result runs on that pipeline's device and dtype; `.to()` moves it.
+            A StableDiffusionControlNetPipeline's ControlNet comes along (TextToImage only).
         sampler: a name from `sdcourse.samplers.SAMPLERS` ("ddim", "euler_a", "dpm++2m"...);
             None: the twin of the pipeline's scheduler, built from its config.
         """
@@ -187,17 +257,24 @@ class StableDiffusion:
         unet.load_state_dict(pipe.unet.state_dict())
         vae = VAE.from_config(pipe.vae.config)
         vae.load_state_dict(pipe.vae.state_dict())
+        controlnet = getattr(pipe, "controlnet", None)
+        if controlnet is not None:
+            if not cls.takes_controlnet:
+                raise ValueError(f"{type(pipe).__name__} holds a ControlNet, which {cls.__name__} does not take; "
+                                 "use TextToImage.from_pretrained(pipe)")
+            controlnet = load_controlnet(controlnet)
         # a copy of the pipeline's tokenizer, added words (textual inversion) included: a word added to
         # the pipeline later is not in this one, whose text encoder has no embedding row for it
-        scratch = cls(text_encoder, unet, vae, new_sampler, copy.deepcopy(pipe.tokenizer))
+        scratch = cls(text_encoder, unet, vae, new_sampler, copy.deepcopy(pipe.tokenizer), controlnet=controlnet)
         return scratch.to(pipe.unet.device, pipe.unet.dtype)
 
     def to(self, device=None, dtype=None):
         """Move the networks to a device and/or dtype, like nn.Module.to: `.to("cuda", torch.float16)`."""
         if isinstance(device, torch.dtype):
             device, dtype = None, device
-        for network in (self.text_encoder, self.unet, self.vae):
-            network.to(device=device, dtype=dtype)
+        for network in (self.text_encoder, self.unet, self.vae, self.controlnet):
+            if network is not None:
+                network.to(device=device, dtype=dtype)
         return self
 
     @property
@@ -253,27 +330,34 @@ class StableDiffusion:
             z = self.vae.encode(pixels).sample(generator)
         return self.vae.scaling_factor * z
 
-    def predict_noise(self, latents, t, cond, uncond, guidance_scale, extra_channels=None):
+    def predict_noise(self, latents, t, cond, uncond, guidance_scale, extra_channels=None, control=None,
+                      control_scale=0.0):
         """The U-Net's guided noise prediction at timestep t.
 
         eps = eps(x, c_neg) + w * (eps(x, c) - eps(x, c_neg)), both from ONE U-Net call on the
         doubled batch (`guided_noise_prediction`); with w <= 1 only eps(x, c).
         extra_channels (inpainting U-Nets): the mask and masked picture, put next to the latents.
+        control (a `Control`) with control_scale > 0: the ControlNet runs first, on the same batch,
+        and the U-Net adds its residuals. At scale 0 it is left out: its residuals would be zeros.
         """
         model_input = self.sampler.scale_model_input(latents, t)
         if extra_channels is not None:
             model_input = torch.cat([model_input, extra_channels], dim=1)
-        return guided_noise_prediction(self.unet, model_input, t, cond, uncond, guidance_scale)
+        model = self.unet
+        if control is not None and control_scale > 0:
+            model = control.denoiser(self.unet, control_scale, uses_guidance(guidance_scale))
+        return guided_noise_prediction(model, model_input, t, cond, uncond, guidance_scale)
 
     def denoise(self, latents, timesteps, cond, uncond, guidance_scale, generator,
-                on_step=None, extra_channels=None, after_step=None):
+                on_step=None, extra_channels=None, after_step=None, control=None):
         """The denoising loop: for each t, predict the noise, then let the sampler take one step.
 
         after_step(i, latents) -> latents, if given, changes the latents after each step
-        (inpainting puts the known part of the picture back).
+        (inpainting puts the known part of the picture back). control: a `Control`, or None.
         """
         for i, t in enumerate(timesteps):
-            eps = self.predict_noise(latents, t, cond, uncond, guidance_scale, extra_channels)
+            scale = control.scale_at(i, len(timesteps)) if control is not None else 0.0
+            eps = self.predict_noise(latents, t, cond, uncond, guidance_scale, extra_channels, control, scale)
             latents = self.sampler.step(eps, t, latents, generator=generator)  # x_t -> x_next
             if after_step is not None:
                 latents = after_step(i, latents)
@@ -326,19 +410,52 @@ class StableDiffusion:
 
 
 class TextToImage(StableDiffusion):
-    """Text to image: start from pure noise and denoise it towards the prompt."""
+    """Text to image: start from pure noise and denoise it towards the prompt.
+
+    With a ControlNet (from a StableDiffusionControlNetPipeline, or `controlnet=`) the pictures
+    also follow a control picture, `image=`, as diffusers' StableDiffusionControlNetPipeline draws them.
+    """
+
+    takes_controlnet = True
 
     @torch.no_grad()
     def __call__(self, prompt, negative_prompt=None, height=None, width=None, num_inference_steps=50,
-                 guidance_scale=7.5, num_images_per_prompt=1, generator=None, on_step=None):
+                 guidance_scale=7.5, num_images_per_prompt=1, generator=None, on_step=None, *, image=None,
+                 controlnet_conditioning_scale=1.0, guess_mode=False, control_guidance_start=0.0,
+                 control_guidance_end=1.0):
         """Pictures for the prompt(s), as a list of PIL images (diffusers' argument names and defaults).
 
-        height, width: multiples of 8; default: the model's native size.
+        height, width: multiples of 8; default: the model's native size, or with a ControlNet the
+            first control picture's size rounded down to a multiple of 8 (as diffusers does).
+        With a ControlNet only:
+        image: the control picture: a PIL image, a numpy array or tensor (floats in [0, 1], bools
+            or 0..255), or a list of them, one for every prompt (or a single one for all). Each is
+            resized to height x width (Lanczos for PIL pictures, the nearest pixel for arrays), as
+            diffusers does; a picture of another size is resized with a CourseWarning saying so.
+        controlnet_conditioning_scale (>= 0): how strongly the control steers; 0 gives the
+            pictures of the model without ControlNet.
+        guess_mode: the ControlNet sees the prompt's half of the guided batch only, its residuals
+            scaled from 0.1 (fine levels) to 1 (the mid block): the control shows even with no prompt.
+        control_guidance_start, control_guidance_end (0 <= start < end <= 1): the share of the
+            steps the ControlNet acts in; a step whose span [i/n, (i+1)/n] leaves it goes without.
         """
         self._check_plain_unet()
         prompts, negatives, steps, guided, batch, generator = self._check_arguments(
             prompt, negative_prompt, num_inference_steps, guidance_scale, num_images_per_prompt, generator, on_step)
-        height, width = self._check_size(height, width, self._native_size(), self._native_size(), batch)
+        pictures = self._check_control_arguments(image, controlnet_conditioning_scale, guess_mode,
+                                                 control_guidance_start, control_guidance_end, len(prompts))
+        default_height = default_width = self._native_size()
+        if pictures is not None:  # as diffusers: the first control picture's size, down to a multiple of 8
+            f = self.vae_scale_factor
+            default_height, default_width = (size // f * f for size in picture_size(pictures[0]))
+        height, width = self._check_size(height, width, default_height, default_width, batch)
+        control = None
+        if pictures is not None:
+            pixels = self._control_pixels(pictures, height, width, guided, guess_mode, num_images_per_prompt, batch)
+            # the control picture's features on the latent grid are the same at every step: computed once
+            control = Control(self.controlnet, self.controlnet.embed_control(pixels),
+                              float(controlnet_conditioning_scale), guess_mode, float(control_guidance_start),
+                              float(control_guidance_end))
 
         # 1. encode the prompt: c = text_encoder(tokens), c_neg for the negative prompt
         cond, uncond = self.encode_prompts(prompts, negatives, guided, num_images_per_prompt)
@@ -346,10 +463,62 @@ class TextToImage(StableDiffusion):
         timesteps = self.set_timesteps(steps)
         # 3. prepare the latents: x_T = init_noise_sigma * eps, eps ~ N(0, I)
         latents = self.initial_noise(batch, height, width, generator) * self.sampler.init_noise_sigma
-        # 4. the denoising loop
-        latents = self.denoise(latents, timesteps, cond, uncond, guidance_scale, generator, on_step)
+        # 4. the denoising loop (with a ControlNet: its residuals join the U-Net at every step it acts in)
+        latents = self.denoise(latents, timesteps, cond, uncond, guidance_scale, generator, on_step, control=control)
         # 5. decode
         return self.decode(latents)
+
+    def _check_control_arguments(self, image, scale, guess_mode, start, end, prompt_count):
+        """The control pictures (`read_control_images`), or None without a ControlNet; every control
+        argument checked."""
+        if self.controlnet is None:
+            if image is not None:
+                raise ValueError("image= is a ControlNet's control picture, and this TextToImage has no ControlNet: "
+                                 "build it from a StableDiffusionControlNetPipeline (TextToImage.from_pretrained(pipe)) "
+                                 "or give one (TextToImage(..., controlnet=ControlNet.from_unet(unet))); to start from "
+                                 "a picture, use ImageToImage")
+            changed = [name for name, value, default in (
+                ("controlnet_conditioning_scale", scale, 1.0), ("guess_mode", guess_mode, False),
+                ("control_guidance_start", start, 0.0), ("control_guidance_end", end, 1.0)) if value != default]
+            if changed:
+                raise ValueError(f"{', '.join(changed)} steer a ControlNet, and this TextToImage has none")
+            return None
+        if image is None:
+            raise ValueError("this TextToImage holds a ControlNet: pass its control picture as image= (an outline, "
+                             "say, white lines on black, as a PIL image, numpy array or tensor)")
+        real_number("controlnet_conditioning_scale", scale, 0, meaning="0: no control, 1: as trained")
+        flag("guess_mode", guess_mode)
+        start = real_number("control_guidance_start", start, 0, 1, high_open=True,
+                            meaning="the share of the steps done before the ControlNet starts")
+        end = real_number("control_guidance_end", end, 0, 1, low_open=True,
+                          meaning="the share of the steps done when the ControlNet stops")
+        if start >= end:
+            raise ValueError(f"control_guidance_start must be below control_guidance_end, got {start:g} and {end:g}")
+        pictures = read_control_images(image, self.controlnet.conditioning_channels)
+        if len(pictures) not in (1, prompt_count):
+            raise ValueError(f"image: {len(pictures)} control pictures for {prompt_count} prompt(s); give one control "
+                             "picture for every prompt, or a single one for all")
+        return pictures
+
+    def _control_pixels(self, pictures, height, width, guided, guess_mode, num_images_per_prompt, batch):
+        """The control pictures as the ControlNet reads them: (rows, C, height, width) in [0, 1], one
+        per picture made, and twice that under guidance (the unconditional half too) unless in guess mode."""
+        sizes = sorted({picture_size(p) for p in pictures} - {(height, width)})
+        if sizes:
+            listed = ", ".join(f"{w}x{h}" for h, w in sizes)
+            warn(f"image (the control picture) is {listed} pixels (width x height), not the {width}x{height} of the "
+                 f"pictures asked: it is resized to {width}x{height}, as diffusers does, which can blur or stretch "
+                 "its lines; give it at the size of the pictures, or pass that size as height= and width=",
+                 CourseWarning, stacklevel=4)
+        pixels = control_images_to_tensor(pictures, height, width, self.controlnet.conditioning_channels)
+        for note in control_picture_warnings(pixels):
+            warn(note, CourseWarning, stacklevel=4)
+        # one control picture for all (repeat it for every picture), or one per prompt (for each of its pictures)
+        pixels = pixels.repeat_interleave(batch if len(pixels) == 1 else num_images_per_prompt, dim=0)
+        if guided and not guess_mode:
+            pixels = torch.cat([pixels, pixels])
+        parameter = next(self.controlnet.parameters())
+        return pixels.to(parameter.device, parameter.dtype)
 
 
 class ImageToImage(StableDiffusion):

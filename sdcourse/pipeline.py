@@ -5,10 +5,12 @@
 - `sdcourse.from_scratch`: `TextToImage`, `ImageToImage` and `Inpaint`, the same pipelines
   written with the course's own tokenizer, text encoder, U-Net, VAE and samplers.
 - `sdcourse.request_checks`: what every request for pictures must be (prompts, sizes, memory).
+- `sdcourse.controlnet`: the ControlNet a TextToImage may hold (`ControlNet`, `load_controlnet`).
 
     >>> from sdcourse.pipeline import TextToImage, generate, load_pipeline
 """
 
+from sdcourse.controlnet import ControlNet, load_controlnet  # noqa: F401
 from sdcourse.from_scratch import (  # noqa: F401
     FALLBACK_SAMPLER,
     TWIN_SAMPLERS,

@@ -22,6 +22,8 @@ The ResNet blocks, the resampling and the attention core come from `sdcourse.lay
 with the VAE and the text encoder; this file wires them into the U and adds what only the
 U-Net has: the timestep embedding and the transformer blocks. Every block reads the settings
 it shares with the others from one `BlockConfig`, and each level's own sizes from a `Level`.
+The first half of the U (conv_in, the time embedding, the down blocks, the mid block) is built and
+run by functions that the ControlNet (`sdcourse.controlnet`), a copy of that half, uses too.
 
 Every parameter has the same name as in diffusers' `UNet2DConditionModel`, so
 
@@ -360,6 +362,127 @@ def _per_block(value, n, name):
 
 
 # ----------------------------------------------------------------------------
+# The down path: what the U-Net shares with its ControlNet (sdcourse.controlnet)
+
+
+@dataclass(frozen=True)
+class Levels:
+    """The sizes of the U's levels, one entry per level, as a config gives them."""
+
+    channels: list
+    layers: list
+    heads: list
+    transformer_layers: list
+
+    @classmethod
+    def from_config(cls, cfg):
+        channels = list(cfg["block_out_channels"])
+        n = len(channels)
+        # diffusers' naming quirk: in SD configs `attention_head_dim` holds the NUMBER OF HEADS
+        # (8 for SD 1.x; [5, 10, 20, 20] for SD 2.x), not the width of a head. Each head is
+        # channels // heads wide (320 // 8 = 40 in SD 1.5's first block; 64 everywhere in SD 2.x).
+        # The name was a mistake kept for compatibility; `num_attention_heads`, when set, wins.
+        return cls(
+            channels=channels,
+            layers=_per_block(cfg["layers_per_block"], n, "layers_per_block"),
+            heads=_per_block(cfg["num_attention_heads"] or cfg["attention_head_dim"], n, "attention_head_dim"),
+            transformer_layers=_per_block(cfg["transformer_layers_per_block"], n, "transformer_layers_per_block"),
+        )
+
+
+def block_config(cfg) -> BlockConfig:
+    """The settings every block shares; the timestep embedding is 4 x the first level's channels wide."""
+    return BlockConfig(
+        norm_groups=cfg["norm_num_groups"], norm_eps=cfg["norm_eps"], temb_channels=cfg["block_out_channels"][0] * 4,
+        cross_attention_dim=cfg["cross_attention_dim"], use_linear_projection=cfg["use_linear_projection"],
+    )
+
+
+def down_path(block_types, levels: Levels, blocks: BlockConfig) -> nn.ModuleList:
+    """The down blocks: level i goes from channels[i-1] to channels[i]; all but the last halve the size."""
+    channels, n = levels.channels, len(levels.channels)
+    down_blocks = nn.ModuleList()
+    for i, block_type in enumerate(block_types):
+        level = Level(channels[max(i - 1, 0)], channels[i], levels.layers[i], levels.heads[i],
+                      levels.transformer_layers[i], attention=block_type == "CrossAttnDownBlock2D", resample=i < n - 1)
+        down_blocks.append(DownBlock(level, blocks))
+    return down_blocks
+
+
+def run_down_blocks(down_blocks, x, temb, context):
+    """x through every down block; returns the result and every intermediate one (the skips),
+    x itself first."""
+    skips = [x]
+    for block in down_blocks:
+        x, block_skips = block(x, temb, context)
+        skips.extend(block_skips)
+    return x, skips
+
+
+def batch_timesteps(timestep, sample):
+    """A number, or a tensor of one value or one per sample -> (batch,) timesteps on sample's device."""
+    batch = sample.shape[0]
+    if not torch.is_tensor(timestep):
+        dtype = torch.float32 if isinstance(timestep, float) else torch.int64
+        timestep = torch.tensor([timestep], dtype=dtype)
+    timestep = timestep.to(sample.device).reshape(-1)  # (1,) or (batch,)
+    if timestep.shape[0] not in (1, batch):
+        raise ValueError(
+            f"timestep has {timestep.shape[0]} values, expected one or one per sample (batch={batch})"
+        )
+    return timestep.expand(batch)  # (batch,)
+
+
+def embed_time(network, timestep, sample):
+    """t -> sinusoid (batch, channels[0]) -> the network's MLP -> temb (batch, 4 channels[0])."""
+    t = batch_timesteps(timestep, sample)
+    t_emb = timestep_embedding(t, network.conv_in.out_channels, network.flip_sin_to_cos, network.freq_shift)
+    return network.time_embedding(t_emb.to(sample.dtype))
+
+
+def check_inputs(network, sample, encoder_hidden_states):
+    """The shapes a U-Net or a ControlNet (`network.kind`) takes: sample (batch, in_channels, h, w)
+    with h and w divisible by 2 ** num_downsamplers, text (batch, tokens, cross_attention_dim)."""
+    kind = network.kind
+    if sample.ndim != 4:
+        raise ValueError(f"sample must be (batch, channels, height, width), got shape {tuple(sample.shape)}")
+    if sample.shape[1] != network.in_channels:
+        raise ValueError(
+            f"sample has {sample.shape[1]} channels, but this {kind} expects in_channels={network.in_channels}"
+        )
+    factor = 2 ** network.num_downsamplers
+    height, width = sample.shape[-2:]
+    if height % factor or width % factor:
+        raise ValueError(
+            f"sample height and width must be divisible by {factor} (the {kind} halves them "
+            f"{network.num_downsamplers} times), got {height}x{width}"
+        )
+    if encoder_hidden_states.ndim != 3:
+        raise ValueError(
+            "encoder_hidden_states must be (batch, tokens, cross_attention_dim), "
+            f"got shape {tuple(encoder_hidden_states.shape)}"
+        )
+    if encoder_hidden_states.shape[-1] != network.cross_attention_dim:
+        raise ValueError(
+            f"encoder_hidden_states has width {encoder_hidden_states.shape[-1]}, but this {kind} expects "
+            f"cross_attention_dim={network.cross_attention_dim}"
+        )
+    if encoder_hidden_states.shape[0] != sample.shape[0]:
+        raise ValueError(
+            f"encoder_hidden_states has batch {encoder_hidden_states.shape[0]}, "
+            f"but sample has batch {sample.shape[0]}"
+        )
+
+
+def set_sdpa(network, enabled):
+    """Every attention layer of `network`: True, torch's fused scaled_dot_product_attention;
+    False, the written-out softmax(QK^T/sqrt(d))V."""
+    for module in network.modules():
+        if isinstance(module, MultiHeadAttention):
+            module.use_sdpa = bool(enabled)
+
+
+# ----------------------------------------------------------------------------
 # The U-Net
 
 
@@ -367,8 +490,11 @@ class UNet(nn.Module):
     """The conditional U-Net of Stable Diffusion 1.x / 2.x. Build it with `UNet.from_config`.
 
     `forward(sample, timestep, encoder_hidden_states)` returns the predicted noise (or v),
-    a tensor shaped like `sample`.
+    a tensor shaped like `sample`. A ControlNet's outputs (`sdcourse.controlnet`) join in as
+    `down_block_additional_residuals` and `mid_block_additional_residual`.
     """
+
+    kind = "U-Net"  # in messages
 
     def __init__(self, config=None, use_sdpa=True):
         """config: a diffusers UNet2DConditionModel config (a dict or `unet.config`); None: diffusers' defaults."""
@@ -381,15 +507,10 @@ class UNet(nn.Module):
         self.flip_sin_to_cos = cfg["flip_sin_to_cos"]
         self.freq_shift = cfg["freq_shift"]
         self.center_input_sample = cfg["center_input_sample"]
-        channels = list(cfg["block_out_channels"])
+        levels = Levels.from_config(cfg)  # channels, layers, heads and transformer layers per level
+        channels, layers, heads, transformer_layers = (
+            levels.channels, levels.layers, levels.heads, levels.transformer_layers)
         n = len(channels)
-        layers = _per_block(cfg["layers_per_block"], n, "layers_per_block")
-        transformer_layers = _per_block(cfg["transformer_layers_per_block"], n, "transformer_layers_per_block")
-        # diffusers' naming quirk: in SD configs `attention_head_dim` holds the NUMBER OF HEADS
-        # (8 for SD 1.x; [5, 10, 20, 20] for SD 2.x), not the width of a head. Each head is
-        # channels // heads wide (320 // 8 = 40 in SD 1.5's first block; 64 everywhere in SD 2.x).
-        # The name was a mistake kept for compatibility; `num_attention_heads`, when set, wins.
-        heads = _per_block(cfg["num_attention_heads"] or cfg["attention_head_dim"], n, "attention_head_dim")
 
         # input: latents -> first block's channels
         self.conv_in = nn.Conv2d(self.in_channels, channels[0], cfg["conv_in_kernel"],
@@ -400,17 +521,10 @@ class UNet(nn.Module):
         self.time_embedding = TimestepEmbedding(channels[0], time_embed_dim)
 
         # every block shares these settings
-        blocks = BlockConfig(
-            norm_groups=cfg["norm_num_groups"], norm_eps=cfg["norm_eps"], temb_channels=time_embed_dim,
-            cross_attention_dim=self.cross_attention_dim, use_linear_projection=cfg["use_linear_projection"],
-        )
+        blocks = block_config(cfg)
 
         # down path: level i goes from channels[i-1] to channels[i]; all but the last halve the size
-        self.down_blocks = nn.ModuleList()
-        for i, block_type in enumerate(cfg["down_block_types"]):
-            level = Level(channels[max(i - 1, 0)], channels[i], layers[i], heads[i], transformer_layers[i],
-                          attention=block_type == "CrossAttnDownBlock2D", resample=i < n - 1)
-            self.down_blocks.append(DownBlock(level, blocks))
+        self.down_blocks = down_path(cfg["down_block_types"], levels, blocks)
 
         # bottom (up_blocks is registered before it only so that state_dict keys come in diffusers' order)
         self.up_blocks = nn.ModuleList()
@@ -467,9 +581,7 @@ class UNet(nn.Module):
     def use_sdpa(self, enabled):
         """True: torch's fused scaled_dot_product_attention. False: the written-out softmax(QK^T/sqrt(d))V."""
         self._use_sdpa = bool(enabled)
-        for module in self.modules():
-            if isinstance(module, MultiHeadAttention):
-                module.use_sdpa = self._use_sdpa
+        set_sdpa(self, self._use_sdpa)
 
     def store_attention_probs(self, enabled=True, self_attention=False):
         """Keep the attention probabilities of every cross-attention layer (attn2) at each forward.
@@ -511,71 +623,36 @@ class UNet(nn.Module):
         check_state_dict(self, state_dict, strict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def _check_inputs(self, sample, encoder_hidden_states):
-        if sample.ndim != 4:
-            raise ValueError(f"sample must be (batch, channels, height, width), got shape {tuple(sample.shape)}")
-        if sample.shape[1] != self.in_channels:
-            raise ValueError(
-                f"sample has {sample.shape[1]} channels, but this U-Net expects in_channels={self.in_channels}"
-            )
-        factor = 2 ** self.num_downsamplers
-        height, width = sample.shape[-2:]
-        if height % factor or width % factor:
-            raise ValueError(
-                f"sample height and width must be divisible by {factor} (the U-Net halves them "
-                f"{self.num_downsamplers} times), got {height}x{width}"
-            )
-        if encoder_hidden_states.ndim != 3:
-            raise ValueError(
-                "encoder_hidden_states must be (batch, tokens, cross_attention_dim), "
-                f"got shape {tuple(encoder_hidden_states.shape)}"
-            )
-        if encoder_hidden_states.shape[-1] != self.cross_attention_dim:
-            raise ValueError(
-                f"encoder_hidden_states has width {encoder_hidden_states.shape[-1]}, but this U-Net expects "
-                f"cross_attention_dim={self.cross_attention_dim}"
-            )
-        if encoder_hidden_states.shape[0] != sample.shape[0]:
-            raise ValueError(
-                f"encoder_hidden_states has batch {encoder_hidden_states.shape[0]}, "
-                f"but sample has batch {sample.shape[0]}"
-            )
-
-    def _timesteps(self, timestep, sample):
-        batch = sample.shape[0]
-        if not torch.is_tensor(timestep):
-            dtype = torch.float32 if isinstance(timestep, float) else torch.int64
-            timestep = torch.tensor([timestep], dtype=dtype)
-        timestep = timestep.to(sample.device).reshape(-1)  # (1,) or (batch,)
-        if timestep.shape[0] not in (1, batch):
-            raise ValueError(
-                f"timestep has {timestep.shape[0]} values, expected one or one per sample (batch={batch})"
-            )
-        return timestep.expand(batch)  # (batch,)
-
     # ---- forward
 
-    def forward(self, sample, timestep, encoder_hidden_states):
+    def forward(self, sample, timestep, encoder_hidden_states, down_block_additional_residuals=None,
+                mid_block_additional_residual=None):
         """sample: (batch, in_channels, height, width), timestep: number or (batch,),
-        encoder_hidden_states: (batch, tokens, cross_attention_dim). Returns (batch, out_channels, height, width)."""
-        self._check_inputs(sample, encoder_hidden_states)
+        encoder_hidden_states: (batch, tokens, cross_attention_dim). Returns (batch, out_channels, height, width).
+
+        down_block_additional_residuals, mid_block_additional_residual: a ControlNet's outputs, both
+        or neither: one tensor per skip connection, added to it, and one added to the mid block's output.
+        """
+        check_inputs(self, sample, encoder_hidden_states)
+        controlled = _given_both(down_block_additional_residuals, mid_block_additional_residual)
         if self.center_input_sample:
             sample = 2 * sample - 1.0
 
         # 1. time: t -> sinusoid (batch, channels[0]) -> MLP (batch, 4 channels[0])
-        t = self._timesteps(timestep, sample)
-        t_emb = timestep_embedding(t, self.conv_in.out_channels, self.flip_sin_to_cos, self.freq_shift)
-        temb = self.time_embedding(t_emb.to(sample.dtype))
+        temb = embed_time(self, timestep, sample)
 
         # 2. down: keep every intermediate result for the skip connections
         x = self.conv_in(sample)  # (batch, channels[0], height, width)
-        skips = [x]
-        for block in self.down_blocks:
-            x, block_skips = block(x, temb, encoder_hidden_states)
-            skips.extend(block_skips)
+        x, skips = run_down_blocks(self.down_blocks, x, temb, encoder_hidden_states)
+        if controlled:  # a ControlNet's residual joins each skip (not the x going on to the mid block)
+            _check_residuals(down_block_additional_residuals, skips, "down_block_additional_residuals")
+            skips = [skip + residual for skip, residual in zip(skips, down_block_additional_residuals)]
 
         # 3. bottom: (batch, channels[-1], height / 2**(n-1), width / 2**(n-1))
         x = self.mid_block(x, temb, encoder_hidden_states)
+        if controlled:
+            _check_residuals([mid_block_additional_residual], [x], "mid_block_additional_residual")
+            x = x + mid_block_additional_residual
 
         # 4. up: each block pops as many skips as it has ResNets
         for block in self.up_blocks:
@@ -584,3 +661,31 @@ class UNet(nn.Module):
         # 5. out
         x = self.conv_out(F.silu(self.conv_norm_out(x)))  # (batch, out_channels, height, width)
         return x
+
+
+def _given_both(down, mid) -> bool:
+    """Whether a ControlNet's residuals were given: both (True) or neither (False), else a ValueError."""
+    if down is None and mid is None:
+        return False
+    if mid is None:
+        raise ValueError("down_block_additional_residuals was given without mid_block_additional_residual: a "
+                         "ControlNet's outputs come as both (down_block_res_samples, mid_block_res_sample), or neither")
+    if down is None:
+        raise ValueError("mid_block_additional_residual was given without down_block_additional_residuals: a "
+                         "ControlNet's outputs come as both (down_block_res_samples, mid_block_res_sample), or neither")
+    if not isinstance(down, (list, tuple)):
+        raise ValueError("down_block_additional_residuals must be a list of tensors, one per skip connection, "
+                         f"got {type(down).__name__}")
+    return True
+
+
+def _check_residuals(residuals, targets, name):
+    """One residual per target tensor, each of its target's shape (no silent broadcasting)."""
+    if len(residuals) != len(targets):
+        raise ValueError(f"{name} has {len(residuals)} tensors, but this U-Net has {len(targets)} skip connections: "
+                         "was the ControlNet made for another U-Net?")
+    for i, (residual, target) in enumerate(zip(residuals, targets)):
+        label = f"{name}[{i}]" if len(targets) > 1 else name
+        if not torch.is_tensor(residual) or residual.shape != target.shape:
+            got = tuple(residual.shape) if torch.is_tensor(residual) else type(residual).__name__
+            raise ValueError(f"{label} must have the shape {tuple(target.shape)} of what it is added to, got {got}")
