@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..arguments import choice
+from ..arguments import choice, whole_number
 from ..data import shapes
 from .objects import classify_objects, locate, measure_size
 
@@ -80,15 +80,17 @@ def position_measure_accuracy(n: int = 1000, seed: int = 2025) -> dict:
 
 def size_measure_accuracy(n: int = 1000, seed: int = 2027) -> dict:
     """`measure_size`'s own accuracy (%) on fresh single-object generator pictures (all shapes, sizes,
-    positions): overall ("size") and per shape."""
+    positions): overall ("size") and per shape (a shape none of the `n` pictures holds is left out)."""
+    n = whole_number("n", n, minimum=1)
     images, _, labels = shapes.make_dataset(n, seed=seed, shapes=shapes.ALL_SHAPES, n_objects=1)
     asked = [l["objects"][0] for l in labels]
     found = score_sizes(images, [o["size"] for o in asked])["found"]
     right = [f == o["size"] for f, o in zip(found, asked)]
-    result = {"size": float(100 * np.mean(right)) if right else 0.0}
+    result = {"size": float(100 * np.mean(right))}
     for shape in shapes.ALL_SHAPES:
         mine = [r for r, o in zip(right, asked) if o["shape"] == shape]
-        result[shape] = float(100 * np.mean(mine)) if mine else 0.0
+        if mine:
+            result[shape] = float(100 * np.mean(mine))
     return result
 
 
