@@ -152,23 +152,30 @@ def test_a_full_build_in_a_fast_builds_run_folder_is_refused_by_stage_and_settin
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "vae_decoder"]
 
 
-def test_the_build_resumed_on_the_second_editions_stages_refuses_its_clip_by_stage_and_setting(tmp_path, monkeypatch):
-    """The second edition drew no stars and no pink, and its CLIP read no class words: a build
-    under the caption rule reuses its VAE but not its CLIP, and says so before it draws anything."""
-    from sdcourse.training.build_model import StageError, main
+def test_the_build_reuses_the_second_editions_vae_and_clip_and_refuses_a_rule_phase_of_another_rule(tmp_path):
+    """The second edition's VAE and its CLIP's three phases read no caption rule: a build under
+    the rule reuses them, then trains the CLIP's rule phase and the U-Net. A rule phase made
+    under another rule is refused by stage and setting, before anything is drawn."""
+    from sdcourse.files import write_marker
+    from sdcourse.training.build_model import STAGE_OUTPUTS, StageError, check_run_folder, stage_marker
+    from sdcourse.training.config import full_config
 
-    monkeypatch.delenv("SDCOURSE_FAST", raising=False)
     second = Path(__file__).resolve().parents[1] / "build-stages" / "second-edition"
     run = tmp_path / "run"
     run.mkdir()
-    for name in ("config.json", "vae_decoder", "clip_words"):
-        (shutil.copytree if (second / name).is_dir() else shutil.copy)(second / name, run / name)
-    with pytest.raises(StageError, match=r"clip_words: made with class_share='\(not set\)' \(this run: 0.4\), "
-                                         r"colourless_share='\(not set\)' \(this run: 0.2\), "
-                                         r"clip_concept_words='\(not set\)' \(this run: True\)") as refused:
-        main(["--run", str(run), "--out", str(tmp_path / "out"), "--stop-after", "data", "--quiet"])
-    assert "vae_decoder" not in str(refused.value)  # the VAE's settings are the same: it is reused
-    assert sorted(p.name for p in run.iterdir()) == ["clip_words", "config.json", "vae_decoder"]
+    for name in ("vae_decoder", "clip_words"):
+        shutil.copytree(second / name, run / name)
+    shutil.copy(second / "config.json", run / "config.json")
+    previous = json.loads((run / "config.json").read_text())
+    check_run_folder(run, full_config(), previous)  # the same settings for both stages: reused
+
+    shutil.copytree(second / "clip_words", run / "clip_rule")  # stands in for a rule phase's CLIP
+    other = full_config(class_share=0.3)
+    write_marker(stage_marker(run, "clip_rule"), run, STAGE_OUTPUTS["clip_rule"].files,
+                 other.pick(*STAGE_OUTPUTS["clip_rule"].settings))
+    with pytest.raises(StageError, match=r"clip_rule: made with class_share=0.3 \(this run: 0.4\)") as refused:
+        check_run_folder(run, full_config(), previous)
+    assert "clip_words" not in str(refused.value) and "vae_decoder" not in str(refused.value)
 
 
 def build_for(run, **settings):

@@ -66,14 +66,15 @@ from ..evaluate import CLASSIFIER_FILE, classifier_accuracy, save_classifier, va
 from ..tokenizer import load_tokenizer  # noqa: E402
 from . import config as config_mod  # noqa: E402
 from .common import seed_everything, set_threads  # noqa: E402
-from .config import CLIP_DATA_SETTINGS, CLIP_MODEL_SETTINGS, DATA_SETTINGS, RULE_SETTINGS  # noqa: E402
+from .config import CLIP_DATA_SETTINGS, CLIP_MODEL_SETTINGS, CLIP_RULE_SETTINGS, DATA_SETTINGS, RULE_SETTINGS  # noqa: E402
 from ..data import shapes  # noqa: E402
 from ..data.photos import photo_crops  # noqa: E402
-from .datasets import build_clip_set_of, build_contrast_set, build_set_of  # noqa: E402
+from .datasets import build_clip_set_of, build_contrast_set, build_set_of, build_training_set, caption_rules  # noqa: E402
 from .export import claim_pipeline_folder, folder_size_mb, save_clip_extras, save_pipeline  # noqa: E402
 from .judge import train_classifier  # noqa: E402
 from .trainer import PRECISIONS, CheckpointError  # noqa: E402
-from .train_clip import refine_image_encoder, teach_words, train_clip, word_sensitivity, zero_shot_accuracy  # noqa: E402
+from .train_clip import (learn_class_words, refine_image_encoder, teach_words, train_clip, word_sensitivity,  # noqa: E402
+                         zero_shot_accuracy)
 from .train_unet import load_or_cache_latents, save_samples, train_unet  # noqa: E402
 from .train_vae import VAE_SETTINGS, finetune_decoder, latent_scaling_factor, train_vae  # noqa: E402
 
@@ -92,6 +93,7 @@ _VAE_DECODER = (*_VAE, "vae_decoder_steps", "vae_decoder_lr")
 _CLIP = (*DATA_SETTINGS, *CLIP_MODEL_SETTINGS, *CLIP_DATA_SETTINGS, "clip_steps", "clip_lr")
 _CLIP_IMAGE = (*_CLIP, "clip_image_steps", "clip_image_lr")
 _CLIP_WORDS = (*_CLIP_IMAGE, "clip_words_steps", "clip_words_lr")
+_CLIP_RULE = (*_CLIP_WORDS, *CLIP_RULE_SETTINGS)
 _CLASSIFIER = ("seed", "classifier_steps", "classifier_batch", "classifier_n_train")
 _VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 _CLIP_FILES = ("config.json", "model.safetensors")
@@ -100,14 +102,17 @@ _CLIP_FILES = ("config.json", "model.safetensors")
 # and have no marker, but are reused only with the settings they were drawn with, like the rest.
 STAGE_OUTPUTS = {
     "train_set.npz": StageOutput(("train_set.npz",), (*DATA_SETTINGS, *RULE_SETTINGS)),
+    "plain_set.npz": StageOutput(("plain_set.npz",), DATA_SETTINGS),
     "clip_set.npz": StageOutput(("clip_set.npz",), (*DATA_SETTINGS, *RULE_SETTINGS, "clip_concept_words")),
-    "contrast_set.npz": StageOutput(("contrast_set.npz",), ("seed", "clip_contrast_set", "clip_concept_words")),
+    "contrast_set.npz": StageOutput(("contrast_set.npz",), ("seed", "clip_contrast_set")),
+    "contrast_rule_set.npz": StageOutput(("contrast_rule_set.npz",), ("seed", "clip_contrast_set", "clip_concept_words")),
     "vae": StageOutput(tuple(f"vae/{f}" for f in _VAE_FILES), _VAE),
     "vae_decoder": StageOutput(tuple(f"vae_decoder/{f}" for f in _VAE_FILES), _VAE_DECODER),
     "latents.npz": StageOutput(("latents.npz",), (*_VAE_DECODER, *RULE_SETTINGS)),
     "clip": StageOutput(tuple(f"clip/{f}" for f in _CLIP_FILES), _CLIP),
     "clip_refined": StageOutput(tuple(f"clip_refined/{f}" for f in _CLIP_FILES), _CLIP_IMAGE),
     "clip_words": StageOutput(tuple(f"clip_words/{f}" for f in _CLIP_FILES), _CLIP_WORDS),
+    "clip_rule": StageOutput(tuple(f"clip_rule/{f}" for f in _CLIP_FILES), _CLIP_RULE),
     CLASSIFIER_FILE: StageOutput((CLASSIFIER_FILE,), _CLASSIFIER),
     "classifier.safetensors": StageOutput(("classifier.safetensors",), _CLASSIFIER),  # its name in older runs
 }
@@ -182,7 +187,23 @@ class Build:
         self.tokenizer = load_tokenizer()
         self.eval_n = 128 if cfg.fast else 1000  # pictures for the accuracy figures
         # Made by the stages, in order (clip_data: the same pictures, with the CLIP's captions):
+        self._plain_data = None
         self.data = self.clip_data = self.photos = self.clip = self.text_encoder = self.vae = self.latents = self.unet = None
+
+    @property
+    def plain_data(self) -> dict:
+        """The CLIP's first three phases learn from captions that always name the shape and the
+        colour: the training set drawn without the caption rule (drawn when first needed, cached)."""
+        if self._plain_data is None:
+            if caption_rules(self.cfg)[0] is None:
+                self._plain_data = self.data
+            else:
+                cfg = self.cfg
+                with self.accelerator.main_process_first():
+                    self._plain_data = build_training_set(cfg.n_train, cfg.captions_per_image, cfg.seed,
+                                                          cfg.two_object_prob, cache=self.run_dir / "plain_set.npz",
+                                                          progress=self.progress)
+        return self._plain_data
 
     def save(self, model, name: str):
         """Save a stage's model into its folder of the run folder, then its marker."""
@@ -199,7 +220,8 @@ class Build:
 def data_stage(b: Build):
     """1. The fixed training set (drawn once, cached in the run folder) and the photo crops.
     Under a caption rule, the CLIP's copy of it (clip_set.npz) holds the same pictures with every
-    second caption naming stars and pink by their own words."""
+    second caption naming stars and pink by their own words; the CLIP's first phases read a set
+    drawn without the rule (`Build.plain_data`)."""
     cfg = b.cfg
     with b.accelerator.main_process_first():
         b.data = build_set_of(cfg, b.run_dir / "train_set.npz", b.progress)
@@ -207,14 +229,16 @@ def data_stage(b: Build):
     b.photos = photo_crops(cfg.n_photo_crops, cfg.seed)
 
 
-def contrast_set(b: Build) -> dict | None:
-    """The CLIP's contrast pairs (drawn once, cached in the run folder), or None if it uses none."""
+def contrast_set(b: Build, with_concepts: bool = False) -> dict | None:
+    """The CLIP's contrast pairs (drawn once, cached in the run folder), or None if it uses none.
+    with_concepts: the rule phase's, whose pairs include stars when the CLIP says "star"."""
     if not b.cfg.clip_contrast_pairs:
         return None
+    concepts = with_concepts and b.cfg.clip_concept_words
     with b.accelerator.main_process_first():
-        named = shapes.ALL_SHAPES if b.cfg.clip_concept_words else shapes.BASE_SHAPES
-        return build_contrast_set(b.cfg.clip_contrast_set, b.cfg.seed, cache=b.run_dir / "contrast_set.npz",
-                                  progress=b.progress, shapes_named=named)
+        return build_contrast_set(b.cfg.clip_contrast_set, b.cfg.seed,
+                                  cache=b.run_dir / ("contrast_rule_set.npz" if concepts else "contrast_set.npz"),
+                                  progress=b.progress, shapes_named=shapes.ALL_SHAPES if concepts else shapes.BASE_SHAPES)
 
 
 def finished(b: Build, name: str) -> bool:
@@ -240,13 +264,13 @@ def clip_stage(b: Build):
     """3. The CLIP, both halves trained together, contrastively."""
     from transformers import CLIPModel
 
-    if finished(b, "clip_words"):
-        return  # its last phase is done: that one is loaded (a run resumed from its finished stages)
+    if finished(b, "clip_words") or finished(b, "clip_rule"):
+        return  # a later phase is done: that one is loaded (a run resumed from its finished stages)
     if finished(b, "clip"):
         b.clip = CLIPModel.from_pretrained(str(b.run_dir / "clip"), dtype=torch.float32).eval()
     else:
         seed_everything(b.cfg.seed + 1)
-        b.clip = train_clip(b.cfg, b.clip_data, b.run_dir, b.progress, contrast=contrast_set(b))
+        b.clip = train_clip(b.cfg, b.plain_data, b.run_dir, b.progress, contrast=contrast_set(b))
         b.save(b.clip, "clip")
         if b.main:
             b.log.figure("clip_zero_shot", zero_shot_accuracy(b.clip, n=b.eval_n),
@@ -255,20 +279,23 @@ def clip_stage(b: Build):
                          "text encoder: % change of its output per kind of word")
 
 
+LATER_CLIP_PHASES = {"clip_refined": ("clip_words", "clip_rule"), "clip_words": ("clip_rule",)}
+
+
 def later_clip_phase(b: Build, folder_name: str, steps: int, seed_offset: int, train, label: str) -> bool:
     """One of the CLIP's later phases: loaded from the run folder if it is done, else trained (if
     it has steps), saved, and its zero-shot accuracy logged. True when it trained now."""
     from transformers import CLIPModel
 
-    if folder_name != "clip_words" and finished(b, "clip_words"):
-        return False
+    if any(finished(b, name) for name in LATER_CLIP_PHASES[folder_name]):
+        return False  # a later phase is done: that one is loaded
     if finished(b, folder_name):
         b.clip = CLIPModel.from_pretrained(str(b.run_dir / folder_name), dtype=torch.float32).eval()
         return False
     if steps <= 0:
         return False
     seed_everything(b.cfg.seed + seed_offset)
-    b.clip = train(b.cfg, b.clip, b.clip_data, b.run_dir, b.progress, contrast=contrast_set(b))
+    b.clip = train(b.cfg, b.clip, b.plain_data, b.run_dir, b.progress, contrast=contrast_set(b))
     b.save(b.clip, folder_name)
     if b.main:
         b.log.figure(f"clip_zero_shot_after_{label}_phase", zero_shot_accuracy(b.clip, n=b.eval_n),
@@ -288,6 +315,33 @@ def clip_words_stage(b: Build):
     if later_clip_phase(b, "clip_words", b.cfg.clip_words_steps, 5, teach_words, "words") and b.main:
         b.log.figure("text_encoder_word_sensitivity_after_words_phase", word_sensitivity(text_half(b.clip)),
                      "text encoder: % change of its output per kind of word, after the words phase")
+    if b.clip is not None:  # None when the rule phase is done: its CLIP is loaded next
+        b.text_encoder = text_half(b.clip).eval().requires_grad_(False)
+
+
+def clip_rule_stage(b: Build):
+    """3d. Under a caption rule: both halves train together once more, on the rule's captions
+    (the class word "shape", captions without a colour; every second caption naming stars and
+    pink, with clip_concept_words) and contrast pairs that include stars. Phases 1-3 read
+    captions that always name the shape and colour, so the shape and colour words are learned
+    first, from the full signal; this phase adds the class words on top. Its text encoder
+    becomes SD's, frozen."""
+    if caption_rules(b.cfg)[0] is None or b.cfg.clip_rule_steps <= 0:
+        return
+    from transformers import CLIPModel
+
+    if finished(b, "clip_rule"):
+        b.clip = CLIPModel.from_pretrained(str(b.run_dir / "clip_rule"), dtype=torch.float32).eval()
+    else:
+        seed_everything(b.cfg.seed + 6)
+        b.clip = learn_class_words(b.cfg, b.clip, b.clip_data, b.run_dir, b.progress,
+                                   contrast=contrast_set(b, with_concepts=True))
+        b.save(b.clip, "clip_rule")
+        if b.main:
+            b.log.figure("clip_zero_shot_after_rule_phase", zero_shot_accuracy(b.clip, n=b.eval_n),
+                         "CLIP zero-shot accuracy after the rule phase")
+            b.log.figure("text_encoder_word_sensitivity_after_rule_phase", word_sensitivity(text_half(b.clip)),
+                         "text encoder: % change of its output per kind of word, after the rule phase")
     b.text_encoder = text_half(b.clip).eval().requires_grad_(False)
 
 
@@ -387,7 +441,8 @@ def ship_stage(b: Build):
 
 
 STAGES = (("data", data_stage), ("vae", vae_stage), ("vae_decoder", vae_decoder_stage), ("clip", clip_stage),
-          ("clip_image", clip_image_stage), ("clip_words", clip_words_stage), ("latents", latents_stage), ("unet", unet_stage),
+          ("clip_image", clip_image_stage), ("clip_words", clip_words_stage), ("clip_rule", clip_rule_stage),
+          ("latents", latents_stage), ("unet", unet_stage),
           ("classifier", classifier_stage), ("ship", ship_stage))
 
 

@@ -43,6 +43,12 @@ class BuildConfig:
     clip_image_lr: float = 1e-3
     clip_words_steps: int = 2000  # phase 3: both halves again, so the text encoder learns shape and position words
     clip_words_lr: float = 3e-4
+    # phase 4, under the caption rule: both halves again, on captions that use the class words (and,
+    # with clip_concept_words, name stars and pink in every second caption), so that the text
+    # encoder learns "shape" and a caption without a colour on top of the shape and colour words
+    # phases 1-3 taught it from captions that always name both.
+    clip_rule_steps: int = 1500
+    clip_rule_lr: float = 3e-4
 
     # VAE: f=8, 4 latent channels (64x64x3 -> 8x8x4), trained on fresh pictures of every shape.
     vae_channels: tuple = (32, 64, 128, 128)
@@ -93,7 +99,8 @@ class BuildConfig:
 # Groups of settings that several stages depend on (and record in their checkpoints).
 DATA_SETTINGS = ("seed", "n_train", "captions_per_image", "two_object_prob")
 RULE_SETTINGS = ("class_share", "colourless_share")  # what the pictures and captions hold (not the VAE's concern)
-CLIP_DATA_SETTINGS = (*RULE_SETTINGS, "clip_concept_words", "clip_batch", "clip_contrast_pairs", "clip_contrast_set")
+CLIP_DATA_SETTINGS = ("clip_batch", "clip_contrast_pairs", "clip_contrast_set")
+CLIP_RULE_SETTINGS = (*RULE_SETTINGS, "clip_concept_words", "clip_rule_steps", "clip_rule_lr")
 CLIP_MODEL_SETTINGS = ("clip_text_width", "clip_text_layers", "clip_text_heads", "clip_vision_width",
                        "clip_vision_layers", "clip_vision_heads", "clip_projection")
 VAE_MODEL_SETTINGS = ("vae_channels", "vae_groups")
@@ -108,7 +115,8 @@ def fast_config(**overrides) -> BuildConfig:
     """The same build in miniature: small data, few steps. Produces a working, poor model."""
     small = dict(
         n_train=768, captions_per_image=2, n_photo_crops=128,
-        clip_steps=30, clip_batch=64, clip_image_steps=20, clip_words_steps=10, clip_contrast_set=64, clip_contrast_pairs=8,
+        clip_steps=30, clip_batch=64, clip_image_steps=20, clip_words_steps=10, clip_rule_steps=10, clip_contrast_set=64,
+        clip_contrast_pairs=8,
         vae_steps=12, vae_batch=8, vae_decoder_steps=4,
         unet_steps=24, unet_batch=16, unet_warmup=6, unet_ema_decay=0.9,
         classifier_steps=30, classifier_batch=32, classifier_n_train=512,

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..data import shapes
 from ..tokenizer import END_TOKEN_ID, MAX_LENGTH, START_TOKEN_ID, VOCAB_SIZE, load_tokenizer
 from ..images import images_to_tensor
-from .config import CLIP_DATA_SETTINGS, CLIP_MODEL_SETTINGS, DATA_SETTINGS
+from .config import CLIP_DATA_SETTINGS, CLIP_MODEL_SETTINGS, CLIP_RULE_SETTINGS, DATA_SETTINGS
 from .datasets import tokenize_ids
 from .trainer import Trainer, TrainSettings
 
@@ -143,9 +143,10 @@ def report_accuracy(cfg, steps: int, label: str):
 
 
 def train_jointly(cfg, model, data: dict, contrast: dict | None, steps: int, lr: float, checkpoint: Path, name: str,
-                  seed_tag: int, progress: bool = True):
+                  seed_tag: int, progress: bool = True, settings: tuple = ()):
     """Both halves of the CLIP train together on the training set and, if given, the contrast
-    pairs (`build_contrast_set`); resumes from `checkpoint`. Returns the model."""
+    pairs (`build_contrast_set`); resumes from `checkpoint`. settings: more of cfg's settings (by
+    name) that a resumed run must share. Returns the model."""
     gen = np.random.default_rng([cfg.seed, seed_tag, 0])
     next_caption = caption_sampler(cfg, data, contrast, gen)
 
@@ -160,7 +161,8 @@ def train_jointly(cfg, model, data: dict, contrast: dict | None, steps: int, lr:
 
     trainer = Trainer(model, loss, next_batch, clip_settings(cfg, steps, lr, warmup_share=15, weight_decay=0.1),
                       generator=gen, checkpoint=checkpoint, name=name,
-                      record=cfg.pick(*DATA_SETTINGS, *CLIP_MODEL_SETTINGS, *CLIP_DATA_SETTINGS), progress=progress,
+                      record=cfg.pick(*DATA_SETTINGS, *CLIP_MODEL_SETTINGS, *CLIP_DATA_SETTINGS, *settings),
+                      progress=progress,
                       after_step=report_accuracy(cfg, steps, name))
     return trainer.fit()
 
@@ -228,6 +230,18 @@ def pooled_text(model, token_ids: np.ndarray, batch: int = 512) -> torch.Tensor:
         ids = trim_padding(torch.from_numpy(token_ids[start : start + batch]).long())
         out.append(model.text_model(input_ids=ids).pooler_output)
     return torch.cat(out)
+
+
+def learn_class_words(cfg, model, data: dict, run_dir: Path, progress: bool = True, contrast: dict | None = None):
+    """Phase 4, under a caption rule: both halves train together on the rule's captions (the
+    class word "shape", captions without a colour, and with clip_concept_words every second
+    caption saying "star" and "pink") and contrast pairs that include stars. Resumes from
+    run_dir/clip_rule_ckpt.pt."""
+    model.requires_grad_(True)
+    trained = train_jointly(cfg, model, data, contrast, cfg.clip_rule_steps, cfg.clip_rule_lr,
+                            Path(run_dir) / "clip_rule_ckpt.pt", "CLIP rule", seed_tag=17, progress=progress,
+                            settings=CLIP_RULE_SETTINGS)
+    return trained.requires_grad_(False)
 
 
 def refine_image_encoder(cfg, model, data: dict, run_dir: Path, progress: bool = True, contrast: dict | None = None):
