@@ -77,6 +77,10 @@ class BuildConfig:
     unet_warmup: int = 200
     unet_ema_decay: float = 0.999
     caption_dropout: float = 0.1
+    # The text encoder trains on with the U-Net at this times its learning rate (0: frozen, as SD 1.x
+    # keeps CLIP's). The diffusion loss then shapes what the U-Net reads: a word the CLIP cannot
+    # tell apart by contrast ("shape", covering four shapes; position words) gets an encoding of its own.
+    text_encoder_lr_scale: float = 0.2
     min_snr_gamma: float = 5.0  # 0 = plain MSE
 
     # Evaluator: a small CNN that names the colour and shape in a picture.
