@@ -7,7 +7,7 @@ import numpy as np
 
 from ..arguments import choice, whole_number
 from ..data import shapes
-from .objects import classify_objects, locate, measure_size
+from .objects import classify_objects, locate, measure_size, object_colours
 
 
 def colour_and_shape(obj: dict) -> tuple:
@@ -89,6 +89,26 @@ def size_measure_accuracy(n: int = 1000, seed: int = 2027) -> dict:
         mine = [r for r, o in zip(right, asked) if o["shape"] == shape]
         if mine:
             result[shape] = float(100 * np.mean(mine))
+    return result
+
+
+def colour_measure_accuracy(n: int = 1000, seed: int = 2028) -> dict:
+    """`object_colours`' own accuracy (%) on fresh single-object generator pictures, every shape,
+    in the palette's colours and in pink: overall ("colour") and for pink alone."""
+    n = whole_number("n", n, minimum=1)
+    images, _, labels = shapes.make_dataset(n, seed=seed, shapes=shapes.ALL_SHAPES, n_objects=1)
+    asked = [label["objects"][0]["colour"] for label in labels]
+    # A third of the pictures again with the object in pink (the generator draws it by its (r, g, b)).
+    rng = np.random.default_rng([seed, 8])
+    pink = rng.permutation(n)[: max(1, n // 3)]
+    scenes = [shapes.scene_at(int(i), seed, shapes.ALL_SHAPES, 1) for i in pink]
+    for i, scene in zip(pink, scenes):
+        scene.objects[0].colour = "pink"
+        images[i], asked[i] = shapes.render(scene), "pink"
+    found = object_colours(images)
+    right = [f == a for f, a in zip(found, asked)]
+    result = {"colour": float(100 * np.mean(right))}
+    result["pink"] = float(100 * np.mean([r for r, a in zip(right, asked) if a == "pink"]))
     return result
 
 
