@@ -279,12 +279,15 @@ def clip_stage(b: Build):
                          "text encoder: % change of its output per kind of word")
 
 
-LATER_CLIP_PHASES = {"clip_refined": ("clip_words", "clip_rule"), "clip_words": ("clip_rule",)}
+LATER_CLIP_PHASES = {"clip_refined": ("clip_words", "clip_rule"), "clip_words": ("clip_rule",), "clip_rule": ()}
 
 
-def later_clip_phase(b: Build, folder_name: str, steps: int, seed_offset: int, train, label: str) -> bool:
+def later_clip_phase(b: Build, folder_name: str, steps: int, seed_offset: int, train, label: str,
+                     under_rule: bool = False) -> bool:
     """One of the CLIP's later phases: loaded from the run folder if it is done, else trained (if
-    it has steps), saved, and its zero-shot accuracy logged. True when it trained now."""
+    it has steps), saved, and its zero-shot accuracy logged. True when it trained now.
+    under_rule: it reads the caption rule's captions and contrast pairs (the rule phase); the
+    others read the rule-free set."""
     from transformers import CLIPModel
 
     if any(finished(b, name) for name in LATER_CLIP_PHASES[folder_name]):
@@ -295,7 +298,8 @@ def later_clip_phase(b: Build, folder_name: str, steps: int, seed_offset: int, t
     if steps <= 0:
         return False
     seed_everything(b.cfg.seed + seed_offset)
-    b.clip = train(b.cfg, b.clip, b.plain_data, b.run_dir, b.progress, contrast=contrast_set(b))
+    data = b.clip_data if under_rule else b.plain_data
+    b.clip = train(b.cfg, b.clip, data, b.run_dir, b.progress, contrast=contrast_set(b, with_concepts=under_rule))
     b.save(b.clip, folder_name)
     if b.main:
         b.log.figure(f"clip_zero_shot_after_{label}_phase", zero_shot_accuracy(b.clip, n=b.eval_n),
@@ -312,11 +316,17 @@ def clip_words_stage(b: Build):
     """3c. Both halves train together again, on the contrast pairs too: the image encoder now
     sees shapes and positions, so the text encoder learns their words. Its text encoder
     becomes SD's, frozen."""
-    if later_clip_phase(b, "clip_words", b.cfg.clip_words_steps, 5, teach_words, "words") and b.main:
-        b.log.figure("text_encoder_word_sensitivity_after_words_phase", word_sensitivity(text_half(b.clip)),
-                     "text encoder: % change of its output per kind of word, after the words phase")
+    if later_clip_phase(b, "clip_words", b.cfg.clip_words_steps, 5, teach_words, "words"):
+        log_word_sensitivity(b, "words")
     if b.clip is not None:  # None when the rule phase is done: its CLIP is loaded next
         b.text_encoder = text_half(b.clip).eval().requires_grad_(False)
+
+
+def log_word_sensitivity(b: Build, label: str):
+    """Log how much the text encoder's output changes per kind of word, after a CLIP phase."""
+    if b.main:
+        b.log.figure(f"text_encoder_word_sensitivity_after_{label}_phase", word_sensitivity(text_half(b.clip)),
+                     f"text encoder: % change of its output per kind of word, after the {label} phase")
 
 
 def clip_rule_stage(b: Build):
@@ -328,20 +338,8 @@ def clip_rule_stage(b: Build):
     becomes SD's, frozen."""
     if caption_rules(b.cfg)[0] is None or b.cfg.clip_rule_steps <= 0:
         return
-    from transformers import CLIPModel
-
-    if finished(b, "clip_rule"):
-        b.clip = CLIPModel.from_pretrained(str(b.run_dir / "clip_rule"), dtype=torch.float32).eval()
-    else:
-        seed_everything(b.cfg.seed + 6)
-        b.clip = learn_class_words(b.cfg, b.clip, b.clip_data, b.run_dir, b.progress,
-                                   contrast=contrast_set(b, with_concepts=True))
-        b.save(b.clip, "clip_rule")
-        if b.main:
-            b.log.figure("clip_zero_shot_after_rule_phase", zero_shot_accuracy(b.clip, n=b.eval_n),
-                         "CLIP zero-shot accuracy after the rule phase")
-            b.log.figure("text_encoder_word_sensitivity_after_rule_phase", word_sensitivity(text_half(b.clip)),
-                         "text encoder: % change of its output per kind of word, after the rule phase")
+    if later_clip_phase(b, "clip_rule", b.cfg.clip_rule_steps, 6, learn_class_words, "rule", under_rule=True):
+        log_word_sensitivity(b, "rule")
     b.text_encoder = text_half(b.clip).eval().requires_grad_(False)
 
 

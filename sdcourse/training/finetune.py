@@ -46,7 +46,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from ..arguments import choice, flag, real_number, whole_number  # noqa: E402
+from ..arguments import choice, real_number, whole_number  # noqa: E402
 from ..data import shapes  # noqa: E402
 from ..dreambooth import class_pictures  # noqa: E402
 from ..files import claim_folder, folder_fingerprint, read_json, refuse_overlap, write_json  # noqa: E402
@@ -107,7 +107,6 @@ class FinetuneSettings(LoRASettings):
         self.method = choice("method", self.method, METHODS)
         self.class_pictures = whole_number("class_pictures", self.class_pictures, minimum=0)
         self.embedding_lr_scale = real_number("embedding_lr_scale", self.embedding_lr_scale, 0, low_open=True)
-        flag("train_text_encoder", self.train_text_encoder)
         if self.method != "lora" and (self.full_unet or self.train_text_encoder):
             raise ValueError(f"full_unet and train_text_encoder belong to method='lora', got method={self.method!r}")
         if self.method in ("textual-inversion", "pivotal", "dreambooth") and not self.token:
