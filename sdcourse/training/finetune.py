@@ -148,7 +148,7 @@ def class_prompts(settings: FinetuneSettings, concept: str | None) -> list[str]:
     """DreamBooth's class prompts: "a red shape" for each known colour (a shape concept), "a
     circle" for each known shape (a colour concept), or "a {class_word}" for your own pictures."""
     if concept in shapes.HELD_OUT_SHAPES:
-        return [f"a {colour} {settings.class_word}" for colour in shapes.COLOURS]
+        return [f"{shapes.article(colour)} {colour} {settings.class_word}" for colour in shapes.COLOURS]
     if concept:
         return [" ".join(w for w in ("a", settings.class_word, shape) if w) for shape in shapes.BASE_SHAPES]
     return [f"a {settings.class_word}"]
