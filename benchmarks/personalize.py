@@ -3,12 +3,15 @@
     python benchmarks/personalize.py                              # every method, its defaults
     python benchmarks/personalize.py --methods lora dreambooth --quick
     python benchmarks/personalize.py --model runs/third/tiny-sd --methods dreambooth --extra=--no-prior
+    python benchmarks/personalize.py --concept pink
 
-Each method runs `python -m sdcourse.training.finetune --method M --concept star` with its
+Each method runs `python -m sdcourse.training.finetune --method M --concept C` with its
 defaults (timed by the command itself), is loaded into a fresh pipeline with `load_finetuned`,
 and is judged with the fixed judge on generation seeds no training used:
-- concept right: "a {colour} {word} ..." prompts (varied phrasings; the word is what the run
-  records, e.g. "<star>" or "sks shape") drawn with the right colour and as a star;
+- concept right: for star, "a {colour} {word} ..." prompts (varied phrasings; the word is what
+  the run records, e.g. "<star>" or "sks shape") drawn with the right colour and as a star; for
+  pink, "a {word} {shape} ..." prompts drawn as that shape (the judge) and pink (the colour
+  measure `object_colours`: the judge knows only the palette);
 - known kept: the usual single-object prompts (circles, squares, triangles), colour and shape
   both right, before and after, and the change in points;
 - numbers trained, file size, minutes;
@@ -34,16 +37,31 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from sdcourse.data import shapes  # noqa: E402
-from sdcourse.evaluate import prompt_adherence  # noqa: E402
+from sdcourse.evaluate import classify, object_colours, prompt_adherence  # noqa: E402
 from sdcourse.loading import load_pipeline  # noqa: E402
 from sdcourse.training.finetune import METHOD_FILES, METHODS, RECORD, load_finetuned, main as finetune  # noqa: E402
 from sdcourse.training.finetune_data import concept_pictures  # noqa: E402
 
 
-def concept_prompts(n: int, word: str) -> list[dict]:
-    """Star prompts of every colour in varied phrasings, "star" written as `word`."""
-    return [{**p, "prompt": p["prompt"].replace("star", word)}
-            for p in shapes.evaluation_prompts(n, seed=777, shapes=("star",))]
+def concept_prompts(concept: str, n: int, word: str) -> list[dict]:
+    """Prompts of the concept in varied phrasings, its word written as `word`: stars of every
+    colour, or pink circles, squares and triangles (a colour's name swapped for pink's word)."""
+    if concept == "star":
+        return [{**p, "prompt": p["prompt"].replace("star", word)}
+                for p in shapes.evaluation_prompts(n, seed=777, shapes=("star",))]
+    return [{**p, "prompt": p["prompt"].replace(p["colour"], word, 1), "colour": "pink"}
+            for p in shapes.evaluation_prompts(n, seed=779)]
+
+
+def concept_right(pipe, prompts: list[dict], seeds) -> tuple[float, float, np.ndarray]:
+    """(% right, variety, pictures) for the concept prompts: colour and shape both right, the
+    colour by `object_colours` (which names pink), the shape by the judge."""
+    result = prompt_adherence(pipe, prompts, seeds=seeds, return_images=True)
+    pictures = result["images"]
+    colours, guesses = object_colours(pictures), classify(pictures)
+    asked = [p for p in prompts for _ in seeds]
+    right = [c == p["colour"] and g["shape"] == p["shape"] for c, g, p in zip(colours, guesses, asked)]
+    return 100 * float(np.mean(right)), result["diversity"], pictures
 
 
 def copying(pictures: np.ndarray, training: np.ndarray) -> float:
@@ -67,6 +85,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="pipeline folder (default: the embedded model)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--concept", choices=("star", "pink"), default="star")
     parser.add_argument("--extra", action="append", default=[],
                         help="one more finetune argument, for every method (repeat: --extra=--steps --extra=300)")
     parser.add_argument("--quick", action="store_true", help="16 prompts x 2 seeds instead of 32 x 4")
@@ -79,27 +98,26 @@ def main():
     base = load_pipeline(args.model)
     base_parameters = sum(p.numel() for p in base.unet.parameters())
     known_before = prompt_adherence(base, known_prompts, seeds=seeds)["both_correct"]
-    plain = prompt_adherence(base, concept_prompts(n_prompts, "star"), seeds=seeds)["both_correct"]
-    print(f"base model: 'star' prompts right {plain:.1f}%, known prompts right {known_before:.1f}% "
+    plain = concept_right(base, concept_prompts(args.concept, n_prompts, args.concept), seeds)[0]
+    print(f"base model: '{args.concept}' prompts right {plain:.1f}%, known prompts right {known_before:.1f}% "
           f"({n_prompts} concept and {2 * n_prompts} known prompts x {len(seeds)} seeds)", flush=True)
 
     rows = []
     for method in args.methods:
         with tempfile.TemporaryDirectory() as out:
-            finetune(["--method", method, "--concept", "star", "--out", out, "--threads", str(args.threads),
+            finetune(["--method", method, "--concept", args.concept, "--out", out, "--threads", str(args.threads),
                       "--quiet", *(["--model", args.model] if args.model else []), *args.extra])
             record = json.loads((Path(out) / RECORD).read_text())
             size = sum((Path(out) / f).stat().st_size for f in METHOD_FILES[method])
             pipe = load_pipeline(args.model)
             word = load_finetuned(pipe, out)
         settings = record["settings"]
-        training, _ = concept_pictures("star", settings["n_pictures"], settings["seed"])
-        concept = prompt_adherence(pipe, concept_prompts(n_prompts, word), seeds=seeds, return_images=True)
+        training, _ = concept_pictures(args.concept, settings["n_pictures"], settings["seed"])
+        right, variety, pictures = concept_right(pipe, concept_prompts(args.concept, n_prompts, word), seeds)
         known = prompt_adherence(pipe, known_prompts, seeds=seeds)["both_correct"]
         rows.append((method, word, trained_numbers(method, pipe, base_parameters), size, record["minutes"],
-                     concept["both_correct"], known, known - known_before, concept["diversity"],
-                     copying(concept["images"], training)))
-        print(f"{method}: {record['minutes']:.2f} min, concept right {concept['both_correct']:.1f}%", flush=True)
+                     right, known, known - known_before, variety, copying(pictures, training)))
+        print(f"{method}: {record['minutes']:.2f} min, concept right {right:.1f}%", flush=True)
 
     print(f"\nextra finetune arguments: {' '.join(args.extra) or 'none'}; {args.threads} threads; "
           f"U-Net {base_parameters / 1e6:.2f} M parameters")

@@ -9,7 +9,7 @@ Every figure is judged by the fixed judge (sdcourse/assets/shape_classifier.safe
 so two models measured here are comparable. Prints:
 - load time of `load_pipeline()` and time for 16 pictures at 25 steps with CFG;
 - each measure's own accuracy on clean generator pictures: the judge (colour, shape), the
-  position measure, the size measure (per shape), the two-object measure;
+  position measure, the size measure (per shape), the colour measure (pink too), the two-object measure;
 - the VAE round trip: per shape and size, the share of fresh pictures whose shape the judge
   still names after encoding and decoding; PSNR on shape pictures and photo crops;
 - how much the text encoder's output changes when a colour, shape, position or colour-shape
@@ -135,6 +135,7 @@ def main(argv=None):
             "judge": ev.classifier_accuracy(n=n, seed=2024, classifier=judge),
             "position": ev.position_measure_accuracy(n=n, seed=2025),
             "size": ev.size_measure_accuracy(n=n, seed=2027),
+            "colour": ev.colour_measure_accuracy(n=n, seed=2028),
             "two_objects": ev.two_object_measure_accuracy(n=n, seed=2026, classifier=judge),
         }
         figures["measures_on_clean_pictures"] = own
@@ -142,6 +143,7 @@ def main(argv=None):
         print(f"  judge, one object (4 shapes incl. star): {_fmt(own['judge'])}")
         print(f"  position of one object: {_fmt(own['position'])}")
         print(f"  size of one object (all, then per shape): {_fmt(own['size'])}")
+        print(f"  colour of one object, without the judge (all, then pink): {_fmt(own['colour'])}")
         print(f"  two objects: {_fmt(own['two_objects'])}")
 
     # The VAE.

@@ -33,6 +33,7 @@ from sdcourse.request_checks import check_memory, check_prompts, check_size
 from sdcourse.tokenizer import tokenize
 
 EMBEDDED_MODEL = Path(__file__).resolve().parent / "assets" / "tiny-sd"
+EMBEDDED_CONTROLNET = Path(__file__).resolve().parent / "assets" / "tiny-controlnet"  # outlines in, for tiny-sd
 MODEL_ENV_VAR = "SDCOURSE_MODEL"
 WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "safety_checker", "image_encoder")
 
@@ -219,13 +220,18 @@ def _quiet_loading():
             tlog.enable_progress_bar()
 
 
-def load_pipeline(model: str | os.PathLike | None = None, device: str = "cpu", quiet: bool = True):
+def load_pipeline(model: str | os.PathLike | None = None, device: str = "cpu", quiet: bool = True,
+                  controlnet: bool | str | os.PathLike | None = None):
     """A ready StableDiffusionPipeline, offline, in float32 on `device`.
 
     model: None (use $SDCOURSE_MODEL, else the embedded tiny model), a local pipeline
         folder, or a hub id already in the local Hugging Face cache.
     quiet: hide progress bars, both while loading and while generating.
+    controlnet: a ControlNetModel folder (or True: the embedded model's, which reads outlines):
+        then a StableDiffusionControlNetPipeline of the same parts and that ControlNet.
     """
+    if controlnet is not None and controlnet is not False:
+        return _with_controlnet(load_pipeline(model, device, quiet), controlnet, quiet)
     device = check_device(device)
     folder = resolve_model(model)
     validate_model_folder(folder)
@@ -248,6 +254,25 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str = "cpu", q
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=quiet)
     return pipe
+
+
+def _with_controlnet(pipe, controlnet, quiet: bool):
+    """diffusers' StableDiffusionControlNetPipeline of `pipe`'s parts and the ControlNet in the
+    folder `controlnet` (True: EMBEDDED_CONTROLNET), in the pipeline's dtype and device."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    folder = EMBEDDED_CONTROLNET if controlnet is True else Path(controlnet)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"controlnet={str(folder)!r} holds no config.json; give a ControlNetModel folder "
+                                "(what ControlNetModel.save_pretrained writes), or True for the embedded model's")
+    with _quiet_loading() if quiet else nullcontext():
+        model = ControlNetModel.from_pretrained(str(folder), local_files_only=True)
+    controlled = StableDiffusionControlNetPipeline(
+        vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
+        controlnet=model.to(pipe.device, pipe.unet.dtype), scheduler=pipe.scheduler, safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    controlled.set_progress_bar_config(disable=quiet)
+    return controlled
 
 
 def load_tokenizer_of(folder: Path):

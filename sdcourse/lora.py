@@ -14,6 +14,10 @@ random, so the gradient of B is not zero and training can move.
     merge_lora(unet)                             # W <- W + (alpha / r) B A: no extra cost
     save_lora(unet, "my-lora")                   # diffusers loads it: pipe.load_lora_weights("my-lora")
 
+A convolution gets the same update in the shape of a convolution (`LoRAConv2d`, as peft adapts
+the ResNet blocks' "conv1" and "conv2"): A is a convolution down to r channels with the base's
+kernel, B a 1x1 convolution back up.
+
 The layer names are diffusers' (the course's own U-Net uses the same names), and the
 adapter is saved in the format diffusers' `save_lora_weights` writes, so one adapter works
 with the from-scratch U-Net, with diffusers and with peft.
@@ -26,6 +30,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sdcourse.arguments import real_number, whole_number
@@ -99,6 +104,51 @@ class LoRALinear(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
+class LoRAConv2d(LoRALinear):
+    """A frozen `nn.Conv2d` plus its low-rank update, as peft adapts a convolution: A is a
+    convolution with the base's kernel, stride and padding from d_in channels down to r, and B a
+    1x1 convolution from r up to d_out:
+
+        y = conv(x, W) + scaling * conv1x1(conv(x, A), B)     A: (r, d_in, kh, kw);  B: (d_out, r, 1, 1)
+
+    The change to W is B A, contracted over r: (d_out, d_in, kh, kw). Everything else (alpha,
+    scale, merge, state dicts) is `LoRALinear`'s. Grouped convolutions are refused.
+    """
+
+    def __init__(self, base: nn.Conv2d, rank: int = 4, alpha: float | None = None):
+        nn.Module.__init__(self)
+        if not isinstance(base, nn.Conv2d):
+            raise TypeError(f"base must be an nn.Conv2d, got {type(base).__name__}")
+        if base.groups != 1:
+            raise ValueError(f"base has groups={base.groups}; LoRA here adapts ungrouped convolutions only")
+        d_out, d_in, kh, kw = base.weight.shape
+        rank = check_rank(rank, d_in * kh * kw, d_out)
+        alpha = rank if alpha is None else real_number("alpha", alpha, 0, low_open=True,
+                                                       meaning="the update is scaled by alpha / rank")
+        self.base = base.requires_grad_(False)
+        self.rank, self.alpha, self.scale, self.merged = rank, float(alpha), 1.0, False
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.lora_A = nn.Parameter(torch.empty(rank, d_in, kh, kw, **factory))
+        self.lora_B = nn.Parameter(torch.zeros(d_out, rank, 1, 1, **factory))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Conv2d's own initialisation, as peft
+        self.register_state_dict_post_hook(_save_unmerged)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The change LoRA makes to W, (d_out, d_in, kh, kw): scaling * B A over r."""
+        return self.scaling * torch.einsum("or,rikl->oikl", self.lora_B[:, :, 0, 0], self.lora_A)
+
+    def forward(self, x):
+        y = self.base(x)
+        if self.merged or self.scaling == 0:
+            return y
+        conv = self.base
+        down = F.conv2d(x, self.lora_A, None, conv.stride, conv.padding, conv.dilation)  # (batch, r, H', W')
+        return y + self.scaling * F.conv2d(down, self.lora_B)
+
+
+LORA_CLASSES = {nn.Linear: LoRALinear, nn.Conv2d: LoRAConv2d}  # the layers LoRA adapts here, and how
+
+
 def _save_unmerged(layer: LoRALinear, state_dict, prefix, local_metadata):
     """A merged layer's state dict gets W, not W + scaling * B A: loaded beside A and B into a fresh
     LoRA layer, the update must not count twice."""
@@ -141,7 +191,7 @@ def linear_layer_endings(module: nn.Module) -> list[str]:
 
 
 def lora_layers(module: nn.Module) -> dict[str, LoRALinear]:
-    """The LoRA layers in `module`, by name."""
+    """The LoRA layers in `module` (on Linear layers and convolutions), by name."""
     return {name: layer for name, layer in module.named_modules() if isinstance(layer, LoRALinear)}
 
 
@@ -152,7 +202,7 @@ def _replace(module: nn.Module, name: str, new: nn.Module):
 
 def inject_lora(module: nn.Module, target_modules=DEFAULT_TARGETS, rank: int = 4, alpha: float | None = 4) -> list[str]:
     """Wrap every Linear layer of `module` whose name ends with one of `target_modules` in a
-    `LoRALinear`. Everything else in `module` is frozen; only the LoRA parameters (named
+    `LoRALinear` (and every such convolution in a `LoRAConv2d`, as peft adapts "conv1", "conv2"). Everything else in `module` is frozen; only the LoRA parameters (named
     "...lora_A", "...lora_B") train. Returns the names of the wrapped layers.
 
     Works on diffusers' UNet2DConditionModel and on the course's U-Net (the same names).
@@ -161,18 +211,19 @@ def inject_lora(module: nn.Module, target_modules=DEFAULT_TARGETS, rank: int = 4
     _refuse_second_adapter(module)
     chosen = {name: layer for name, layer in module.named_modules()
               if name and any(matches_target(name, target) for target in target_modules)}
-    not_linear = sorted(name for name, layer in chosen.items() if not isinstance(layer, nn.Linear))
-    if not_linear:
-        raise ValueError(f"target_modules {list(target_modules)} also match layers that are not nn.Linear, "
-                         f"e.g. {not_linear[0]} ({type(chosen[not_linear[0]]).__name__}); LoRA here adapts "
-                         "Linear layers only")
+    not_adapted = sorted(name for name, layer in chosen.items() if type(layer) not in LORA_CLASSES)
+    if not_adapted:
+        raise ValueError(f"target_modules {list(target_modules)} also match layers that are neither nn.Linear nor "
+                         f"nn.Conv2d, e.g. {not_adapted[0]} ({type(chosen[not_adapted[0]]).__name__}); LoRA here "
+                         "adapts Linear layers and convolutions only")
     missing = [t for t in target_modules if not any(matches_target(name, t) for name in chosen)]
     if missing:
         raise ValueError(f"target_modules {missing} match no layer of this {type(module).__name__}; its Linear "
                          f"layers end in: {', '.join(linear_layer_endings(module))}")
     for layer in chosen.values():  # a rank too large for any layer is refused before the model changes
-        check_rank(rank, layer.in_features, layer.out_features)
-    wrapped = {name: LoRALinear(layer, rank, alpha) for name, layer in chosen.items()}
+        d_out, d_in = layer.weight.shape[0], layer.weight[0].numel()  # a convolution's d_in: channels x kernel
+        check_rank(rank, d_in, d_out)
+    wrapped = {name: LORA_CLASSES[type(layer)](layer, rank, alpha) for name, layer in chosen.items()}
     for p in module.parameters():
         p.requires_grad_(False)
     for name, layer in wrapped.items():
@@ -285,15 +336,17 @@ def load_lora(module: nn.Module, source, prefix: str = "unet") -> list[str]:
         if set(pair) != {"A", "B"}:
             raise ValueError(f"the adapter has lora_{next(iter(pair))} but not both A and B for layer {name}")
         base = layers.get(name)
-        if not isinstance(base, nn.Linear):
-            found = "is missing" if base is None else f"is a {type(base).__name__}, not a Linear layer"
+        if type(base) not in LORA_CLASSES:
+            found = "is missing" if base is None else f"is a {type(base).__name__}, not a Linear or Conv2d layer"
             raise ValueError(f"the adapter was made for another model: layer {name} {found} in this "
                              f"{type(module).__name__}")
-        d_out, d_in = base.weight.shape
+        d_out, d_in, *kernel = base.weight.shape
         rank = pair["A"].shape[0]
-        if pair["A"].shape != (rank, d_in) or pair["B"].shape != (d_out, rank):
-            raise ValueError(f"the adapter was made for another model: layer {name} is {d_out} x {d_in} here, but "
-                             f"the adapter's A is {tuple(pair['A'].shape)} and B {tuple(pair['B'].shape)}")
+        ones = (1,) * len(kernel)
+        if pair["A"].shape != (rank, d_in, *kernel) or pair["B"].shape != (d_out, rank, *ones):
+            raise ValueError(f"the adapter was made for another model: layer {name} is "
+                             f"{' x '.join(map(str, base.weight.shape))} here, but the adapter's A is "
+                             f"{tuple(pair['A'].shape)} and B {tuple(pair['B'].shape)}")
         if not all(m.is_floating_point() and torch.isfinite(m).all() for m in pair.values()):
             where = "" if isinstance(source, dict) else f" in {str(source)!r}"
             raise ValueError(f"the adapter{where} is damaged: layer {name}'s lora_A or lora_B holds NaN, infinite "
@@ -301,7 +354,7 @@ def load_lora(module: nn.Module, source, prefix: str = "unet") -> list[str]:
     for p in module.parameters():
         p.requires_grad_(False)
     for name, pair in pairs.items():
-        layer = LoRALinear(layers[name], rank=pair["A"].shape[0])
+        layer = LORA_CLASSES[type(layers[name])](layers[name], rank=pair["A"].shape[0])
         with torch.no_grad():
             layer.lora_A.copy_(pair["A"])
             layer.lora_B.copy_(pair["B"])

@@ -100,6 +100,7 @@ def test_every_function_that_takes_pictures_checks_them():
     images = picture(("red", "circle", "large", "center")).astype(np.float32) / 127.5 - 1
     for call in (lambda: ev.locate(images), lambda: ev.score_positions(images, ["center"]),
                  lambda: ev.measure_size(images), lambda: ev.score_sizes(images, ["large"]),
+                 lambda: ev.object_colours(images),
                  lambda: ev.classify_objects(images),
                  lambda: ev.score_two_objects(images, [[{"colour": "red", "shape": "circle"}] * 2]),
                  lambda: ev.psnr(images, images)):
@@ -456,3 +457,17 @@ def test_a_16_bit_picture_is_judged_by_the_one_depth_rule():
     grey = Image.fromarray(np.full((64, 64), 32768, dtype=np.uint16))
     assert grey.mode.startswith("I")
     assert as_pictures([grey]).max() == 128
+
+
+def test_the_colour_measure_names_the_palette_and_pink_on_clean_pictures():
+    accuracy = ev.colour_measure_accuracy(n=200, seed=5)
+    assert accuracy["colour"] >= 99.5 and accuracy["pink"] == 100.0
+
+
+def test_the_colour_measure_on_hand_made_pictures():
+    image = np.full((3, 64, 64, 3), 245, np.uint8)  # white
+    image[0, 10:30, 10:30] = shapes.HELD_OUT_COLOURS["pink"]
+    image[1, 10:30, 10:30] = shapes.COLOURS["red"]
+    image[1, 40:44, 40:44] = shapes.HELD_OUT_COLOURS["pink"]  # a speck: the largest piece decides
+    image[0, 10, 10:30] = (242, 178, 208)  # an anti-aliased edge, half pink and half white, is outvoted
+    assert ev.object_colours(image) == ["pink", "red", None]

@@ -13,6 +13,7 @@ from torch import nn
 
 from sdcourse.lora import (
     LORA_FILE,
+    LoRAConv2d,
     LoRALinear,
     export_lora,
     inject_lora,
@@ -41,12 +42,12 @@ def random_lora(module, seed=0):
             layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=g) * 0.3)
 
 
-def peft_twin(reference, ours_with_lora, rank, alpha):
+def peft_twin(reference, ours_with_lora, rank, alpha, targets=TARGETS):
     """diffusers' U-Net with a peft adapter holding the same A and B as `ours_with_lora`."""
     from peft import LoraConfig
 
     twin = copy.deepcopy(reference)
-    twin.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=TARGETS))
+    twin.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets)))
     layers = lora_layers(ours_with_lora)
     with torch.no_grad():
         for name, module in twin.named_modules():
@@ -143,6 +144,56 @@ def test_same_a_and_b_give_peft_outputs(rank, alpha, one_thread):
         assert (diffusers_scratch(sample, t, text).sample - expected).abs().max() <= 1e-6
 
 
+@pytest.mark.parametrize("rank, alpha", [(2, 2), (3, 6)])
+def test_convolutions_too_give_peft_outputs_and_merge_exactly(rank, alpha, one_thread):
+    """LoRA on the ResNet blocks' convolutions (conv1, conv2) and a stride-2 downsampler, beside the
+    attention projections: the course's layers equal peft's with the same A and B."""
+    targets = [*TARGETS, "conv1", "conv2", "downsamplers.0.conv"]
+    reference, ours = make_pair(TINY, seed=4)
+    names = inject_lora(ours, targets, rank=rank, alpha=alpha)
+    convs = [n for n, layer in lora_layers(ours).items() if isinstance(layer, LoRAConv2d)]
+    assert convs and any("downsamplers" in n for n in convs) and len(names) > len(convs)
+    random_lora(ours, seed=rank)
+    twin = peft_twin(reference, ours, rank, alpha, targets)
+    sample, t, text = inputs(TINY)
+    with torch.no_grad():
+        expected = twin(sample, t, text).sample
+        assert (expected - reference(sample, t, text).sample).abs().max() > 1e-3
+        assert (ours(sample, t, text) - expected).abs().max() <= 1e-5
+        merge_lora(ours)
+        assert (ours(sample, t, text) - expected).abs().max() <= 1e-5
+
+
+def test_a_convolution_adapter_loads_in_diffusers_and_back(tmp_path, one_thread):
+    from sdcourse.pipeline import load_pipeline
+
+    pipe = load_pipeline()
+    ours = UNet.from_config(pipe.unet.config).eval()
+    ours.load_state_dict(pipe.unet.state_dict())
+    inject_lora(ours, [*TARGETS, "conv1", "conv2"], rank=4, alpha=8)
+    random_lora(ours, seed=9)
+    base_weights = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 8, 8, generator=g)
+    text = torch.randn(2, 77, pipe.unet.config.cross_attention_dim, generator=g)
+    t = torch.tensor([500, 20])
+    with torch.no_grad():
+        expected = ours(latents, t, text)
+    adapter = export_lora(ours)
+    assert any(v.dim() == 4 for v in adapter.values())  # (r, d_in, 3, 3) and (d_out, r, 1, 1)
+    pipe.load_lora_weights(str(save_lora(ours, tmp_path / "conv").parent), adapter_name="conv")
+    with torch.no_grad():
+        assert (pipe.unet(latents, t, text).sample - expected).abs().max() <= 1e-5
+    fresh = UNet.from_config(pipe.unet.config).eval()
+    fresh.load_state_dict(base_weights)  # the base model again, then the exported adapter from scratch
+    load_lora(fresh, adapter)
+    with torch.no_grad():
+        assert (fresh(latents, t, text) - expected).abs().max() <= 1e-6
+    with pytest.raises(ValueError, match=r"layer down_blocks\.0\.resnets\.0\.conv1 is 64 x 64 x 3 x 3 here"):
+        load_lora(UNet.from_config(pipe.unet.config), {**adapter, **{k: v[:, :2] if "conv1.lora_A" in k else v
+                                                                     for k, v in adapter.items()}})
+
+
 @pytest.mark.parametrize("rank, alpha", [(4, 4), (4, 8), (2, 1)])
 def test_an_exported_adapter_loads_in_diffusers_with_the_same_outputs(tmp_path, rank, alpha, one_thread):
     """export_lora/save_lora give what diffusers' load_lora_weights takes, alpha != rank included."""
@@ -202,10 +253,10 @@ def test_targets_that_match_nothing_list_the_linear_layers():
     assert not lora_layers(ours)  # nothing was half-done
 
 
-def test_targets_that_are_not_linear_and_a_second_adapter_are_refused():
+def test_targets_that_are_neither_linear_nor_convolutions_and_a_second_adapter_are_refused():
     _, ours = make_pair(TINY, seed=0)
-    with pytest.raises(ValueError, match="conv_in.*not nn.Linear"):
-        inject_lora(ours, ["conv_in"])
+    with pytest.raises(ValueError, match=r"neither nn.Linear nor nn.Conv2d, e.g. \S+norm1 \((Group|Layer)Norm\); LoRA"):
+        inject_lora(ours, ["norm1"])
     inject_lora(ours)
     with pytest.raises(ValueError, match="already has LoRA"):
         inject_lora(ours)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sdcourse.loading import load_pipeline
 from sdcourse.training.train_controlnet import CHECKPOINT, CONTROLNET_FILES, control_set, main, sample_outlines
 
 
@@ -48,6 +49,11 @@ def test_a_short_run_writes_a_float16_controlnet_diffusers_loads_and_resumes(tmp
     zero_convs = [p for n, p in controlnet.named_parameters() if n.startswith("controlnet_down_blocks")]
     assert any(p.abs().sum() > 0 for p in zero_convs)  # the zero convolutions have learned
     assert json.loads((out / "train_controlnet.json").read_text())["steps"] == 4
+    controlled = load_pipeline(controlnet=out / "controlnet")  # what the lessons load
+    assert type(controlled).__name__ == "StableDiffusionControlNetPipeline"
+    assert controlled.controlnet.dtype == controlled.unet.dtype == torch.float32
+    with pytest.raises(FileNotFoundError, match="holds no config.json; give a ControlNetModel folder"):
+        load_pipeline(controlnet=tmp_path / "nothing")
 
 
 def test_an_out_folder_of_someone_elses_is_refused(tmp_path, capsys):

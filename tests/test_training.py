@@ -72,15 +72,32 @@ def test_unet_training_can_start_from_a_trained_unet(tmp_path, frozen_parts):
     start = make_unet(fast_config(**TINY_UNET))
     start_weights = {k: v.clone() for k, v in start.state_dict().items()}
     # With a learning rate of 0 the weights cannot move: both they and their EMA stay the start's.
+    # (The checkpoint holds the U-Net and the text encoder that trains along, as "unet.*" and "text_encoder.*".)
     still = tiny_unet_run(tmp_path / "still", 2, frozen_parts, init_unet=start, unet_lr=0.0)
     for key, value in start_weights.items():
-        torch.testing.assert_close(still["model"][key], value, rtol=0, atol=0, msg=key)
-        torch.testing.assert_close(still["ema"]["model"][key], value, rtol=0, atol=0, msg=key)
+        torch.testing.assert_close(still["model"]["unet." + key], value, rtol=0, atol=0, msg=key)
+        torch.testing.assert_close(still["ema"]["model"]["unet." + key], value, rtol=0, atol=0, msg=key)
     # A real run trains a copy: the U-Net passed in is left as it was.
     moved = tiny_unet_run(tmp_path / "moved", 2, frozen_parts, init_unet=start)
-    assert any(not torch.equal(moved["model"][k], v) for k, v in start_weights.items())
+    assert any(not torch.equal(moved["model"]["unet." + k], v) for k, v in start_weights.items())
     for key, value in start.state_dict().items():
         torch.testing.assert_close(value, start_weights[key], rtol=0, atol=0, msg=key)
+
+
+def test_the_text_encoder_trains_along_on_a_copy_at_its_own_rate_or_stays_frozen(tmp_path, frozen_parts):
+    _, text_encoder, _ = frozen_parts
+    given = {k: v.clone() for k, v in text_encoder.state_dict().items()}
+    along = tiny_unet_run(tmp_path / "along", 2, frozen_parts)
+    moved = [k for k, v in given.items() if not torch.equal(along["model"]["text_encoder." + k], v)]
+    assert moved, "the text encoder trains along at text_encoder_lr_scale > 0"
+    assert all(torch.equal(v, given[k]) for k, v in text_encoder.state_dict().items()), "on a copy"
+    frozen = tiny_unet_run(tmp_path / "frozen", 2, frozen_parts, text_encoder_lr_scale=0.0)
+    assert not any(k.startswith("text_encoder.") for k in frozen["model"]) and "conv_in.weight" in frozen["model"]
+    # The text encoder moves at its share of the learning rate: at scale 0.2 less than at scale 1.
+    full = tiny_unet_run(tmp_path / "full", 2, frozen_parts, text_encoder_lr_scale=1.0)
+    step = {name: max((run["model"]["text_encoder." + k] - v).abs().max().item() for k, v in given.items())
+            for name, run in (("0.2", along), ("1", full))}
+    assert step["0.2"] < step["1"]
 
 
 def test_ema_moves_towards_the_weights():

@@ -48,12 +48,14 @@ from .objects import (
     FOREGROUND_THRESHOLD,
     MIN_OBJECT_PIXELS,
     POSITION_NAMES,
+    OBJECT_COLOURS,
     SIZE_THRESHOLD,
     background_colour,
     classify_objects,
     foreground_mask,
     locate,
     measure_size,
+    object_colours,
     split_objects,
 )
 from .pictures import ALLOWED_PICTURES, SIZE, as_pictures
@@ -69,6 +71,7 @@ from .prompts import (
 from .roundtrip import psnr, round_trip_pictures, vae_round_trip
 from .runs import clip_image_folder
 from .scoring import (
+    colour_measure_accuracy,
     position_measure_accuracy,
     score_positions,
     score_sizes,
@@ -79,9 +82,9 @@ from .scoring import (
 
 __all__ = [
     "ALLOWED_PICTURES", "CLASSIFIER_FILE", "CLASSIFIER_PATH", "COLOUR_NAMES", "FOREGROUND_THRESHOLD",
-    "MIN_OBJECT_PIXELS", "POSITION_NAMES", "SHAPE_NAMES", "SIZE", "SIZE_NAMES", "SIZE_THRESHOLD", "ShapeClassifier",
+    "MIN_OBJECT_PIXELS", "OBJECT_COLOURS", "POSITION_NAMES", "SHAPE_NAMES", "SIZE", "SIZE_NAMES", "SIZE_THRESHOLD", "ShapeClassifier",
     "as_pictures", "background_colour", "classifier_accuracy", "classify", "classify_objects",
-    "clip_image_folder", "foreground_mask", "load_classifier", "locate", "measure_size", "parse_position",
+    "clip_image_folder", "colour_measure_accuracy", "foreground_mask", "load_classifier", "locate", "measure_size", "object_colours", "parse_position",
     "parse_prompt", "parse_size", "parse_two_objects", "position_adherence", "position_measure_accuracy",
     "position_prompts", "prompt_adherence", "psnr", "round_trip_pictures", "save_classifier", "score_positions",
     "score_sizes", "score_two_objects", "size_measure_accuracy", "split_objects", "two_object_adherence",

@@ -118,6 +118,30 @@ def measure_size(images) -> list[dict]:
     return found
 
 
+# The colours an object may be drawn in, by name: the palette and the held-out pink, which the
+# judge (trained on the palette) cannot name.
+OBJECT_COLOURS = {**shapes.COLOURS, **shapes.HELD_OUT_COLOURS}
+
+
+def object_colours(images) -> list[str | None]:
+    """The colour of the object in each picture, found without the judge: the name in
+    OBJECT_COLOURS nearest (in RGB) to the median colour of the largest connected foreground
+    piece (the median, so that anti-aliased edge pixels, part background, do not count), or
+    None for a picture without an object. The one measure here that names pink."""
+    images = as_pictures(images, "images")
+    names = list(OBJECT_COLOURS)
+    palette = np.array([OBJECT_COLOURS[name] for name in names], dtype=np.float32)
+    found = []
+    for image in images:
+        piece = _largest_piece(foreground_mask(image))
+        if piece is None:
+            found.append(None)
+            continue
+        colour = np.median(image[piece].astype(np.float32), axis=0)
+        found.append(names[int(np.argmin(np.linalg.norm(palette - colour, axis=1)))])
+    return found
+
+
 def split_objects(image: np.ndarray, n: int = 2, min_pixels: int = MIN_OBJECT_PIXELS) -> list[np.ndarray]:
     """The `n` largest objects of one uint8 picture (64, 64, 3), each painted alone on the background.
 

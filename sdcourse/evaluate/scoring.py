@@ -7,7 +7,7 @@ import numpy as np
 
 from ..arguments import choice, whole_number
 from ..data import shapes
-from .objects import classify_objects, locate, measure_size
+from .objects import classify_objects, locate, measure_size, object_colours
 
 
 def colour_and_shape(obj: dict) -> tuple:
@@ -15,19 +15,24 @@ def colour_and_shape(obj: dict) -> tuple:
     return obj["colour"], obj["shape"]
 
 
+def _score_named(found: list[dict], asked, argument: str, key: str, allowed) -> dict:
+    """Share (%) of pictures whose found `key` (a position, a size) is the one asked, and what
+    was found. asked: one name from `allowed` per picture, given as `argument`."""
+    asked = list(asked)
+    if len(asked) != len(found):
+        raise ValueError(f"{argument}: {len(asked)} names for {len(found)} pictures; give one per picture")
+    for name in asked:
+        choice(argument, name, allowed)
+    right = [f[key] == name for f, name in zip(found, asked)]
+    return {f"{key}_correct": float(100 * np.mean(right)) if right else 0.0, "found": [f[key] for f in found]}
+
+
 def score_positions(images, positions) -> dict:
-    """Share (%) of pictures whose object is at the expected position (`locate`).
+    """Share (%) of pictures whose object is where it should be (`locate`).
 
     positions: one name from shapes.POSITIONS per picture. Also returns the positions found.
     """
-    found = locate(images)
-    positions = list(positions)
-    if len(positions) != len(found):
-        raise ValueError(f"positions: {len(positions)} names for {len(found)} pictures; give one per picture")
-    for p in positions:
-        choice("positions", p, shapes.POSITIONS)
-    right = [f["position"] == p for f, p in zip(found, positions)]
-    return {"position_correct": float(100 * np.mean(right)) if right else 0.0, "found": [f["position"] for f in found]}
+    return _score_named(locate(images), positions, "positions", "position", shapes.POSITIONS)
 
 
 def score_sizes(images, sizes) -> dict:
@@ -35,14 +40,7 @@ def score_sizes(images, sizes) -> dict:
 
     sizes: one of shapes.SIZES ("small", "large") per picture. Also returns the sizes found.
     """
-    found = measure_size(images)
-    sizes = list(sizes)
-    if len(sizes) != len(found):
-        raise ValueError(f"sizes: {len(sizes)} names for {len(found)} pictures; give one per picture")
-    for s in sizes:
-        choice("sizes", s, shapes.SIZES)
-    right = [f["size"] == s for f, s in zip(found, sizes)]
-    return {"size_correct": float(100 * np.mean(right)) if right else 0.0, "found": [f["size"] for f in found]}
+    return _score_named(measure_size(images), sizes, "sizes", "size", shapes.SIZES)
 
 
 def score_two_objects(images, expected, classifier=None) -> dict:
@@ -91,6 +89,26 @@ def size_measure_accuracy(n: int = 1000, seed: int = 2027) -> dict:
         mine = [r for r, o in zip(right, asked) if o["shape"] == shape]
         if mine:
             result[shape] = float(100 * np.mean(mine))
+    return result
+
+
+def colour_measure_accuracy(n: int = 1000, seed: int = 2028) -> dict:
+    """`object_colours`' own accuracy (%) on fresh single-object generator pictures, every shape,
+    in the palette's colours and in pink: overall ("colour") and for pink alone."""
+    n = whole_number("n", n, minimum=1)
+    images, _, labels = shapes.make_dataset(n, seed=seed, shapes=shapes.ALL_SHAPES, n_objects=1)
+    asked = [label["objects"][0]["colour"] for label in labels]
+    # A third of the pictures again with the object in pink (the generator draws it by its (r, g, b)).
+    rng = np.random.default_rng([seed, 8])
+    pink = rng.permutation(n)[: max(1, n // 3)]
+    scenes = [shapes.scene_at(int(i), seed, shapes.ALL_SHAPES, 1) for i in pink]
+    for i, scene in zip(pink, scenes):
+        scene.objects[0].colour = "pink"
+        images[i], asked[i] = shapes.render(scene), "pink"
+    found = object_colours(images)
+    right = [f == a for f, a in zip(found, asked)]
+    result = {"colour": float(100 * np.mean(right))}
+    result["pink"] = float(100 * np.mean([r for r, a in zip(right, asked) if a == "pink"]))
     return result
 
 

@@ -408,7 +408,7 @@ def latents_stage(b: Build):
 def unet_stage(b: Build):
     """5. The U-Net; always runs, so that a larger --unet-steps trains a finished run on."""
     seed_everything(b.cfg.seed + 3)
-    b.unet = train_unet(b.cfg, b.latents, b.data["token_ids"], b.text_encoder, b.vae, b.tokenizer,
+    b.unet, b.text_encoder = train_unet(b.cfg, b.latents, b.data["token_ids"], b.text_encoder, b.vae, b.tokenizer,
                         b.vae.config.scaling_factor, b.run_dir, b.progress, total_steps=b.cfg.unet_steps)
     if b.main:
         b.unet.save_pretrained(str(b.run_dir / "unet"))  # for looking at: a later run trains on from its checkpoint

@@ -49,6 +49,10 @@ class BuildConfig:
     # phases 1-3 taught it from captions that always name both.
     clip_rule_steps: int = 1500
     clip_rule_lr: float = 3e-4
+    # words whose input rows start afresh (a random direction, at the learned rows' typical length)
+    # when the rule phase begins: phases 1-3 never read "shape", so its row sits with the other unread
+    # words, whose encoding the text encoder makes much like "square"'s
+    clip_fresh_words: tuple = ("shape",)
 
     # VAE: f=8, 4 latent channels (64x64x3 -> 8x8x4), trained on fresh pictures of every shape.
     vae_channels: tuple = (32, 64, 128, 128)
@@ -73,6 +77,10 @@ class BuildConfig:
     unet_warmup: int = 200
     unet_ema_decay: float = 0.999
     caption_dropout: float = 0.1
+    # The text encoder trains on with the U-Net at this times its learning rate (0: frozen, as SD 1.x
+    # keeps CLIP's). The diffusion loss then shapes what the U-Net reads: a word the CLIP cannot
+    # tell apart by contrast ("shape", covering four shapes; position words) gets an encoding of its own.
+    text_encoder_lr_scale: float = 0.2
     min_snr_gamma: float = 5.0  # 0 = plain MSE
 
     # Evaluator: a small CNN that names the colour and shape in a picture.
@@ -100,7 +108,7 @@ class BuildConfig:
 DATA_SETTINGS = ("seed", "n_train", "captions_per_image", "two_object_prob")
 RULE_SETTINGS = ("class_share", "colourless_share")  # what the pictures and captions hold (not the VAE's concern)
 CLIP_DATA_SETTINGS = ("clip_batch", "clip_contrast_pairs", "clip_contrast_set")
-CLIP_RULE_SETTINGS = (*RULE_SETTINGS, "clip_concept_words", "clip_rule_steps", "clip_rule_lr")
+CLIP_RULE_SETTINGS = (*RULE_SETTINGS, "clip_concept_words", "clip_rule_steps", "clip_rule_lr", "clip_fresh_words")
 CLIP_MODEL_SETTINGS = ("clip_text_width", "clip_text_layers", "clip_text_heads", "clip_vision_width",
                        "clip_vision_layers", "clip_vision_heads", "clip_projection")
 VAE_MODEL_SETTINGS = ("vae_channels", "vae_groups")

@@ -106,13 +106,13 @@ def continue_unet(args):
     latents = load_or_cache_latents(pipe.vae, data["images"], run_dir / "latents.npz")
     started = time.time()
     seed_everything(cfg.seed + 3)
-    unet = train_unet(cfg, latents, data["token_ids"], pipe.text_encoder, pipe.vae, pipe.tokenizer,
+    unet, text_encoder = train_unet(cfg, latents, data["token_ids"], pipe.text_encoder, pipe.vae, pipe.tokenizer,
                       pipe.vae.config.scaling_factor, run_dir, init_unet=pipe.unet,
                       record={"from": str(Path(args.source).resolve()),
                               "rule": [args.class_share, args.colourless_share], "empty_stars": n_empty,
                               "text_encoder": str(args.text_encoder)})
-    save_pipeline(unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, out, run_dir)
-    save_samples(unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, run_dir / "samples" / "final.png")
+    save_pipeline(unet, pipe.vae, text_encoder, pipe.tokenizer, out, run_dir)
+    save_samples(unet, pipe.vae, text_encoder, pipe.tokenizer, run_dir / "samples" / "final.png")
     log = {"settings": vars(args), "empty_star_pictures": n_empty, "minutes": round((time.time() - started) / 60, 1)}
     write_json(run_dir / "continue_unet.json", json.loads(json.dumps(log, default=str)))
     print(f"pipeline written to {out}: {json.dumps(log, default=str)}")

@@ -56,7 +56,7 @@ from ..lora import LORA_FILE  # noqa: E402
 from ..textual_inversion import EMBEDDING_FILE, check_new_token, initializer_id  # noqa: E402
 from .common import save_grid, set_threads  # noqa: E402
 from .finetune_core import WhatTrains, fine_tune  # noqa: E402
-from .finetune_data import CONCEPTS, concept_pictures, folder_pictures, prior_pictures  # noqa: E402
+from .finetune_data import add_data_arguments, concept_pictures, folder_pictures, prior_pictures  # noqa: E402
 from .methods import DreamBooth, PivotalTuning, TextualInversion, UNetAdapter, UNetAndTextEncoderAdapters  # noqa: E402
 from .train_lora import LoRASettings  # noqa: E402
 from .trainer import PRECISIONS, CheckpointError  # noqa: E402
@@ -225,11 +225,8 @@ def sample_prompts(word: str, concept: str | None, captions: list[str]) -> list[
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", required=True, choices=METHODS)
-    data = parser.add_mutually_exclusive_group(required=True)
-    data.add_argument("--concept", choices=CONCEPTS, help="a shape or colour the embedded model has no word for")
-    data.add_argument("--images", help="a folder of pictures with captions (metadata.jsonl or .txt files)")
+    add_data_arguments(parser, "a shape or colour the embedded model has no word for")
     parser.add_argument("--out", required=True, help="folder for what trains, its checkpoint and sample grid")
-    parser.add_argument("--model", default=None, help="a diffusers SD 1.x/2.x folder (default: the embedded model)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into --out even if it holds files no fine-tuning run wrote")
     parser.add_argument("--token", default=None,

@@ -22,6 +22,14 @@ CONCEPTS = shapes.HELD_OUT_SHAPES + tuple(shapes.HELD_OUT_COLOURS)  # never taug
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
+def add_data_arguments(parser, concept_help: str):
+    """The fine-tuning commands' data and model flags: --concept or --images (one of them), --model."""
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--concept", choices=CONCEPTS, help=concept_help)
+    data.add_argument("--images", help="a folder of pictures with captions (metadata.jsonl or .txt files)")
+    parser.add_argument("--model", default=None, help="a diffusers SD 1.x/2.x folder (default: the embedded model)")
+
+
 def concept_pictures(concept: str, n: int, seed: int = 0, token: str | None = None):
     """`n` one-object pictures of a concept the embedded model was never taught, uint8
     (n, 64, 64, 3), and their captions, the concept's word replaced by `token` if given.

@@ -232,11 +232,34 @@ def pooled_text(model, token_ids: np.ndarray, batch: int = 512) -> torch.Tensor:
     return torch.cat(out)
 
 
+@torch.no_grad()
+def fresh_rows(rows: torch.Tensor, words, seed: int):
+    """Give each word of `words` (one token each) a new input row: a random direction, seeded, at
+    the median length of the rows of the words the captions use (the learned ones)."""
+    tokenizer = load_tokenizer()
+    used = sorted({i for text in caption_vocabulary() for i in tokenizer(text, add_special_tokens=False).input_ids})
+    length = rows[used].norm(dim=1).median()
+    g = torch.Generator().manual_seed(seed + 23)
+    for word in words:
+        ids = tokenizer(word, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            raise ValueError(f"clip_fresh_words: {word!r} is {len(ids)} tokens; each must be one token")
+        direction = torch.randn(rows.shape[1], generator=g)
+        rows[ids[0]] = (direction / direction.norm() * length).to(rows.dtype)
+
+
+def caption_vocabulary() -> list[str]:
+    """The words the shapes world's captions use (colours, shapes, sizes, positions, ...)."""
+    captions = [shapes.scene_at(i, 0).caption for i in range(300)]
+    return sorted({word for caption in captions for word in caption.split()})
+
+
 def learn_class_words(cfg, model, data: dict, run_dir: Path, progress: bool = True, contrast: dict | None = None):
     """Phase 4, under a caption rule: both halves train together on the rule's captions (the
     class word "shape", captions without a colour, and with clip_concept_words every second
-    caption saying "star" and "pink") and contrast pairs that include stars. Resumes from
-    run_dir/clip_rule_ckpt.pt."""
+    caption saying "star" and "pink") and contrast pairs that include stars. The input rows of
+    cfg.clip_fresh_words start afresh (`fresh_rows`). Resumes from run_dir/clip_rule_ckpt.pt."""
+    fresh_rows(model.text_model.embeddings.token_embedding.weight, cfg.clip_fresh_words, cfg.seed)
     model.requires_grad_(True)
     trained = train_jointly(cfg, model, data, contrast, cfg.clip_rule_steps, cfg.clip_rule_lr,
                             Path(run_dir) / "clip_rule_ckpt.pt", "CLIP rule", seed_tag=17, progress=progress,

@@ -126,16 +126,6 @@ class ControlNetCopy(WhatTrains):
         return Path(out) / CONTROLNET_FILES[1]
 
 
-def controlnet_pipeline(pipe, controlnet):
-    """diffusers' StableDiffusionControlNetPipeline of `pipe`'s parts and `controlnet`."""
-    from diffusers import StableDiffusionControlNetPipeline
-
-    return StableDiffusionControlNetPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-                                             unet=pipe.unet, controlnet=controlnet, scheduler=pipe.scheduler,
-                                             safety_checker=None, feature_extractor=None,
-                                             requires_safety_checker=False)
-
-
 def sample_outlines(seed: int = 4242, n: int = 8):
     """Fixed held-out outlines, one object each, the four shapes in turn (stars too), and
     prompts that name each object's colour ("shape" for a star, as the captions do)."""
@@ -156,7 +146,9 @@ def draw_with_control(pipe, controlnet, outlines: np.ndarray, prompts: list[str]
     """Pictures (uint8) for the prompts with the outlines as control, 25 DDIM steps, guidance 7.5."""
     from PIL import Image
 
-    controlled = controlnet_pipeline(pipe, controlnet)
+    from diffusers import StableDiffusionControlNetPipeline
+
+    controlled = StableDiffusionControlNetPipeline(**pipe.components, controlnet=controlnet, requires_safety_checker=False)
     controlled.set_progress_bar_config(disable=True)
     out = controlled(prompts, image=[Image.fromarray(o) for o in outlines], num_inference_steps=steps,
                      controlnet_conditioning_scale=scale, generator=torch.Generator().manual_seed(seed),

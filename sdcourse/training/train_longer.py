@@ -84,15 +84,15 @@ def main(argv=None):
         latents = load_or_cache_latents(pipe.vae, data["images"], run_dir / "latents.npz", progress)
 
     seed_everything(cfg.seed + 3)
-    unet = train_unet(cfg, latents, data["token_ids"], pipe.text_encoder, pipe.vae, pipe.tokenizer,
+    unet, text_encoder = train_unet(cfg, latents, data["token_ids"], pipe.text_encoder, pipe.vae, pipe.tokenizer,
                       pipe.vae.config.scaling_factor, run_dir, progress, init_unet=pipe.unet,
                       record={"from": str(Path(args.source).resolve()),
                               "from_sha256": folder_fingerprint(resolve_model(args.source))})
     accelerator.end_training()  # several processes: they are done working together
     if not accelerator.is_main_process:
         return
-    save_pipeline(unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, out, run_dir)
-    save_samples(unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, run_dir / "samples" / "final.png")
+    save_pipeline(unet, pipe.vae, text_encoder, pipe.tokenizer, out, run_dir)
+    save_samples(unet, pipe.vae, text_encoder, pipe.tokenizer, run_dir / "samples" / "final.png")
     minutes = round((time.time() - started) / 60, 1)
     write_json(run_dir / "train_longer_log.json",
                {"from": str(args.source), "steps": args.steps, "minutes_this_invocation": minutes})

@@ -63,7 +63,7 @@ from ..images import unit_to_uint8  # noqa: E402
 from ..loading import load_pipeline, resolve_model  # noqa: E402
 from .common import save_grid, set_threads  # noqa: E402
 from .finetune_core import FineTuneSettings, WhatTrains, fine_tune  # noqa: E402
-from .finetune_data import CONCEPTS, concept_pictures, folder_pictures, prior_pictures  # noqa: E402, F401
+from .finetune_data import CONCEPTS, add_data_arguments, concept_pictures, folder_pictures, prior_pictures  # noqa: E402, F401
 from .methods import FullUNet, UNetAdapter, UNetAndTextEncoderAdapters  # noqa: E402
 from .trainer import PRECISIONS, CheckpointError  # noqa: E402
 
@@ -141,11 +141,8 @@ def sample_grid(pipe, prompts, path, seed: int = 100):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    data = parser.add_mutually_exclusive_group(required=True)
-    data.add_argument("--concept", choices=CONCEPTS, help="a shape or colour the embedded model never learned")
-    data.add_argument("--images", help="a folder of pictures with captions (metadata.jsonl or .txt files)")
+    add_data_arguments(parser, "a shape or colour the embedded model never learned")
     parser.add_argument("--out", required=True, help="folder for the adapter, its checkpoint and sample grids")
-    parser.add_argument("--model", default=None, help="a diffusers SD 1.x/2.x folder (default: the embedded model)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into --out even if it holds files this command did not write")
     defaults = LoRASettings()

@@ -120,11 +120,13 @@ def train_unet(cfg, latents: tuple, token_ids: np.ndarray, text_encoder, vae, to
                record: dict | None = None):
     """Train the U-Net on cached latents; resumes from run_dir/unet_ckpt.pt.
 
+    With cfg.text_encoder_lr_scale > 0 a copy of the text encoder trains along, at that times
+    the U-Net's learning rate (`text_encoder` itself is not changed); with 0 it stays frozen.
     total_steps (default cfg.unet_steps) may be raised on a resumed run to train longer:
     the learning rate is constant after warm-up, so training simply continues.
     init_unet: a trained UNet2DConditionModel to start from (and to seed the EMA) instead
     of fresh weights; see train_longer.py. record: more settings a resumed run must share.
-    Returns the EMA model.
+    Returns the EMA model's U-Net and text encoder (`text_encoder` itself when it stays frozen).
     """
     from diffusers import DDPMScheduler
 
@@ -134,6 +136,13 @@ def train_unet(cfg, latents: tuple, token_ids: np.ndarray, text_encoder, vae, to
     noise_schedule = DDPMScheduler(**SD_SCHEDULE)
     snr_weight = min_snr_weights(noise_schedule.alphas_cumprod, cfg.min_snr_gamma)
     text_encoder.requires_grad_(False).eval()
+    trains_text = cfg.text_encoder_lr_scale > 0
+    model = unet
+    params = None
+    if trains_text:  # one module, so that the loop trains, averages (EMA) and checkpoints both
+        model = torch.nn.ModuleDict({"unet": unet, "text_encoder": copy.deepcopy(text_encoder).requires_grad_(True)})
+        params = [{"params": list(unet.parameters())},
+                  {"params": list(model["text_encoder"].parameters()), "lr_scale": cfg.text_encoder_lr_scale}]
     mean, std = (torch.from_numpy(a) for a in latents)
     token_ids = torch.from_numpy(token_ids).long()
     n, k = token_ids.shape[:2]
@@ -148,31 +157,42 @@ def train_unet(cfg, latents: tuple, token_ids: np.ndarray, text_encoder, vae, to
         ids = token_ids[idx, which]
         drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.caption_dropout
         ids[drop] = empty_ids
-        context = encode_text(text_encoder, ids)
+        context = ids if trains_text else encode_text(text_encoder, ids)  # a trained encoder encodes in `loss`
         z0 = (mean[idx].float() + std[idx].float() * torch.randn(mean[idx].shape, generator=gen)) * scaling_factor
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, noise_schedule.config.num_train_timesteps, (cfg.unet_batch,), generator=gen)
         return noise_schedule.add_noise(z0, noise, t), noise, t, context
 
-    def loss(unet, batch):
+    def loss(model, batch):
         zt, noise, t, context = batch
+        if trains_text:
+            unet, context = model["unet"], model["text_encoder"](input_ids=context).last_hidden_state
+        else:
+            unet = model
         pred = unet(zt, t, encoder_hidden_states=context).sample
         return ((pred - noise).pow(2).mean((1, 2, 3)) * snr_weight.to(t.device)[t]).mean()
 
     def after_step(trainer, done):
         if done % cfg.sample_every == 0 or done == total_steps:
-            save_samples(trainer.ema.model, vae, text_encoder, tokenizer, run_dir / "samples" / f"unet_{done:06d}.png")
+            unet_now, text_now = parts(trainer.ema.model)
+            save_samples(unet_now, vae, text_now, tokenizer, run_dir / "samples" / f"unet_{done:06d}.png")
+
+    def parts(model):
+        """(U-Net, text encoder) of the trained module."""
+        return (model["unet"], model["text_encoder"]) if trains_text else (model, text_encoder)
 
     settings = TrainSettings(steps=total_steps, lr=cfg.unet_lr, schedule="constant", warmup=cfg.unet_warmup,
                              weight_decay=0.01, clip_grad_norm=1.0, ema_decay=cfg.unet_ema_decay,
                              checkpoint_every=cfg.checkpoint_every, mixed_precision=cfg.mixed_precision)
-    recorded = {**cfg.pick(*DATA_SETTINGS, *RULE_SETTINGS, *UNET_MODEL_SETTINGS, "unet_batch", "caption_dropout", "min_snr_gamma"),
+    recorded = {**cfg.pick(*DATA_SETTINGS, *RULE_SETTINGS, *UNET_MODEL_SETTINGS, "unet_batch", "caption_dropout", "min_snr_gamma",
+                           "text_encoder_lr_scale"),
                 "scaling_factor": float(scaling_factor), **(record or {})}
-    trainer = Trainer(unet, loss, next_batch, settings, generator=gen, checkpoint=run_dir / "unet_ckpt.pt",
-                      name="U-Net", record=recorded, progress=progress,
+    trainer = Trainer(model, loss, next_batch, settings, params=params, generator=gen,
+                      checkpoint=run_dir / "unet_ckpt.pt", name="U-Net", record=recorded, progress=progress,
                       after_step=after_step if cfg.sample_every else None)
     trainer.fit()
-    return trainer.ema.model.eval()
+    unet, trained_text = parts(trainer.ema.model.eval())
+    return unet, trained_text.eval().requires_grad_(False)
 
 
 @torch.no_grad()
