@@ -185,11 +185,18 @@ class Quiz:
         lines.append(self.score_line())
         return "\n".join(lines)
 
+    @property
+    def pass_mark(self) -> int | None:
+        """How many right answers pass (pass_percent of the questions, rounded up); None without a pass mark."""
+        if self.pass_percent is None:
+            return None
+        return math.ceil(len(self.questions) * self.pass_percent / 100)
+
     def score_line(self) -> str:
         right, total = sum(self.results.values()), len(self.questions)
         line = f"Score: {right}/{total} ({len(self.results)} answered)"
         if self.pass_percent is not None:
-            needed = math.ceil(total * self.pass_percent / 100)
+            needed = self.pass_mark
             verdict = ("passed" if right >= needed else "not passed yet: read the lessons of the questions you missed"
                        ) if len(self.results) == total else f"{needed} right to pass"
             line += f"; pass mark {self.pass_percent:g}%: {verdict}"

@@ -1,10 +1,11 @@
-"""Quiz banks are valid, every lesson's has five questions, and both front ends work."""
+"""Quiz banks are valid, every lesson's has five questions, answer length gives nothing away, and
+both front ends work."""
 
 
 import pytest
 import yaml
 
-from sdcourse.quiz import BANK_DIR, Quiz, bank_path, show_quiz, validate_bank
+from sdcourse.quiz import BANK_DIR, LETTERS, Quiz, bank_path, show_quiz, validate_bank
 
 BANKS = sorted(BANK_DIR.glob("*.yaml"))
 
@@ -18,23 +19,77 @@ def test_bank_is_valid_with_five_questions(path):
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     assert validate_bank(data, path.name) == []
     if path.stem == "module_test":
-        assert len(data["questions"]) == 15 and data["pass_percent"] == 80
+        assert len(data["questions"]) == 20 and data["pass_percent"] == 80
     else:
         assert len(data["questions"]) == 5 and "pass_percent" not in data
 
 
 def test_the_module_test_passes_at_80_percent():
     quiz = Quiz.from_lesson("module")
-    assert "12 right to pass" in quiz.score_line()
+    assert quiz.pass_mark == 16 and "16 right to pass" in quiz.score_line()
     for number, question in enumerate(quiz.questions, start=1):
         wrong = next(letter for letter in "abcd" if letter not in question.answer)
-        quiz.feedback(number, wrong if number <= 3 else "".join(question.answer))
-    assert quiz.score_line().endswith("passed") and "12/15" in quiz.score_line()
+        quiz.feedback(number, wrong if number <= 4 else "".join(question.answer))
+    assert quiz.score_line().endswith("passed") and "16/20" in quiz.score_line()
     quiz = Quiz.from_lesson("module")
     for number, question in enumerate(quiz.questions, start=1):
-        quiz.feedback(number, "".join(question.answer) if number > 4 else next(
+        quiz.feedback(number, "".join(question.answer) if number > 5 else next(
             letter for letter in "abcd" if letter not in question.answer))
-    assert "11/15" in quiz.score_line() and "not passed yet" in quiz.score_line()
+    assert "15/20" in quiz.score_line() and "not passed yet" in quiz.score_line()
+
+
+# ---- answer length gives nothing away ------------------------------------------------------
+# A learner who always picks the longest (or the shortest) choice should learn nothing from
+# doing so. A tie counts against the bank: if the correct choice is among the longest, the
+# longest choice is taken to be the correct one.
+MOST_OFTEN_LONGEST = 0.35  # the largest share of questions whose correct choice may be the longest
+
+
+def pick_by_length(question, longest=True) -> str:
+    """The letter a learner picks who always takes the longest (or the shortest) choice; among
+    tied choices, the correct one if there is one."""
+    lengths = [len(choice.text) for choice in question.choices]
+    target = max(lengths) if longest else min(lengths)
+    tied = [letter for letter, n in zip(LETTERS, lengths) if n == target]
+    return next((letter for letter in tied if letter in question.answer), tied[0])
+
+
+def share_answered_by_length(paths, longest=True) -> float:
+    questions = [q for path in paths for q in Quiz.from_file(path).questions]
+    return sum({pick_by_length(q, longest)} == q.answer for q in questions) / len(questions)
+
+
+@pytest.mark.parametrize("longest", [True, False], ids=["longest", "shortest"])
+def test_the_correct_choice_is_seldom_the_longest_or_the_shortest(longest):
+    share = share_answered_by_length(BANKS, longest)
+    assert share <= MOST_OFTEN_LONGEST, (
+        f"over all {len(BANKS)} banks, the {'longest' if longest else 'shortest'} choice is the correct one in "
+        f"{share:.0%} of the questions; at most {MOST_OFTEN_LONGEST:.0%} allowed: make the distractors as long and "
+        "as specific as the answer, or the answer as short as they are")
+
+
+def test_always_picking_the_longest_choice_fails_the_module_test():
+    quiz = Quiz.from_lesson("module")
+    for number, question in enumerate(quiz.questions, start=1):
+        quiz.feedback(number, pick_by_length(question))
+    right = sum(quiz.results.values())
+    assert right < quiz.pass_mark and "not passed yet" in quiz.score_line(), (
+        f"always picking the longest choice scores {right}/{len(quiz.questions)}, and {quiz.pass_mark} pass")
+
+
+def test_the_length_measures_catch_a_bank_that_gives_its_answers_away(tmp_path):
+    question = {"prompt": "Q?", "choices": [{"text": "a long and careful answer", "correct": True, "why": "w"},
+                                            {"text": "short", "why": "w"}, {"text": "brief", "why": "w"}]}
+    path = tmp_path / "99_test.yaml"
+    path.write_text(yaml.safe_dump({"title": "T", "pass_percent": 80, "questions": [question] * 5}))
+    assert share_answered_by_length([path]) == 1 and share_answered_by_length([path], longest=False) == 0
+    quiz = Quiz.from_file(path)
+    for number, q in enumerate(quiz.questions, start=1):
+        quiz.feedback(number, pick_by_length(q))
+    assert sum(quiz.results.values()) >= quiz.pass_mark
+    tie = {**question, "choices": [{**c, "text": "same"} for c in question["choices"]]}
+    path.write_text(yaml.safe_dump({"title": "T", "questions": [tie]}))
+    assert share_answered_by_length([path]) == 1, "a tie counts against the bank"
 
 
 def test_validation_catches_a_bad_pass_mark():
