@@ -545,6 +545,7 @@ def exercise_check(name, reference_fn, make_cases, mistakes, *, hints, solution,
     check.__name__ = "check_" + name
     check.__doc__ = f"Check your `{name}` against the reference on several cases."
     check.reference = reference_fn
+    check.prepare = prepare
     check.mistakes = mistakes
     check.cases = make_cases
     check.hints = list(hints)
