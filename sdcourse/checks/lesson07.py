@@ -333,8 +333,9 @@ check_cfg_simulator = exercise_check(
         "signal. Build the guided prediction for each scale first; the three answers are measurements of it.",
         "cosine(a, b) = (a * b).sum() / (a.norm() * b.norm()), over all values, whatever the shape. The norm is "
         "guided.norm().",
-        "Keep the first w (not its index) for which guided.norm() > 3 * eps_cond.norm(); None if there is none. "
-        "Return floats in the two lists.",
+        "For each w: guided = eps_uncond + w * signal. Keep the first w (not its index) for which guided.norm() > "
+        "3 * eps_cond.norm(), with eps_cond = eps_uncond + signal; None if there is none. Return floats in the "
+        "two lists.",
     ],
     solution=SOLUTION_NOTEBOOK,
 )

@@ -272,9 +272,10 @@ check_lora_linear = exercise_check(
         "weight; B is (d_out, rank), zeros. Both are nn.Parameter.",
         "forward: the base layer's output plus (alpha / rank) times the update. The update goes through A "
         "first (down to rank numbers), then through B (up to d_out).",
-        "update = (x @ self.lora_A.T) @ self.lora_B.T. merge, under torch.no_grad(): self.base.weight += "
-        "(alpha / rank) * self.lora_B @ self.lora_A, and remember that it is merged, so forward stops adding "
-        "the update.",
+        "nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5)) starts A; forward returns self.base(x) + "
+        "(alpha / rank) * update, with update = (x @ self.lora_A.T) @ self.lora_B.T. merge, under torch.no_grad(): "
+        "self.base.weight += (alpha / rank) * self.lora_B @ self.lora_A, and remember that it is merged, so "
+        "forward stops adding the update.",
     ],
     solution=SOLUTION_NOTEBOOK,
     prepare=_layer_report,
