@@ -255,8 +255,8 @@ def _call(fn, case, changed=None):
 def _argument_names(fn, args, kwargs):
     """[(name, value)] for each input of a call: the parameter's name where the signature tells it."""
     try:
-        parameters = inspect.signature(fn).parameters
-        bound = inspect.signature(fn).bind(*args, **kwargs)
+        signature = inspect.signature(fn)
+        parameters, bound = signature.parameters, signature.bind(*args, **kwargs)
     except (TypeError, ValueError):
         return [(f"argument {i + 1}", value) for i, value in enumerate(args)] + list(kwargs.items())
     names = []
@@ -302,11 +302,15 @@ def _unchanged(now, before) -> bool:
     if before is _NOT_WATCHED or now is _NOT_WATCHED:
         return before is now
     if isinstance(before, torch.Tensor):
-        return (isinstance(now, torch.Tensor) and now.shape == before.shape and now.dtype == before.dtype
-                and bool(torch.equal(now, before) or torch.equal(now.isnan(), before.isnan())
-                         and torch.equal(now.nan_to_num(), before.nan_to_num())))
+        if not (isinstance(now, torch.Tensor) and now.shape == before.shape and now.dtype == before.dtype):
+            return False
+        if before.is_floating_point():  # NaN is not equal to itself, but a NaN left in place is no change
+            return bool(torch.equal(now.isnan(), before.isnan()) and torch.equal(now.nan_to_num(), before.nan_to_num()))
+        return bool(torch.equal(now, before))
     if isinstance(before, np.ndarray):
-        return isinstance(now, np.ndarray) and now.shape == before.shape and np.array_equal(now, before, equal_nan=True)
+        if not (isinstance(now, np.ndarray) and now.shape == before.shape and now.dtype == before.dtype):
+            return False
+        return bool(np.array_equal(now, before, equal_nan=np.issubdtype(before.dtype, np.inexact)))
     if isinstance(before, (list, tuple)):
         return (type(now) is type(before) and len(now) == len(before)
                 and all(_unchanged(n, b) for n, b in zip(now, before)))
