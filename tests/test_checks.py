@@ -361,3 +361,44 @@ def test_the_worked_solution_passes_and_the_edited_one_fails(name, notebook, sta
     result = check(solution_code(notebook, start, edit)[fn_name], verbose=False)
     assert not result, f"{name} passes the wrong answer {edit[1]!r}"
     assert "likely cause: " + cause in result.report
+
+
+# ---- wrong answers a learner writes, beyond each catalogue, named by the probes ---------------------
+
+
+def kl_with_the_sign_lost(mean, logvar):
+    logvar = logvar.clamp(-30, 20)
+    return 0.5 * (1 + logvar - mean**2 - logvar.exp()).sum(dim=(1, 2, 3))
+
+
+def psnr_without_the_inverse(reconstruction, original):
+    return 10 * torch.log10(((reconstruction - original) / 2).pow(2).flatten(1).mean(1))
+
+
+def bins_counted_from_one(timesteps, losses, num_bins, T=1000):
+    bins = timesteps * num_bins // T + 1
+    return [float(losses[bins == k].mean()) if (bins == k).any() else float("nan") for k in range(num_bins)]
+
+
+def embedding_transposed(t, dim, flip_sin_to_cos=True, freq_shift=0):
+    return ALL_CHECKS["timestep_embedding"].reference(t, dim, flip_sin_to_cos, freq_shift).T
+
+
+def uint8_changing_its_input(x):
+    x.clamp_(-1, 1).add_(1).div_(2).mul_(255)
+    return x.round().to(torch.uint8).permute(1, 2, 0)
+
+
+BEYOND_THE_CATALOGUE = [
+    ("kl_divergence", kl_with_the_sign_lost, "the sign is wrong"),
+    ("reconstruction_psnr", psnr_without_the_inverse, "the sign is wrong"),
+    ("loss_by_timestep_bin", bins_counted_from_one, "an index one off"),
+    ("timestep_embedding", embedding_transposed, "transposed: axes 0 and 1"),
+    ("to_uint8_image", uint8_changing_its_input, "changed its input `x` in place"),
+]
+
+
+@pytest.mark.parametrize("name, answer, words", BEYOND_THE_CATALOGUE, ids=[b[1].__name__ for b in BEYOND_THE_CATALOGUE])
+def test_a_wrong_answer_beyond_the_catalogue_is_named(name, answer, words):
+    result = ALL_CHECKS[name](answer, verbose=False)
+    assert not result and words in result.report, result.report
