@@ -235,9 +235,11 @@ PROBED = [
     ("shifted one place", lambda *a: add_noise(*a).roll(1, dims=-1), "an index one off: your values are shifted"),
     ("a constant offset", lambda *a: add_noise(*a) + 0.25, "off by a constant: every value is +0.25"),
     ("an integer dtype", lambda *a: add_noise(*a).long(), "the dtype is int64; the exercise asks for float32"),
-    ("another device", lambda *a: add_noise(*a).to("meta"), "the result is on the meta device; the exercise asks for cpu"),
+    ("another device", lambda *a: add_noise(*a).to("meta"),
+     "the result is on the meta device; the exercise asks for cpu"),
     ("all zeros", lambda x0, *a: torch.zeros_like(x0), "the result is all zeros"),
-    ("changed in place, right result", scaled_in_place, "the result is right, but your function changed its input `x0`"),
+    ("changed in place, right result", scaled_in_place,
+     "the result is right, but your function changed its input `x0`"),
     ("changed in place, wrong result", noise_scaled_in_place, "your function changed its input `noise` in place"),
 ]
 
@@ -263,7 +265,8 @@ def test_a_count_one_off_is_named():
     (0.3, 0.2),                                            # one number: a factor or an offset would prove nothing
     (1.5, 0.5),
     (torch.tensor([1.0, 2.0, 3.5]), torch.tensor([1.0, 2.0, 3.0])),  # differs in one place only
-    (torch.randn(5, generator=torch.Generator().manual_seed(0)), torch.randn(5, generator=torch.Generator().manual_seed(1))),
+    (torch.randn(5, generator=torch.Generator().manual_seed(0)),   # unrelated values
+     torch.randn(5, generator=torch.Generator().manual_seed(1))),
     (torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[1.0, 2.0], [3.0, 5.0]])),
 ])
 def test_the_probes_claim_nothing_they_cannot_show(got, expected):

@@ -193,7 +193,8 @@ def run_check(
             break
         if _same(got, expected, compare):
             if changed:
-                report = f"❌ {name}: failed on case '{case.label}'\n   the result is right, but {_changed_words(changed)}"
+                report = (f"❌ {name}: failed on case '{case.label}'\n"
+                          f"   the result is right, but {_changed_words(changed)}")
                 break
             continue
         if isinstance(got, Raised) and not isinstance(expected, Raised):
@@ -315,8 +316,10 @@ def _unchanged(now, before) -> bool:
         return (type(now) is type(before) and len(now) == len(before)
                 and all(_unchanged(n, b) for n, b in zip(now, before)))
     if isinstance(before, dict):
-        return isinstance(now, dict) and now.keys() == before.keys() and all(_unchanged(now[k], before[k]) for k in before)
-    return now == before or (isinstance(before, float) and math.isnan(before) and isinstance(now, float) and math.isnan(now))
+        return (isinstance(now, dict) and now.keys() == before.keys()
+                and all(_unchanged(now[k], before[k]) for k in before))
+    both_nan = isinstance(before, float) and isinstance(now, float) and math.isnan(before) and math.isnan(now)
+    return both_nan or now == before
 
 
 def _changed_words(names) -> str:
@@ -396,7 +399,8 @@ def _transposed(g, e) -> str | None:
         if moved == sorted(moved):  # only axes of size 1 move: that is a reshape, not a transpose
             continue
         permuted = np.transpose(e, order)
-        if permuted.shape == g.shape and (np.array_equal(permuted, g) if not _numeric(e) else _close(g, permuted, scale)):
+        same = _close(g, permuted, scale) if _numeric(e) else np.array_equal(permuted, g)
+        if permuted.shape == g.shape and same:
             swapped = [axis for axis, source in enumerate(order) if axis != source]
             if len(swapped) == 2:
                 return f"transposed: axes {swapped[0]} and {swapped[1]} of your result are swapped"
