@@ -708,10 +708,12 @@ class PLMSSampler(AlphaBarSampler):
 
         Put x_0 into x_s = sqrt(a_s) x_0 + sqrt(1 - a_s) eps (a = alpha_bar) and it reads
             x_s = sqrt(a_s / a_t) x_t + (sqrt(1 - a_s) - sqrt(a_s (1 - a_t) / a_t)) eps
-        Near t = T - 1 both terms of eps's weight are close to 1, and their difference loses
-        digits; multiplied by the sum over itself it becomes the exact, stable
+        For a short jump (a_s close to a_t) the two terms of eps's weight nearly cancel, and
+        their difference loses digits. Multiplied and divided by their sum, the weight becomes
             (a_t - a_s) / (a_t sqrt(1 - a_s) + sqrt(a_t a_s (1 - a_t)))
-        (the PNDM paper's form), and x_0 itself, divided by the small sqrt(a_t), is not needed.
+        (the PNDM paper's form), where the only subtraction, a_t - a_s, is exact in floating
+        point for such close numbers. The step does not go through x_0, whose division by the
+        small sqrt(a_t) of the noisiest timesteps would magnify rounding; x_0 is only reported.
         """
         alpha_bar_t = self.alphas_cumprod[t]
         alpha_bar_s = self.alphas_cumprod[s] if s >= 0 else self.final_alpha_bar
@@ -722,6 +724,7 @@ class PLMSSampler(AlphaBarSampler):
             alpha_bar_t * (1 - alpha_bar_s) ** 0.5 + (alpha_bar_t * alpha_bar_s * (1 - alpha_bar_t)) ** 0.5
         )
         return (alpha_bar_s / alpha_bar_t) ** 0.5 * sample + eps_weight * eps
+
 
 SAMPLERS = {
     "ddpm": DDPMSampler,
