@@ -68,7 +68,24 @@ from sdcourse.vae import VAE
 
 # "DDIMScheduler" -> "ddim": the from-scratch sampler that reproduces each diffusers scheduler
 TWIN_SAMPLERS = {cls.twin: name for name, cls in SAMPLERS.items()}
-FALLBACK_SAMPLER = "ddim"  # for a scheduler without a twin (PNDMScheduler, SD 1.x's default)
+FALLBACK_SAMPLER = "ddim"  # for a scheduler without a twin (PNDM with its Runge-Kutta warm-up, say)
+
+
+def twin_sampler_name(scheduler):
+    """The name of the sampler that reproduces `scheduler`, or None if the course has none.
+
+    SD 1.x's PNDMScheduler has skip_prk_steps=True: that is PLMS. With skip_prk_steps=False,
+    PNDM's default, it starts with Runge-Kutta steps, which the course does not write.
+    """
+    name = TWIN_SAMPLERS.get(type(scheduler).__name__)
+    return None if name is None or untwinned_settings(scheduler) else name
+
+
+def untwinned_settings(scheduler):
+    """The config fields that keep a scheduler from being its sampler's twin (`Sampler.twin_settings`)."""
+    name = TWIN_SAMPLERS.get(type(scheduler).__name__)
+    settings = SAMPLERS[name].twin_settings if name is not None else {}
+    return [field for field, value in settings.items() if scheduler.config.get(field) != value]
 
 
 def make_sampler_for(scheduler, name=None):
@@ -79,12 +96,13 @@ def make_sampler_for(scheduler, name=None):
     feature it lacks (karras sigmas, thresholding...) must still be at its default.
     """
     if name is None:
-        name = TWIN_SAMPLERS.get(type(scheduler).__name__)
+        name = twin_sampler_name(scheduler)
         if name is None:
             name = FALLBACK_SAMPLER
+            setting = "".join(f" with {field}={scheduler.config.get(field)!r}" for field in untwinned_settings(scheduler))
             warn(
-                f"the pipeline's {type(scheduler).__name__} has no from-scratch twin: using the {name!r} sampler, "
-                f"so the pictures will differ from the pipeline's. Pass sampler= to choose one of "
+                f"the pipeline's {type(scheduler).__name__}{setting} has no from-scratch twin: using the {name!r} "
+                f"sampler, so the pictures will differ from the pipeline's. Pass sampler= to choose one of "
                 f"{', '.join(map(repr, SAMPLERS))}",
                 CourseWarning,
                 stacklevel=3,
@@ -195,8 +213,9 @@ class StableDiffusion:
     TextToImage also takes a ControlNet (`controlnet=`, `sdcourse.controlnet`): made for its U-Net,
     it steers every picture towards a control picture.
     `on_step(step, t, latents, x0_pred)`, if given to a call, runs after each denoising step
-    with the step's index, its timestep, the latents after the step and the sampler's guess of
-    the clean latents (`sampler.last_x0`); `sd.decode(x0_pred)` shows that guess as pictures.
+    (each U-Net call, as diffusers' callback_on_step_end: PLMS's first step is two calls, so
+    12 steps run it 13 times) with the call's index, its timestep, the latents after the step
+    and the sampler's guess of the clean latents (`sampler.last_x0`); `sd.decode(x0_pred)` shows that guess as pictures.
     """
 
     takes_controlnet = False  # True for the pipelines that can use a ControlNet
@@ -239,8 +258,9 @@ class StableDiffusion:
             folder or cached hub id (loaded with `load_pipeline`), or a diffusers pipeline already
             loaded. The result runs on that pipeline's device and dtype; `.to()` moves it.
             A StableDiffusionControlNetPipeline's ControlNet comes along (TextToImage only).
-        sampler: a name from `sdcourse.samplers.SAMPLERS` ("ddim", "euler_a", "dpm++2m"...);
-            None: the twin of the pipeline's scheduler, built from its config.
+        sampler: a name from `sdcourse.samplers.SAMPLERS` ("ddim", "euler_a", "dpm++2m", "plms"...);
+            None: the twin of the pipeline's scheduler, built from its config (SD 1.x's
+            PNDMScheduler gives "plms").
         """
         pipe = path_or_diffusers_pipeline
         if pipe is None or isinstance(pipe, (str, os.PathLike)):

@@ -7,6 +7,7 @@ Each sampler is written from scratch and reproduces a diffusers scheduler, its "
     EulerSampler               EulerDiscreteScheduler
     EulerAncestralSampler      EulerAncestralDiscreteScheduler
     DPMSolverMultistepSampler  DPMSolverMultistepScheduler       (DPM-Solver++ 2M)
+    PLMSSampler                PNDMScheduler                     (skip_prk_steps=True, SD 1.x's default)
 
 They all have the interface diffusers' pipelines use:
 
@@ -33,7 +34,7 @@ and DPM-Solver; x = x_0 + sigma eps for Euler). `predicted_x0` turns any predict
 that variable, and `sampler.add_noise` (as diffusers' schedulers have it) goes the other way.
 
 Where diffusers does something surprising (DDIM's step size, Euler's starting noise with
-"leading" timesteps), the sampler does the same and says so: to check a sampler against its
+"leading" timesteps, PLMS's first step, which calls the network twice), the sampler does the same and says so: to check a sampler against its
 twin, it must match the twin exactly.
 """
 
@@ -128,6 +129,7 @@ class Sampler:
     """
 
     twin = ""  # the diffusers scheduler this sampler reproduces
+    twin_settings: dict = {}  # config values the twin must have to be this sampler (PLMS: no PRK steps)
     DEFAULTS: dict = {}
     CHOICES: dict = {}
     FIXED: dict = {}
@@ -613,12 +615,124 @@ class DPMSolverMultistepSampler(SigmaSampler):
         return prev.to(model_output.dtype)
 
 
+# Adams-Bashforth weights: with k noise predictions eps_1 (newest) ... eps_k, the multistep
+# prediction is sum_j w_j eps_j. They extrapolate the polynomial through the last k predictions
+# over the coming step; each row adds up to 1, so a constant prediction stays as it is.
+ADAMS_BASHFORTH_WEIGHTS = {
+    1: (1.0,),
+    2: (3 / 2, -1 / 2),
+    3: (23 / 12, -16 / 12, 5 / 12),
+    4: (55 / 24, -59 / 24, 37 / 24, -9 / 24),
+}
+
+
+class PLMSSampler(AlphaBarSampler):
+    """PLMS, the pseudo linear multistep method (Liu et al., 2022): DDIM steps, fed a noise
+    prediction extrapolated from the last few, as Adams-Bashforth does.
+
+    Every step moves x_t to x_s with the DDIM formula (eta = 0), s = t - num_train_timesteps //
+    num_inference_steps:
+        x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)
+        x_s = sqrt(alpha_bar_s) x_0 + sqrt(1 - alpha_bar_s) eps
+    but eps is not the network's last output alone. With e_1 the newest prediction, e_2 the one
+    before and so on, the step uses (`ADAMS_BASHFORTH_WEIGHTS`)
+        1 known:  e_1                          3 known:  (23 e_1 - 16 e_2 + 5 e_3) / 12
+        2 known:  (3 e_1 - e_2) / 2            4 known:  (55 e_1 - 59 e_2 + 37 e_3 - 9 e_4) / 24
+    The first step has nothing to extrapolate from, so it is Heun-like and calls the network
+    TWICE: call 1 at t_1 takes a plain DDIM step to t_2 and remembers x at t_1; call 2 at t_2
+    goes back and redoes the step from the remembered x, with the mean of both predictions.
+    The second call's prediction is used for that step only; the history holds call 1's.
+    So `timesteps` repeats t_2: for 12 steps of SD's schedule (1000 training steps, "leading",
+    steps_offset=1) it is 914, 831, 831, 748, ..., 1, 13 network calls for 12 steps. Each call
+    is one `step`, and a pipeline's loop over `timesteps` needs nothing special.
+
+    The sampler counts its calls, as diffusers' PNDMScheduler does: the second call of a run
+    always redoes the step from t + num_train_timesteps // num_inference_steps down to its own t.
+    After the last timestep alpha_bar_s is alpha_bar_0 (set_alpha_to_one=False, SD's) or 1.
+    This is the twin with skip_prk_steps=True only (PNDM's Runge-Kutta warm-up is not written
+    here), which is this sampler's default; diffusers' default is False.
+    """
+
+    twin = "PNDMScheduler"
+    twin_settings = {"skip_prk_steps": True}
+    DEFAULTS = {
+        **SCHEDULE_DEFAULTS,
+        "prediction_type": "epsilon",
+        "timestep_spacing": "leading",
+        "steps_offset": 0,
+        "set_alpha_to_one": False,
+        "skip_prk_steps": True,
+    }
+    CHOICES = {"prediction_type": ("epsilon", "v_prediction"), "timestep_spacing": SPACINGS,
+               "skip_prk_steps": (True,)}
+    FIXED = {"trained_betas": (None,)}
+
+    def __init__(self, **config):
+        super().__init__(**config)
+        self.final_alpha_bar = torch.tensor(1.0) if self.config["set_alpha_to_one"] else self.alphas_cumprod[0]
+        self._start()
+
+    def _make_timesteps(self, n):
+        spaced = super()._make_timesteps(n)  # t_1 > t_2 > ... > t_n
+        # the first step calls the network at t_1, then again at t_2: t_2 appears twice
+        return torch.cat([spaced[:1], spaced[1:2], spaced[1:]])
+
+    def _start(self):
+        self.calls = 0  # how many steps were taken since set_timesteps
+        self.predictions = []  # the model outputs the extrapolation uses, oldest first (4 at most)
+        self.first_sample = None  # x at the first timestep, for the second call to start again from
+
+    def step(self, model_output, t, sample, generator=None):
+        """One network call's step: x_t -> x_s (see the class). generator is unused: no noise.
+
+        Sets `last_x0`, the x_0 of the prediction the step used."""
+        t = int(self.timesteps[self._check_step(model_output, t, sample)])
+        jump = self.num_train_timesteps // self.num_inference_steps
+        if self.calls == 1:
+            # the first step again, from the same start, with the mean of its two predictions
+            start, t, s = self.first_sample, t + jump, t
+            combined = (model_output + self.predictions[-1]) / 2
+        else:
+            start, s = sample, t - jump
+            self.predictions = [*self.predictions[-3:], model_output]
+            if self.calls == 0:
+                self.first_sample = sample
+            newest_first = self.predictions[::-1]
+            weights = ADAMS_BASHFORTH_WEIGHTS[len(newest_first)]
+            combined = sum(w * e for w, e in zip(weights, newest_first))
+        self.calls += 1
+        return self._ddim_step(combined, start, t, s)
+
+    def _ddim_step(self, model_output, sample, t, s):
+        """x_t -> x_s with eta = 0, from a model output (eps or v) at x_t. Sets `last_x0`.
+
+        Put x_0 into x_s = sqrt(a_s) x_0 + sqrt(1 - a_s) eps (a = alpha_bar) and it reads
+            x_s = sqrt(a_s / a_t) x_t + (sqrt(1 - a_s) - sqrt(a_s (1 - a_t) / a_t)) eps
+        For a short jump (a_s close to a_t) the two terms of eps's weight nearly cancel, and
+        their difference loses digits. Multiplied and divided by their sum, the weight becomes
+            (a_t - a_s) / (a_t sqrt(1 - a_s) + sqrt(a_t a_s (1 - a_t)))
+        (the PNDM paper's form), where the only subtraction, a_t - a_s, is exact in floating
+        point for such close numbers. The step does not go through x_0, whose division by the
+        small sqrt(a_t) of the noisiest timesteps would magnify rounding; x_0 is only reported.
+        """
+        alpha_bar_t = self.alphas_cumprod[t]
+        alpha_bar_s = self.alphas_cumprod[s] if s >= 0 else self.final_alpha_bar
+        alpha_t, sigma_t = self._scales(alpha_bar_t)
+        eps = predicted_eps(self.config["prediction_type"], model_output, sample, alpha_t, sigma_t)
+        self.last_x0 = (sample - sigma_t * eps) / alpha_t
+        eps_weight = (alpha_bar_t - alpha_bar_s) / (
+            alpha_bar_t * (1 - alpha_bar_s) ** 0.5 + (alpha_bar_t * alpha_bar_s * (1 - alpha_bar_t)) ** 0.5
+        )
+        return (alpha_bar_s / alpha_bar_t) ** 0.5 * sample + eps_weight * eps
+
+
 SAMPLERS = {
     "ddpm": DDPMSampler,
     "ddim": DDIMSampler,
     "euler": EulerSampler,
     "euler_a": EulerAncestralSampler,
     "dpm++2m": DPMSolverMultistepSampler,
+    "plms": PLMSSampler,
 }
 
 

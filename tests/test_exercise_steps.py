@@ -1,6 +1,6 @@
-"""The exercises that build real pieces: the VAE's KL term (lesson 01) and one training step of
-the U-Net (lesson 04), checked against diffusers. Each check passes answers written the ways a
-learner may write them, and fails each mistake it diagnoses, naming it. The lesson 02 and 04
+"""The exercises that build real pieces: the VAE's KL term (lesson 01), one training step of
+the U-Net (lesson 04) and the Euler and DPM-Solver++ 2M steps (lesson 06), checked against
+diffusers. Each check passes answers written the ways a learner may write them, and fails each mistake it diagnoses, naming it. The lesson 02 and 04
 checks also name the mistakes their lessons warn about."""
 
 import pytest
@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from sdcourse.checks import (
     check_add_noise,
     check_diffusion_loss,
+    check_dpm_solver_2m_step,
+    check_euler_step,
     check_kl_divergence,
     check_predictor_mse_by_bin,
     check_training_step,
@@ -271,3 +273,64 @@ def test_diffusion_loss_check_names_the_scaled_noise_as_target():
         return (model_fn(x_t, timesteps) - (1 - alpha_bar).sqrt() * noise).pow(2).mean()
 
     fails_with(check_diffusion_loss, scored_against_scaled_noise, "compared with the scaled noise")
+
+
+# ---- lesson 06: the Euler and DPM-Solver++ 2M steps of the sampling ODE ------------------------
+
+
+def euler_step(x, eps, sigma, sigma_next):
+    return x + (sigma_next - sigma) * eps
+
+
+def euler_step_through_x0(x, eps, sigma, sigma_next):
+    x0 = x - sigma * eps  # DDIM's way: the clean guess, noised again to sigma_next
+    return x0 + sigma_next * eps
+
+
+def dpm_solver_2m_step(x, x0, x0_prev, sigma_prev, sigma, sigma_next):
+    if x0_prev is None or sigma_next == 0:
+        guess = x0
+    else:
+        r = torch.log(sigma_prev / sigma) / torch.log(sigma / sigma_next)
+        guess = x0 + (x0 - x0_prev) / (2 * r)
+    return sigma_next / sigma * x + (1 - sigma_next / sigma) * guess
+
+
+def dpm_solver_2m_step_in_lambdas(x, x0, x0_prev, sigma_prev, sigma, sigma_next):
+    """Written with lambda = -log(sigma) and exp, as the paper writes it."""
+    if sigma_next == 0:
+        return x0
+    lam, lam_next = -torch.log(sigma), -torch.log(sigma_next)
+    h = lam_next - lam
+    guess = x0
+    if x0_prev is not None:
+        h_prev = lam - (-torch.log(sigma_prev))
+        guess = (1 + h / (2 * h_prev)) * x0 - h / (2 * h_prev) * x0_prev
+    return torch.exp(-h) * x + (1 - torch.exp(-h)) * guess
+
+
+@pytest.mark.parametrize("answer", [euler_step, euler_step_through_x0])
+def test_euler_step_check_passes_correct_answers(answer):
+    assert check_euler_step(answer, verbose=False)
+
+
+@pytest.mark.parametrize("answer", [dpm_solver_2m_step, dpm_solver_2m_step_in_lambdas])
+def test_dpm_solver_2m_step_check_passes_correct_answers(answer):
+    assert check_dpm_solver_2m_step(answer, verbose=False)
+
+
+@pytest.mark.parametrize("check", [check_euler_step, check_dpm_solver_2m_step], ids=["euler", "dpm_solver_2m"])
+def test_the_ode_step_checks_name_each_mistake(check):
+    for cause, mistake in check.mistakes.items():
+        fails_with(check, mistake, cause)
+
+
+def test_a_first_order_dpm_step_is_ddims_and_eulers():
+    """With no x0_prev, DPM-Solver++'s step in sigma space is the Euler step with eps = (x - x0) / sigma."""
+    for case in check_dpm_solver_2m_step.cases():
+        x, x0, x0_prev, sigma_prev, sigma, sigma_next = case.args
+        if x0_prev is None:
+            expected = euler_step(x, (x - x0) / sigma, sigma, sigma_next)
+            torch.testing.assert_close(check_dpm_solver_2m_step.reference(*case.args), expected, atol=1e-4, rtol=1e-4)
+            return
+    raise AssertionError("no first-step case")

@@ -1,6 +1,7 @@
 """Every sampler equals its diffusers twin: timesteps, single steps, whole trajectories; and bad
 input gets a clear error."""
 
+import inspect
 import math
 
 import numpy as np
@@ -22,6 +23,7 @@ from sdcourse.samplers import (
     DPMSolverMultistepSampler,
     EulerAncestralSampler,
     EulerSampler,
+    PLMSSampler,
     make_sampler,
     predicted_eps,
     predicted_x0,
@@ -36,8 +38,11 @@ TWINS = {
     EulerSampler: EulerDiscreteScheduler,
     EulerAncestralSampler: EulerAncestralDiscreteScheduler,
     DPMSolverMultistepSampler: DPMSolverMultistepScheduler,
+    PLMSSampler: PNDMScheduler,
 }
 STOCHASTIC = (DDPMSampler, EulerAncestralSampler)  # and DDIM with eta > 0
+# What a twin must be told beyond its defaults: PLMS is PNDM without its Runge-Kutta warm-up
+TWIN_CHANGES = {PLMSSampler: {"skip_prk_steps": True}}
 
 
 def sd_config(cls, **changes):
@@ -47,7 +52,7 @@ def sd_config(cls, **changes):
         config["clip_sample"] = False
     if cls is DDIMSampler:
         config["set_alpha_to_one"] = False
-    return {**config, **changes}
+    return {**config, **TWIN_CHANGES.get(cls, {}), **changes}
 
 
 def config_grid():
@@ -55,7 +60,7 @@ def config_grid():
     spacing, each prediction type, a cosine schedule and the sampler's own options changed."""
     grid = []
     for cls in TWINS:
-        configs = {"defaults": {}, "sd": sd_config(cls), "cosine": sd_config(cls, beta_schedule="squaredcos_cap_v2")}
+        configs = {"defaults": TWIN_CHANGES.get(cls, {}), "sd": sd_config(cls), "cosine": sd_config(cls, beta_schedule="squaredcos_cap_v2")}
         for spacing in ("leading", "trailing", "linspace"):
             configs[spacing] = sd_config(cls, timestep_spacing=spacing)
         for prediction in cls.CHOICES["prediction_type"]:
@@ -89,17 +94,28 @@ def seeded(seed):
     return torch.Generator().manual_seed(seed)
 
 
+def step_arguments(sampler, generator, eta):
+    """eta for DDIM; the generator for every sampler but PLMS, whose twin takes none (it adds no noise)."""
+    extra = {"eta": eta} if isinstance(sampler, (DDIMSampler, DDIMScheduler)) else {}
+    if "generator" in inspect.signature(sampler.step).parameters and not isinstance(sampler, PNDMScheduler):
+        extra["generator"] = generator
+    return extra
+
+
 def step_both(ours, library, model_output, t, sample, seed, eta):
     """One step of each from the same inputs and the same seed."""
-    extra = {"eta": eta} if isinstance(ours, DDIMSampler) else {}
-    mine = ours.step(model_output, t, sample, generator=seeded(seed), **extra)
-    theirs = library.step(model_output, t, sample, generator=seeded(seed), **extra)
+    mine = ours.step(model_output, t, sample, **step_arguments(ours, seeded(seed), eta))
+    theirs = library.step(model_output, t, sample, **step_arguments(library, seeded(seed), eta))
     return mine, theirs
 
 
 def library_x0(library, output):
+    """The twin's x_0 of the step; None for PNDM, which does not report one (see
+    test_plms_first_step_is_ddims_and_reports_its_x0)."""
     if isinstance(library, DPMSolverMultistepScheduler):
         return library.model_outputs[-1]  # DPM-Solver++ keeps its x_0 predictions there
+    if isinstance(library, PNDMScheduler):
+        return None
     return output.pred_original_sample
 
 
@@ -136,7 +152,8 @@ def test_one_step_equals_diffusers(cls, config):
             mine, theirs = step_both(ours, library, model_output, t, sample, seed=i, eta=eta)
             scale = max(1.0, theirs.prev_sample.abs().max().item())
             assert (mine - theirs.prev_sample).abs().max() <= 1e-6 * scale, (eta, i)
-            assert (ours.last_x0 - library_x0(library, theirs)).abs().max() <= 1e-6 * scale, (eta, i)
+            if library_x0(library, theirs) is not None:
+                assert (ours.last_x0 - library_x0(library, theirs)).abs().max() <= 1e-6 * scale, (eta, i)
 
 
 def run(sampler, n, eta, seed=0, diffusers_output=False):
@@ -144,16 +161,16 @@ def run(sampler, n, eta, seed=0, diffusers_output=False):
     sampler.set_timesteps(n)
     generator = seeded(seed)
     x = torch.randn(2, 4, 8, 8, generator=generator) * sampler.init_noise_sigma
-    extra = {"eta": eta} if isinstance(sampler, (DDIMSampler, DDIMScheduler)) else {}
+    extra = step_arguments(sampler, generator, eta)
     x0s = []
     for t in sampler.timesteps:
         model_output = denoiser(sampler.scale_model_input(x, t), t)
         if diffusers_output:
-            output = sampler.step(model_output, t, x, generator=generator, **extra)
+            output = sampler.step(model_output, t, x, **extra)
             x = output.prev_sample
             x0s.append(library_x0(sampler, output))
         else:
-            x = sampler.step(model_output, t, x, generator=generator, **extra)
+            x = sampler.step(model_output, t, x, **extra)
             x0s.append(sampler.last_x0)
     return x, x0s
 
@@ -170,7 +187,8 @@ def test_a_whole_trajectory_equals_diffusers(cls, config):
         theirs, their_x0s = run(library, n, eta, diffusers_output=True)
         assert relative_difference(mine, theirs) <= 1e-4, (n, eta)
         for step, (x0, expected) in enumerate(zip(my_x0s, their_x0s)):
-            assert relative_difference(x0, expected) <= 1e-4, (n, eta, step)
+            if expected is not None:
+                assert relative_difference(x0, expected) <= 1e-4, (n, eta, step)
 
 
 @pytest.mark.parametrize("cls", STOCHASTIC + (DDIMSampler,))
@@ -220,7 +238,7 @@ def test_add_noise_equals_diffusers(cls, config, dtype):
     x0 = torch.randn(n, 4, 8, 8, generator=seeded(0)).to(dtype)
     noise = torch.randn(n, 4, 8, 8, generator=seeded(1)).to(dtype)
     shuffled = library.timesteps[torch.randperm(n, generator=seeded(2))]
-    for timesteps in (shuffled, library.timesteps[3:4], library.timesteps[n - 1 :]):
+    for timesteps in (shuffled, library.timesteps[3:4], library.timesteps[-1:]):
         mine, theirs = ours.add_noise(x0, noise, timesteps), library.add_noise(x0, noise, timesteps)
         assert mine.dtype == theirs.dtype == dtype
         assert torch.equal(mine, theirs), timesteps
@@ -312,6 +330,79 @@ def test_dpm_solver_second_order_steps_differ_from_first_order_ones():
     assert relative_difference(second, first) > 1e-3
 
 
+PLMS_CONFIGS = {
+    "sd": {},
+    "trailing": {"timestep_spacing": "trailing"},
+    "linspace": {"timestep_spacing": "linspace"},
+    "v_prediction": {"prediction_type": "v_prediction"},
+    "alpha_to_one": {"set_alpha_to_one": True},
+}
+
+
+def test_plms_repeats_the_second_timestep_for_its_two_call_first_step():
+    """SD's schedule with 12 steps: 13 U-Net calls, 831 twice, as diffusers' PNDMScheduler has them."""
+    ours, library = pair(PLMSSampler, sd_config(PLMSSampler))
+    ours.set_timesteps(12)
+    library.set_timesteps(12)
+    assert ours.timesteps.tolist() == [914, 831, 831] + list(range(748, 0, -83))
+    assert torch.equal(ours.timesteps, library.timesteps)
+    ours.set_timesteps(1)
+    assert ours.timesteps.tolist() == [1]  # one step: one call, nothing to redo
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 12])
+@pytest.mark.parametrize("changes", PLMS_CONFIGS.values(), ids=PLMS_CONFIGS.keys())
+def test_plms_steps_equal_diffusers_across_its_history(n, changes):
+    """Fed diffusers' own sample at every call, each call of PLMS equals PNDMScheduler's: the
+    first step's two calls, then the multistep ones with 2, 3 and 4 predictions."""
+    ours, library = pair(PLMSSampler, sd_config(PLMSSampler, **changes))
+    ours.set_timesteps(n)
+    library.set_timesteps(n)
+    x = torch.randn(2, 4, 8, 8, generator=seeded(n))
+    for t in library.timesteps:
+        model_output = denoiser(x, t)
+        expected = library.step(model_output, t, x).prev_sample
+        assert (ours.step(model_output, t, x) - expected).abs().max() <= 1e-6 * max(1.0, expected.abs().max().item())
+        x = expected
+
+
+def test_plms_first_step_is_ddims_and_reports_its_x0():
+    """Call 1 is a DDIM step with the network's prediction; call 2 redoes it from the same start
+    with the mean of both predictions. DDIM (eta 0) says what each should give, x_0 included."""
+    ours = PLMSSampler(**sd_config(PLMSSampler))
+    ddim = DDIMScheduler(**sd_config(DDIMSampler))
+    ours.set_timesteps(10)
+    ddim.set_timesteps(10)
+    first, second = ours.timesteps[0], ours.timesteps[1]
+    start = torch.randn(2, 4, 8, 8, generator=seeded(0))
+    eps_1, eps_2 = denoiser(start, first), torch.randn(2, 4, 8, 8, generator=seeded(1))
+
+    moved = ours.step(eps_1, first, start)
+    expected = ddim.step(eps_1, first, start)
+    torch.testing.assert_close(moved, expected.prev_sample, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ours.last_x0, expected.pred_original_sample, atol=1e-6, rtol=1e-6)
+
+    redone = ours.step(eps_2, second, moved)  # `moved` is not used: the step starts again from `start`
+    expected = ddim.step((eps_1 + eps_2) / 2, first, start)
+    torch.testing.assert_close(redone, expected.prev_sample, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ours.last_x0, expected.pred_original_sample, atol=1e-6, rtol=1e-6)
+
+
+def test_plms_multistep_predictions_differ_from_ddims():
+    """The history matters: PLMS and DDIM part ways after the first step."""
+    plms, _ = run(PLMSSampler(**sd_config(PLMSSampler)), 10, None)
+    ddim, _ = run(DDIMSampler(**sd_config(DDIMSampler)), 10, 0.0)
+    assert relative_difference(plms, ddim) > 1e-3
+
+
+def test_plms_refuses_a_timestep_outside_its_schedule():
+    sampler = PLMSSampler(**sd_config(PLMSSampler))
+    sampler.set_timesteps(12)
+    x = torch.zeros(1, 4, 8, 8)
+    with pytest.raises(ValueError, match=r"timestep 900 is not one of this sampler's 13 timesteps \(914 down to 1\)"):
+        sampler.step(x, 900, x)
+
+
 def test_the_sd_pipeline_config_carried_over_by_diffusers_is_accepted():
     """SD 1.x ships a PNDMScheduler config; diffusers keeps its extra fields (skip_prk_steps,
     set_alpha_to_one, clip_sample) when it builds another scheduler from it."""
@@ -356,7 +447,7 @@ def test_the_samplers_schedule_is_diffusers_to_the_last_bit(beta_schedule):
 def test_make_sampler_builds_each_sampler_and_refuses_unknown_names():
     for name, cls in SAMPLERS.items():
         assert type(make_sampler(name, sd_config(cls))) is cls
-    known = r"known samplers: ddpm, ddim, euler, euler_a, dpm\+\+2m"
+    known = r"known samplers: ddpm, ddim, euler, euler_a, dpm\+\+2m, plms"
     with pytest.raises(ValueError, match=rf"unknown sampler 'pndm'; {known}"):
         make_sampler("pndm")
 
@@ -368,7 +459,7 @@ def test_make_sampler_takes_another_schedulers_config_as_diffusers_does(name, so
     thresholding, solver_order, ...) are dropped, as diffusers' from_config drops them."""
     other = source(**SD_SCHEDULE, steps_offset=1).config
     sampler = make_sampler(name, other)
-    library = TWINS[type(sampler)].from_config(other)
+    library = TWINS[type(sampler)].from_config(other, **TWIN_CHANGES.get(type(sampler), {}))
     sampler.set_timesteps(20)
     library.set_timesteps(20)
     assert torch.equal(sampler.timesteps.to(library.timesteps.dtype), library.timesteps)
@@ -407,6 +498,10 @@ def test_a_leading_spacing_that_would_pass_the_last_timestep_is_refused(cls):
         (EulerAncestralSampler, {"prediction_type": "sample"}, r"prediction_type='sample' .*only 'epsilon' or 'v_"),
         (EulerSampler, {"final_sigmas_type": "one"}, r"final_sigmas_type='one'"),
         (DDIMSampler, {"beta_schedule": "sigmoid"}, r"beta_schedule='sigmoid' is unknown"),
+        (PLMSSampler, {"skip_prk_steps": False}, r"PLMSSampler config: skip_prk_steps=False is not supported \(only True\)"),
+        (PLMSSampler, {"prediction_type": "sample"}, r"prediction_type='sample' .*only 'epsilon' or 'v_prediction'"),
+        (PLMSSampler, {"trained_betas": [0.1]}, r"trained_betas=\[0.1\] is not supported"),
+        (PLMSSampler, {"clip_sample_range": 2.0}, r"PLMSSampler config: unknown fields \['clip_sample_range'\]"),
         (DDIMSampler, {"use_karras_sigmas": False}, r"DDIMSampler config: unknown fields \['use_karras_sigmas'\]"),
         (EulerAncestralSampler, {"clip_sample_range": 2.0}, r"unknown fields \['clip_sample_range'\]"),
     ],
@@ -418,7 +513,7 @@ def test_bad_configs_are_refused_with_the_field_named(cls, changes, message):
 
 def test_fields_for_missing_features_are_accepted_at_their_defaults():
     for cls, twin in TWINS.items():
-        cls.from_config(twin().config)  # every field present, at the twin's default
+        cls.from_config(twin(**TWIN_CHANGES.get(cls, {})).config)  # every field present, at the twin's default
 
 
 @pytest.mark.parametrize("cls", TWINS)
@@ -472,8 +567,8 @@ def test_a_timestep_that_is_not_in_the_schedule_is_an_error(cls):
 
 
 def test_set_timesteps_starts_over():
-    """A second set_timesteps forgets the step count and DPM-Solver's history."""
-    for cls in (EulerSampler, DPMSolverMultistepSampler):
+    """A second set_timesteps forgets the step count and DPM-Solver's and PLMS's history."""
+    for cls in (EulerSampler, DPMSolverMultistepSampler, PLMSSampler):
         sampler = cls(**sd_config(cls))
         first, _ = run(sampler, 10, None)
         again, _ = run(sampler, 10, None)

@@ -5,7 +5,10 @@ the same weights (the embedded tiny model), seed and arguments, and compares the
 uint8 arrays. A few steps at 64x64 keep it fast.
 """
 
+import json
 import math
+import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -24,12 +27,19 @@ from PIL import Image
 
 from sdcourse import CourseWarning
 from sdcourse.pipeline import EMBEDDED_MODEL, ImageToImage, Inpaint, TextToImage, image_to_tensor, load_pipeline
-from sdcourse.samplers import DDIMSampler, DPMSolverMultistepSampler, EulerAncestralSampler
+from sdcourse.samplers import DDIMSampler, DPMSolverMultistepSampler, EulerAncestralSampler, PLMSSampler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 STEPS = 4
-SCHEDULERS = {"ddim": DDIMScheduler, "euler_a": EulerAncestralDiscreteScheduler, "dpm++2m": DPMSolverMultistepScheduler}
+SCHEDULERS = {"ddim": DDIMScheduler, "euler_a": EulerAncestralDiscreteScheduler, "dpm++2m": DPMSolverMultistepScheduler,
+              "plms": PNDMScheduler}
+SCHEDULER_CHANGES = {"plms": {"skip_prk_steps": True}}  # SD 1.x's PNDM: PLMS, no Runge-Kutta warm-up
+# Stable Diffusion 1.5's scheduler_config.json
+SD15_SCHEDULER = {"_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0", "beta_end": 0.012,
+                  "beta_schedule": "scaled_linear", "beta_start": 0.00085, "clip_sample": False,
+                  "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True,
+                  "steps_offset": 1, "trained_betas": None}
 
 
 def seeded(seed=0):
@@ -77,10 +87,10 @@ def both(request, embedded):
     """(sampler name, diffusers' three pipelines, the course's three) for one sampler.
 
     ddim is the embedded model's own scheduler (the default twin); euler_a is chosen by name,
-    built from the DDIM config; dpm++2m is the twin of a pipeline whose scheduler was swapped.
+    built from the DDIM config; dpm++2m and plms are the twins of a pipeline whose scheduler was swapped.
     """
     name = request.param
-    scheduler = SCHEDULERS[name].from_config(embedded.scheduler.config)
+    scheduler = SCHEDULERS[name].from_config(embedded.scheduler.config, **SCHEDULER_CHANGES.get(name, {}))
     text = StableDiffusionPipeline(**{**embedded.components, "scheduler": scheduler})
     theirs = {
         "text": text,
@@ -98,7 +108,8 @@ def both(request, embedded):
 
 def test_each_sampler_is_the_twin_asked_for(both):
     name, _, ours = both
-    expected = {"ddim": DDIMSampler, "euler_a": EulerAncestralSampler, "dpm++2m": DPMSolverMultistepSampler}[name]
+    expected = {"ddim": DDIMSampler, "euler_a": EulerAncestralSampler, "dpm++2m": DPMSolverMultistepSampler,
+                "plms": PLMSSampler}[name]
     assert type(ours["text"].sampler) is expected
 
 
@@ -276,11 +287,54 @@ def test_prompts_are_padded_with_the_pipelines_pad_token(embedded):
 
 
 def test_a_scheduler_without_a_twin_falls_back_to_ddim_with_a_warning(embedded):
+    """PNDM with its Runge-Kutta warm-up (skip_prk_steps=False, PNDM's default) has no twin."""
     pndm = StableDiffusionPipeline(**{**embedded.components,
                                       "scheduler": PNDMScheduler.from_config(embedded.scheduler.config)})
-    with pytest.warns(CourseWarning, match="PNDMScheduler has no from-scratch twin"):
+    with pytest.warns(CourseWarning, match="PNDMScheduler with skip_prk_steps=False has no from-scratch twin"):
         ours = TextToImage.from_pretrained(pndm)
     assert type(ours.sampler) is DDIMSampler
+
+
+@pytest.fixture(scope="module")
+def sd15_folder(tmp_path_factory):
+    """The embedded model with Stable Diffusion 1.5's scheduler config: PNDMScheduler, skip_prk_steps."""
+    folder = tmp_path_factory.mktemp("sd15-scheduler") / "tiny-sd"
+    shutil.copytree(EMBEDDED_MODEL, folder)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD15_SCHEDULER))
+    (folder / "model_index.json").write_text(json.dumps(
+        {**json.loads((EMBEDDED_MODEL / "model_index.json").read_text()), "scheduler": ["diffusers", "PNDMScheduler"]}))
+    return folder
+
+
+def test_sd15s_pndm_scheduler_gives_plms_whose_13_calls_for_12_steps_equal_diffusers(sd15_folder):
+    """A pipeline made from a folder with SD 1.5's scheduler runs PLMS, without a warning. Its first
+    step calls the U-Net twice, so 12 steps are 13 calls (914, 831, 831, 748, ..., 1), and on_step
+    runs after each call, as diffusers' callback does; each call's latents and the pictures are
+    diffusers' StableDiffusionPipeline's."""
+    theirs = load_pipeline(str(sd15_folder))
+    assert type(theirs.scheduler) is PNDMScheduler
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CourseWarning)
+        ours = TextToImage.from_pretrained(str(sd15_folder))
+    assert type(ours.sampler) is PLMSSampler
+
+    their_calls = []
+
+    def record(pipe, i, t, tensors):
+        their_calls.append((i, int(t), tensors["latents"].clone()))
+        return tensors
+
+    args = dict(prompt="a red circle", guidance_scale=7.5, num_inference_steps=12)
+    reference = theirs(**args, height=64, width=64, generator=seeded(0), callback_on_step_end=record,
+                       callback_on_step_end_tensor_inputs=["latents"]).images
+    our_calls = []
+    images = ours(**args, generator=seeded(0),
+                  on_step=lambda step, t, latents, x0: our_calls.append((step, t, latents.clone())))
+    assert [t for _, t, _ in our_calls] == [914, 831, 831] + list(range(748, 0, -83))
+    assert [(i, t) for i, t, _ in our_calls] == [(i, t) for i, t, _ in their_calls]
+    for (_, _, latents), (_, _, expected) in zip(our_calls, their_calls):
+        torch.testing.assert_close(latents, expected, atol=1e-4, rtol=1e-4)
+    assert max_difference(images, reference) <= 1
 
 
 def test_integer_types_other_than_int_are_accepted(embedded):

@@ -48,7 +48,7 @@ check_to_uint8_image = exercise_check(
         "x.clamp(-1, 1) limits the values. Adding 1 and halving maps [-1, 1] onto "
         "[0, 1]; multiplying by 255 gives the pixel scale.",
         "Round before the cast, because the cast alone drops the fraction: "
-        ".round().to(torch.uint8). Then .permute(1, 2, 0) moves the channels last.",
+        "((x.clamp(-1, 1) + 1) / 2 * 255).round().to(torch.uint8), then .permute(1, 2, 0) moves the channels last.",
     ],
     solution=SOLUTION_NOTEBOOK,
 )

@@ -83,6 +83,7 @@ check_timestep_embedding = exercise_check(
         "t times each frequency, the other half the sine.",
         "The frequencies fall from 1 towards 1/10000: f_i = exp(-ln(10000) * i / (half - "
         "freq_shift)) for i = 0, ..., half - 1. torch.arange and math.log build them.",
+        "With freqs = torch.exp(-math.log(10000) * torch.arange(half) / (half - freq_shift)), "
         "angles = t.float()[:, None] * freqs[None, :] has shape (batch, half). "
         "torch.cat([angles.cos(), angles.sin()], dim=-1) is SD's order; swap the two for the other.",
     ],

@@ -271,7 +271,8 @@ check_min_snr_weight = exercise_check(
         "Start from the SNR at each timestep. The weight leaves an example alone where its SNR "
         "is at most gamma, and scales it down where the SNR is larger.",
         "Look alpha-bar up in float64, alphas_cumprod.double()[timesteps]; then snr = alpha_bar / (1 - alpha_bar).",
-        "min(SNR, gamma) is snr.clamp(max=gamma), and the weight is that divided by snr.",
+        "With snr = alpha_bar / (1 - alpha_bar) in float64, min(SNR, gamma) is snr.clamp(max=gamma), and the weight "
+        "is snr.clamp(max=gamma) / snr.",
     ],
     solution=SOLUTION_NOTEBOOK,
 )

@@ -430,8 +430,8 @@ check_cross_attention = exercise_check(
         "image_tokens, the keys and values from text_tokens.",
         "q = image_tokens @ w_q is (batch, pixels, d), k and v are (batch, tokens, d), and the "
         "scores q @ k.transpose(-2, -1) are (batch, pixels, tokens).",
-        "Divide the scores by math.sqrt(d) with d = w_q.shape[1], take the softmax over the last axis "
-        "(each pixel's weights over the tokens sum to 1), and multiply by v.",
+        "torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d), dim=-1) @ v, with d = w_q.shape[1]: the softmax "
+        "over the last axis gives each pixel weights over the tokens that sum to 1.",
     ],
     solution=SOLUTION_NOTEBOOK,
 )

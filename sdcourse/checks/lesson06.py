@@ -1,4 +1,5 @@
-"""Checks for lesson 06: sampling from scratch (the DDPM and DDIM steps, and DDIM's error by step count)."""
+"""Checks for lesson 06: sampling from scratch (the DDPM and DDIM steps, DDIM's error by step
+count, and two steps of the sampling ODE: Euler's and DPM-Solver++ 2M's)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import torch
 from ..schedules import NoiseSchedule
 from .core import Case, exercise_check
 
-__all__ = ["check_ddpm_step", "check_ddim_step", "check_gaussian_eps", "check_ddim_gaussian_error"]
+__all__ = [
+    "check_ddpm_step",
+    "check_ddim_step",
+    "check_gaussian_eps",
+    "check_ddim_gaussian_error",
+    "check_euler_step",
+    "check_dpm_solver_2m_step",
+]
 
 SOLUTION_NOTEBOOK = "solutions/06_sampling.ipynb"  # hint() points here after the last hint
 
@@ -358,6 +366,222 @@ check_ddim_gaussian_error = exercise_check(
         "image. Use alphas_cumprod[t] for alpha_bar at timestep t.",
         "The exact endpoint keeps x_T's place in its distribution: x_exact = mu + s * (x_T - sqrt(ab_T) * mu) / "
         "sqrt(ab_T * s**2 + 1 - ab_T) with ab_T = alphas_cumprod[-1]. Return float(((x - x_exact) ** 2).mean().sqrt()).",
+    ],
+    solution=SOLUTION_NOTEBOOK,
+)
+
+
+# ---- exercises 5 and 6: steps of the sampling ODE in sigma space ---------------------------------
+#
+# Both work on x = x_0 + sigma eps (x_t / sqrt(alpha_bar_t)). The cases are steps of the course's
+# samplers on Stable Diffusion's schedule; building them also checks that each sampler's step equals
+# its diffusers twin's on that case, so the reference is both.
+
+
+def _sd_sampler(cls, num_steps, **changes):
+    from ..schedules import SD_SCHEDULE
+
+    sampler = cls(**SD_SCHEDULE, **changes)
+    sampler.set_timesteps(num_steps)
+    return sampler
+
+
+def _twin_of(sampler):
+    import diffusers
+
+    twin = getattr(diffusers, sampler.twin).from_config(sampler.config)
+    twin.set_timesteps(sampler.num_inference_steps)
+    return twin
+
+
+def _euler_sampler_step(x, eps, num_steps, index):
+    """EulerSampler's step `index` of `num_steps` (a fresh sampler finds its place from the timestep)."""
+    from ..samplers import EulerSampler
+
+    sampler = _sd_sampler(EulerSampler, num_steps)
+    return sampler.step(eps, sampler.timesteps[index], x), sampler
+
+
+def euler_step_reference(x, eps, sigma, sigma_next):
+    """The course's EulerSampler, on the step of one of the cases' schedules that goes from sigma to sigma_next."""
+    from ..samplers import EulerSampler
+
+    for num_steps in _EULER_STEP_COUNTS:
+        sigmas = _sd_sampler(EulerSampler, num_steps).sigmas
+        for index in range(num_steps):
+            if float(sigmas[index]) == float(sigma) and float(sigmas[index + 1]) == float(sigma_next):
+                return _euler_sampler_step(x, eps, num_steps, index)[0]
+    raise ValueError(f"no case's schedule steps from sigma={float(sigma)} to sigma_next={float(sigma_next)}")
+
+
+_EULER_STEP_COUNTS = (10, 25)
+
+
+def _euler_cases():
+    from ..samplers import EulerSampler
+
+    g = torch.Generator().manual_seed(5)
+    cases = []
+    for num_steps, index, what in [(10, 0, "the first step, from sigma_max"), (10, 4, "a middle step"),
+                                   (25, 12, "a middle step"), (10, 9, "the last step, to sigma = 0")]:
+        sigmas = _sd_sampler(EulerSampler, num_steps).sigmas
+        sigma, sigma_next = sigmas[index], sigmas[index + 1]
+        eps = torch.randn(2, 4, 8, 8, generator=g)
+        x = torch.randn(2, 4, 8, 8, generator=g) * (sigma**2 + 1) ** 0.5  # x = x_0 + sigma eps has about this size
+        mine, sampler = _euler_sampler_step(x, eps, num_steps, index)
+        twin = _twin_of(sampler)
+        twin.scale_model_input(x, twin.timesteps[index])  # diffusers' Euler finds its step here
+        theirs = twin.step(eps, twin.timesteps[index], x).prev_sample
+        assert torch.allclose(mine, theirs, atol=1e-5, rtol=1e-5), "EulerSampler no longer equals its twin"
+        label = f"SD schedule, {num_steps} steps, {what}: sigma = {float(sigma):.4g} -> {float(sigma_next):.4g}"
+        cases.append(Case(label, (x, eps, sigma, sigma_next)))
+    return cases
+
+
+def _euler_variant(how):
+    def step(x, eps, sigma, sigma_next):
+        if how == "backwards":
+            return x + (sigma - sigma_next) * eps
+        if how == "to_clean":
+            return x - sigma * eps
+        if how == "scaled_input":
+            return x / (sigma**2 + 1) ** 0.5 + (sigma_next - sigma) * eps
+        return x + (sigma_next**2 - sigma**2) * eps  # how == "variance"
+
+    return step
+
+
+check_euler_step = exercise_check(
+    "euler_step",
+    euler_step_reference,
+    _euler_cases,
+    mistakes={
+        "the step points the wrong way: sigma falls, so x changes by (sigma_next - sigma) * eps": _euler_variant("backwards"),
+        "the step went all the way to the clean image; it stops at sigma_next": _euler_variant("to_clean"),
+        "x was scaled as the network's input is; the ODE moves x = x_0 + sigma eps itself": (
+            _euler_variant("scaled_input")
+        ),
+        "the step was taken in sigma^2; the ODE's time is sigma itself": _euler_variant("variance"),
+    },
+    hints=[
+        "Along x = x_0 + sigma eps, with x_0 and eps held fixed, x changes by eps for every unit of sigma: "
+        "dx/dsigma = eps. Euler's method follows that slope for one step.",
+        "The step goes from sigma to sigma_next, which is smaller: the change in sigma is negative.",
+        "x_next = x + (sigma_next - sigma) * eps.",
+    ],
+    solution=SOLUTION_NOTEBOOK,
+)
+
+
+def _dpm_sampler_step(x, x0, x0_prev, num_steps, index):
+    """DPMSolverMultistepSampler's step `index`, fed x_0 itself (prediction_type "sample") and, before
+    it, the step that predicted x0_prev; in sigma space: x_t = x / sqrt(sigma^2 + 1)."""
+    from ..samplers import DPMSolverMultistepSampler
+
+    sampler = _sd_sampler(DPMSolverMultistepSampler, num_steps, prediction_type="sample")
+    if x0_prev is not None:
+        sampler.step(x0_prev, sampler.timesteps[index - 1], torch.zeros_like(x))  # it remembers x0_prev
+    sigma, sigma_next = sampler.sigmas[index], sampler.sigmas[index + 1]
+    x_next_t = sampler.step(x0, sampler.timesteps[index], x / (sigma**2 + 1) ** 0.5)
+    return x_next_t * (sigma_next**2 + 1) ** 0.5, sampler
+
+
+_DPM_STEP_COUNTS = (10, 25)
+
+
+def dpm_solver_2m_step_reference(x, x0, x0_prev, sigma_prev, sigma, sigma_next):
+    """The course's DPMSolverMultistepSampler on the step of one of the cases' schedules from sigma to
+    sigma_next (after sigma_prev), in sigma space."""
+    from ..samplers import DPMSolverMultistepSampler
+
+    for num_steps in _DPM_STEP_COUNTS:
+        sigmas = _sd_sampler(DPMSolverMultistepSampler, num_steps).sigmas
+        for index in range(num_steps):
+            here = float(sigmas[index]) == float(sigma) and float(sigmas[index + 1]) == float(sigma_next)
+            before = sigma_prev is None or (index > 0 and float(sigmas[index - 1]) == float(sigma_prev))
+            if here and before:
+                return _dpm_sampler_step(x, x0, x0_prev, num_steps, index)[0]
+    raise ValueError(f"no case's schedule steps from sigma={float(sigma)} to sigma_next={float(sigma_next)}")
+
+
+def _dpm_cases():
+    from ..samplers import DPMSolverMultistepSampler
+
+    g = torch.Generator().manual_seed(6)
+    cases = []
+    for num_steps, index, what in [(10, 0, "the first step: no x0_prev yet"), (10, 1, "the second step"),
+                                   (25, 7, "a middle step"), (25, 20, "a late step"),
+                                   (10, 9, "the last step, to sigma = 0")]:
+        sigmas = _sd_sampler(DPMSolverMultistepSampler, num_steps).sigmas
+        sigma_prev = sigmas[index - 1] if index > 0 else None
+        sigma, sigma_next = sigmas[index], sigmas[index + 1]
+        x0 = torch.randn(2, 4, 8, 8, generator=g).clamp(-2, 2)
+        x0_prev = x0 + 0.3 * torch.randn(2, 4, 8, 8, generator=g) if index > 0 else None  # close to x0, not equal
+        x = x0 + sigma * torch.randn(2, 4, 8, 8, generator=g)
+        mine, sampler = _dpm_sampler_step(x, x0, x0_prev, num_steps, index)
+        twin = _twin_of(sampler)
+        alpha = 1 / (sigma**2 + 1) ** 0.5
+        if x0_prev is not None:
+            twin.step(x0_prev, twin.timesteps[index - 1], torch.zeros_like(x))
+        else:
+            twin.set_begin_index(index)
+        theirs = twin.step(x0, twin.timesteps[index], x * alpha).prev_sample * (sigma_next**2 + 1) ** 0.5
+        assert torch.allclose(mine, theirs, atol=1e-4, rtol=1e-4), "DPMSolverMultistepSampler no longer equals its twin"
+        label = (f"SD schedule, {num_steps} steps, {what}: sigma = {float(sigma):.4g} -> {float(sigma_next):.4g}"
+                 + (f" (after {float(sigma_prev):.4g})" if sigma_prev is not None else ""))
+        cases.append(Case(label, (x, x0, x0_prev, sigma_prev, sigma, sigma_next)))
+    return cases
+
+
+def _dpm_variant(how):
+    def step(x, x0, x0_prev, sigma_prev, sigma, sigma_next):
+        if sigma_next == 0 and how != "corrected_last":
+            return x0
+        if x0_prev is None or how == "first_order":
+            corrected = x0
+        else:
+            h = torch.log(sigma / sigma_next)
+            h_prev = torch.log(sigma_prev / sigma)
+            if how == "sigma_steps":
+                h, h_prev = sigma - sigma_next, sigma_prev - sigma
+            r = h / h_prev if how == "r_upside_down" else h_prev / h
+            half = 1.0 if how == "no_half" else 0.5
+            change = x0_prev - x0 if how == "sign" else x0 - x0_prev
+            corrected = x0 + half / r * change
+        ratio = sigma_next / sigma
+        return ratio * x + (1 - ratio) * corrected
+
+    return step
+
+
+check_dpm_solver_2m_step = exercise_check(
+    "dpm_solver_2m_step",
+    dpm_solver_2m_step_reference,
+    _dpm_cases,
+    mistakes={
+        "no second-order correction: after the first step D = x0 + (x0 - x0_prev) / (2 r), not x0 alone": (
+            _dpm_variant("first_order")
+        ),
+        "r is upside down: r = h_prev / h, the last step's log-sigma change over this one's": (
+            _dpm_variant("r_upside_down")
+        ),
+        "the correction lost its 1/2: D = x0 + (x0 - x0_prev) / (2 r)": _dpm_variant("no_half"),
+        "the steps were measured in sigma; DPM-Solver measures them in log sigma, h = log(sigma / sigma_next)": (
+            _dpm_variant("sigma_steps")
+        ),
+        "the correction points backwards: x_0 keeps changing the way it went, x0 - x0_prev": _dpm_variant("sign"),
+        "the last step (sigma_next = 0) was corrected; there h is infinite and the step lands on x0 itself": (
+            _dpm_variant("corrected_last")
+        ),
+    },
+    hints=[
+        "With x_0 held fixed, x = x_0 + sigma eps shrinks towards x_0 in proportion to sigma: from sigma to "
+        "sigma_next, x_next = (sigma_next / sigma) x + (1 - sigma_next / sigma) x_0. That is DDIM, the first "
+        "order step. The second order replaces x_0 by a better guess D of x_0 over the step.",
+        "Measure steps in log sigma: h = log(sigma / sigma_next) for this step, h_prev = log(sigma_prev / sigma) "
+        "for the last one, and r = h_prev / h. On the first step (x0_prev is None) and the last (sigma_next = 0) "
+        "use D = x0.",
+        "D = x0 + (x0 - x0_prev) / (2 * r), and x_next = (sigma_next / sigma) * x + (1 - sigma_next / sigma) * D.",
     ],
     solution=SOLUTION_NOTEBOOK,
 )

@@ -261,7 +261,7 @@ def cfg_simulator_reference(scales, eps_uncond, signal):
 
 
 def _simulator_variant(cosine_with="signal", dot=False, threshold_of="cond", squared=False, index=False,
-                       no_base=False):
+                       no_base=False, or_equal=False):
     def simulate(scales, eps_uncond, signal):
         eps_cond = eps_uncond + signal
         cosines, norms, first = [], [], None
@@ -271,7 +271,8 @@ def _simulator_variant(cosine_with="signal", dot=False, threshold_of="cond", squ
             cosines.append(float((guided * target).sum()) if dot else _cosine(guided, target))
             norms.append(float((guided**2).sum()) if squared else float(guided.norm()))
             reference = eps_uncond if threshold_of == "uncond" else eps_cond
-            if first is None and guided.norm() > 3 * reference.norm():
+            over = guided.norm() >= 3 * reference.norm() if or_equal else guided.norm() > 3 * reference.norm()
+            if first is None and over:
                 first = i if index else w
         return {"cosine": cosines, "norm": norms, "first_over_3x": first}
 
@@ -291,7 +292,21 @@ def _simulator_cases():
         Case("a weak signal: the norm never passes 3x", ([1.0, 2.0, 4.0], eps_uncond, 0.05 * torch.randn(100, generator=g))),
         Case("latent-shaped (4, 8, 8) predictions", (SCALES, torch.randn(4, 8, 8, generator=g),
                                                      0.3 * torch.randn(4, 8, 8, generator=g))),
+        Case("values of +-1 whose guided norm is exactly 3x at w = 5 (so not greater)", _exactly_three_times(g)),
     ]
+
+
+def _exactly_three_times(g):
+    """Scales, eps_uncond and signal, shaped (4, 8, 8), for which the guided norm is exactly 3 times the
+    conditional one at w = 5: eps_uncond holds 96 values of +-1, and the signal 48 on other places,
+    so |eps_cond|^2 = 96 + 48 = 144 and at w = 5 |guided|^2 = 96 + 25 * 48 = 1296 = (3 * 12)^2."""
+    places = torch.randperm(256, generator=g)
+    signs = torch.randint(0, 2, (256,), generator=g) * 2.0 - 1
+    eps_uncond, signal = torch.zeros(256), torch.zeros(256)
+    eps_uncond[places[:96]] = signs[places[:96]]
+    signal[places[96:144]] = signs[places[96:144]]
+    # with 4.5 among the scales, a threshold of 3x the unconditional norm (3 sqrt(96)) is passed first there
+    return [1.0, 3.0, 4.5, 5.0, 7.5, 10.0], eps_uncond.reshape(4, 8, 8), signal.reshape(4, 8, 8)
 
 
 check_cfg_simulator = exercise_check(
@@ -309,14 +324,18 @@ check_cfg_simulator = exercise_check(
         "the norm was squared: the L2 norm is the square root of the sum of squares": _simulator_variant(squared=True),
         "first_over_3x is the scale itself, not its position in scales": _simulator_variant(index=True),
         "the guided prediction lost eps_uncond: it is eps_uncond + w * signal": _simulator_variant(no_base=True),
+        "a norm equal to 3x counted: first_over_3x asks for a norm greater than 3x, not equal to it": (
+            _simulator_variant(or_equal=True)
+        ),
     },
     hints=[
         "The conditional prediction is eps_uncond + signal, so the difference guidance scales is exactly the "
         "signal. Build the guided prediction for each scale first; the three answers are measurements of it.",
         "cosine(a, b) = (a * b).sum() / (a.norm() * b.norm()), over all values, whatever the shape. The norm is "
         "guided.norm().",
-        "Keep the first w (not its index) for which guided.norm() > 3 * eps_cond.norm(); None if there is none. "
-        "Return floats in the two lists.",
+        "For each w: guided = eps_uncond + w * signal. Keep the first w (not its index) for which guided.norm() > "
+        "3 * eps_cond.norm(), with eps_cond = eps_uncond + signal; None if there is none. Return floats in the "
+        "two lists.",
     ],
     solution=SOLUTION_NOTEBOOK,
 )

@@ -60,12 +60,21 @@ def _same_picture(got, expected):
     )
 
 
-def _to_uint8(pixels, *, map_range=True, clip=True):
+def _same_decoded_picture(got, expected):
+    """As `_same_picture`, and no more than 1 value in 1000 off at all. Two decoders that compute
+    in another order may round a value that sits on a half level the other way; truncating
+    instead of rounding moves about half of the values down by one."""
+    if not _same_picture(got, expected):
+        return False
+    return float((got != expected).mean()) <= 0.001
+
+
+def _to_uint8(pixels, *, map_range=True, clip=True, rounded=True):
     """(batch, 3, H, W) pixels in [-1, 1] -> uint8 (batch, H, W, 3), as diffusers' pipelines return them."""
     x = pixels / 2 + 0.5 if map_range else pixels  # [-1, 1] -> [0, 1]
     if clip:
         x = x.clamp(0, 1)
-    x = (x * 255).round()
+    x = (x * 255).round() if rounded else x * 255  # without round, the cast to uint8 drops the fraction
     if not clip:
         return x.permute(0, 2, 3, 1).numpy().astype(np.int64).astype(np.uint8)  # out-of-range values wrap around
     return x.permute(0, 2, 3, 1).numpy().astype(np.uint8)
@@ -123,8 +132,11 @@ check_decode_latents = exercise_check(
         "the values were not clipped to [0, 1]: out-of-range values wrap around when cast to uint8": _decode_variant(
             clip=False
         ),
+        "the values were truncated instead of rounded: casting to uint8 drops the fraction, so round first": (
+            _decode_variant(rounded=False)
+        ),
     },
-    compare=_same_picture,
+    compare=_same_decoded_picture,
     hints=[
         "Undo the scaling the encoder side applied, decode, then turn the decoder's output into the "
         "usual picture format: values 0..255, channels last.",

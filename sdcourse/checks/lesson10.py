@@ -66,7 +66,9 @@ def _layer_report(cls):
         d_out, d_in = base.weight.shape
         with torch.no_grad():
             base_output = base(x)
-        layer = cls(base, rank, alpha)
+        with torch.random.fork_rng():  # the same start for every layer built here, and the global state left alone
+            torch.manual_seed(0)
+            layer = cls(base, rank, alpha)
         trainable = {"base.weight": layer.base.weight.requires_grad}
         if layer.base.bias is not None:
             trainable["base.bias"] = layer.base.bias.requires_grad
@@ -78,6 +80,7 @@ def _layer_report(cls):
                 "shapes": shapes,
                 "starts as the base layer": bool(torch.allclose(layer(x), base_output, atol=1e-6)),
                 "A starts random": bool(layer.lora_A.abs().sum() > 0),
+                "A starts like a Linear layer's weight": _starts_like_linear(layer.lora_A, d_in),
             }
         if shapes != {"lora_A": (rank, d_in), "lora_B": (d_out, rank)}:
             skipped = "not run: lora_A must be (rank, d_in) and lora_B (d_out, rank)"
@@ -97,6 +100,17 @@ def _layer_report(cls):
         return {**result, "output": output, "merged weight": merged_weight, "output after merge": after}
 
     return report
+
+
+def _starts_like_linear(A, d_in):
+    """Whether A looks drawn as PyTorch draws a Linear layer's weight, kaiming_uniform_(a=sqrt(5)):
+    uniform in [-1 / sqrt(d_in), 1 / sqrt(d_in)]. Its values must stay inside that range, reach past
+    its middle, and take both signs (with 16 or more values, a true draw does all three but once in
+    thousands of seeds, and the check always uses the same seed)."""
+    bound = 1 / math.sqrt(d_in)
+    values = A.detach().flatten()
+    return bool(values.abs().max() <= bound * (1 + 1e-6) and values.abs().max() > bound / 2
+                and values.min() < 0 < values.max())
 
 
 class _LoRA(nn.Module):
@@ -164,6 +178,12 @@ class _RandomB(_LoRA):
     def __init__(self, base, rank, alpha):
         super().__init__(base, rank, alpha)
         nn.init.normal_(self.lora_B)
+
+
+class _NormalA(_LoRA):
+    def __init__(self, base, rank, alpha):
+        super().__init__(base, rank, alpha)
+        nn.init.normal_(self.lora_A)
 
 
 class _ZeroA(_LoRA):
@@ -238,6 +258,8 @@ check_lora_linear = exercise_check(
         "the base layer's output is missing: LoRA adds its update to the frozen layer's output": _NoBaseOutput,
         "B starts random, so the new layer does not start as the base layer: B starts at zero": _RandomB,
         "A starts at zero: with A and B both zero no gradient reaches either, and training never starts": _ZeroA,
+        "A does not start as a Linear layer's weight does: draw it with nn.init.kaiming_uniform_(A, a=math.sqrt(5)), "
+        "uniform within 1 / sqrt(d_in) of zero, as peft does": _NormalA,
         "the base layer is not frozen: only lora_A and lora_B should train": _NotFrozen,
         "lora_A and lora_B are plain tensors: wrap them in nn.Parameter so that they train": _PlainTensors,
         "merge added B A without the scale alpha / rank": _MergeWithoutScale,
@@ -250,9 +272,10 @@ check_lora_linear = exercise_check(
         "weight; B is (d_out, rank), zeros. Both are nn.Parameter.",
         "forward: the base layer's output plus (alpha / rank) times the update. The update goes through A "
         "first (down to rank numbers), then through B (up to d_out).",
-        "update = (x @ self.lora_A.T) @ self.lora_B.T. merge, under torch.no_grad(): self.base.weight += "
-        "(alpha / rank) * self.lora_B @ self.lora_A, and remember that it is merged, so forward stops adding "
-        "the update.",
+        "nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5)) starts A; forward returns self.base(x) + "
+        "(alpha / rank) * update, with update = (x @ self.lora_A.T) @ self.lora_B.T. merge, under torch.no_grad(): "
+        "self.base.weight += (alpha / rank) * self.lora_B @ self.lora_A, and remember that it is merged, so "
+        "forward stops adding the update.",
     ],
     solution=SOLUTION_NOTEBOOK,
     prepare=_layer_report,
@@ -367,7 +390,7 @@ check_lora_size = exercise_check(
 def inject_reference(model, target_modules, rank, alpha, layer_class):
     from ..lora import inject_lora
 
-    return inject_lora(model, target_modules, rank=rank, alpha=alpha)  # wraps with sdcourse.lora.LoRALinear
+    return sorted(inject_lora(model, target_modules, rank=rank, alpha=alpha))  # wraps with sdcourse.lora.LoRALinear
 
 
 def _inject_report(inject):
@@ -391,7 +414,7 @@ def _inject_report(inject):
         finally:
             torch.set_num_threads(threads)
         return {
-            "names": sorted(names) if isinstance(names, (list, tuple)) else names,
+            "names": list(names) if isinstance(names, (list, tuple)) else names,  # in the order returned
             "trainable parameters": sorted(name for name, p in model.named_parameters() if p.requires_grad),
             "output with random A and B": output,
         }
@@ -404,7 +427,7 @@ def _replace(model, name, new):
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
-def _inject_variant(match=_matches, freeze="before", dotted=False):
+def _inject_variant(match=_matches, freeze="before", dotted=False, order=sorted):
     def inject(model, target_modules, rank, alpha, layer_class):
         chosen = [name for name, layer in model.named_modules()
                   if isinstance(layer, nn.Linear) and any(match(name, t) for t in target_modules)]
@@ -418,7 +441,7 @@ def _inject_variant(match=_matches, freeze="before", dotted=False):
                 _replace(model, name, new)
         if freeze == "after":
             model.requires_grad_(False)
-        return sorted(chosen)
+        return order(chosen)
 
     return inject
 
@@ -463,6 +486,7 @@ check_inject = exercise_check(
             freeze="never"),
         "the model was frozen after wrapping, which froze A and B too: freeze first, then wrap": _inject_variant(
             freeze="after"),
+        "the names are in the model's order: return them sorted": _inject_variant(order=list),
         "setattr(model, 'a.b.c', new) adds a new attribute named 'a.b.c' and leaves the old layer in place: set "
         "the new layer on its parent module": _inject_variant(dotted=True),
     },
