@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import DDPMScheduler
 
 from sdcourse.checks import check_ema_update, check_encode_latents, check_training_loss
 from sdcourse.checks.lesson14 import _tiny_vae
 from sdcourse.images import images_to_tensor
+from sdcourse.schedules import SD_SCHEDULE
 from sdcourse.tokenizer import MAX_LENGTH
 from sdcourse.training.build_model import latents_stage
 from sdcourse.training.common import ema_update, load_checkpoint
@@ -65,10 +67,6 @@ def test_each_check_names_at_least_three_mistakes():
 def test_the_references_are_the_builds_own_pieces():
     assert check_ema_update.reference is ema_update
     case = check_training_loss.cases()[0]
-    from diffusers import DDPMScheduler
-
-    from sdcourse.schedules import SD_SCHEDULE
-
     unet, batch, empty, p, gamma = case.args
     scheduler = DDPMScheduler(**SD_SCHEDULE)
     assert torch.equal(check_training_loss.reference(unet, batch, empty, scheduler, p, gamma),
@@ -240,3 +238,19 @@ def test_an_encode_latents_with_the_wrong_result_is_named_after_one_batch(tmp_pa
                                          r"batch and one picture more\), returned " + returned):
         encode_training_set(lambda *args: calls.append(len(args[1])) or piece(*args), b.vae, b.data["images"], 8)
     assert calls == [9], "refused after one batch, before the whole set"
+
+
+def test_main_hands_the_pieces_to_the_stages_and_says_whose_each_is(tmp_path, monkeypatch, capsys):
+    from sdcourse.training import build_model
+
+    seen = []
+    monkeypatch.setattr(build_model, "STAGES", (("data", lambda b: seen.append(b.pieces)),))
+    arguments = ["--run", str(tmp_path / "run"), "--stop-after", "data", "--quiet", "--fast"]
+    build_model.main(arguments, ema_update=WORKED["ema_update"])
+    assert seen[-1] == BuildPieces(ema_update=WORKED["ema_update"])
+    printed = capsys.readouterr().out
+    assert "ema_update: the function given, ema_update" in printed
+    assert "training_loss: none given, so the build uses the course's own" in printed
+    build_model.main(arguments)  # as the command line runs it: the course's own pieces, and no word of them
+    assert seen[-1] == BuildPieces()
+    assert "the course's own" not in capsys.readouterr().out

@@ -22,8 +22,8 @@ training time is spent.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -91,9 +91,7 @@ def try_training_loss(loss, batch):
     """Run the build's loss (`loss(batch)`, which calls the learner's training_loss) on one batch,
     and refuse its result unless it is what the trainer can call backward on."""
     result = loss(batch)
-    if not isinstance(result, torch.Tensor):
-        problem = describe(result)
-    elif not result.is_floating_point() or result.ndim != 0:
+    if not isinstance(result, torch.Tensor) or not result.is_floating_point() or result.ndim != 0:
         problem = describe(result)
     elif not result.requires_grad:
         problem = (f"{describe(result)} without gradients (made under torch.no_grad(), detached, or rebuilt from a "
