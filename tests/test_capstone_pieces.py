@@ -166,7 +166,9 @@ def detached(*args):
     (as_number, r"a Python number, [\d.]+"),
     (detached, r"a float32 tensor of shape \(\) without gradients \(made under torch\.no_grad\(\), detached, or rebuilt from a "
                r"Python number\)"),
-], ids=["one loss per example", "a Python number", "detached"])
+    (lambda *args: None, r"None"),
+    (lambda *args: training_loss(*args) * float("nan"), r"a float32 tensor of shape \(\) holding nan"),
+], ids=["one loss per example", "a Python number", "detached", "nothing returned", "not a number"])
 def test_a_training_loss_returning_the_wrong_kind_of_result_is_named_before_training(
         tmp_path, frozen_parts, piece, returned):
     with pytest.raises(PieceError, match=r"^training_loss returned " + returned + r" on the build's first batch; the "

@@ -76,6 +76,8 @@ def describe(value) -> str:
         return f"{'an' if dtype.startswith('int') else 'a'} {dtype} tensor of shape {tuple(value.shape)}"
     if isinstance(value, np.ndarray):
         return f"a numpy array ({value.dtype}) of shape {value.shape}"
+    if value is None:
+        return "None"
     if isinstance(value, torch.nn.Module):
         return f"a {type(value).__name__} model"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
