@@ -38,6 +38,11 @@ records (`STAGE_OUTPUTS`) are this run's, else the build stops, naming them. A s
 without a marker (made before markers, as build-stages/second-edition keeps them) counts as
 finished when every file of it loads; its marker is written then.
 
+From Python, `main(arguments, training_loss=..., ema_update=..., encode_latents=...)` runs the
+same build with a learner's pieces (the capstone, lesson 14; `pieces.py` says what each must
+do) in place of the course's own, says which pieces it uses, and tries each given one on one
+batch before training. Without them, as from the command line, it is the course's build.
+
 On GPUs the same build runs under accelerate, on several of them, in mixed precision if asked:
 
     accelerate launch --multi_gpu --num_processes 2 -m sdcourse.training.build_model --mixed-precision bf16
@@ -72,6 +77,7 @@ from ..data.photos import photo_crops  # noqa: E402
 from .datasets import build_clip_set_of, build_contrast_set, build_set_of, build_training_set, caption_rules  # noqa: E402
 from .export import claim_pipeline_folder, folder_size_mb, save_clip_extras, save_pipeline  # noqa: E402
 from .judge import train_classifier  # noqa: E402
+from .pieces import BuildPieces, encode_training_set  # noqa: E402
 from .trainer import PRECISIONS, CheckpointError  # noqa: E402
 from .train_clip import (learn_class_words, refine_image_encoder, teach_words, train_clip, word_sensitivity,  # noqa: E402
                          zero_shot_accuracy)
@@ -178,8 +184,9 @@ class Build:
     Under `accelerate launch` every process runs every stage (the training is shared between
     them); only the main process writes files and measures figures.
     """
-    def __init__(self, cfg, run_dir: Path, out: Path, progress: bool):
+    def __init__(self, cfg, run_dir: Path, out: Path, progress: bool, pieces: BuildPieces | None = None):
         self.cfg, self.run_dir, self.out, self.progress = cfg, Path(run_dir), Path(out), progress
+        self.pieces = pieces or BuildPieces()  # a learner's pieces of the build (the capstone); none: the course's
         # This process as accelerate sees it (one of several under `accelerate launch`)
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
         self.main = self.accelerator.is_main_process
@@ -398,7 +405,13 @@ def vae_decoder_stage(b: Build):
 
 
 def latents_stage(b: Build):
-    """4. The latent distributions of the training set, encoded once and cached."""
+    """4. The training set, encoded once before the U-Net trains. The course's own stage caches
+    each picture's latent distribution in the run folder, for later runs too; a learner's
+    encode_latents gives the scaled latents, and runs again in every build (the function may
+    have changed since), never cached."""
+    if b.pieces.encode_latents is not None:
+        b.latents = encode_training_set(b.pieces.encode_latents, b.vae, b.data["images"])
+        return
     with b.accelerator.main_process_first():
         b.latents = load_or_cache_latents(b.vae, b.data["images"], b.run_dir / "latents.npz", b.progress)
 
@@ -407,7 +420,8 @@ def unet_stage(b: Build):
     """5. The U-Net; always runs, so that a larger --unet-steps trains a finished run on."""
     seed_everything(b.cfg.seed + 3)
     b.unet, b.text_encoder = train_unet(b.cfg, b.latents, b.data["token_ids"], b.text_encoder, b.vae, b.tokenizer,
-                        b.vae.config.scaling_factor, b.run_dir, b.progress, total_steps=b.cfg.unet_steps)
+                        b.vae.config.scaling_factor, b.run_dir, b.progress, total_steps=b.cfg.unet_steps,
+                        pieces=b.pieces)
     if b.main:
         b.unet.save_pretrained(str(b.run_dir / "unet"))  # for looking at: a later run trains on from its checkpoint
     b.log.figure("unet_steps", b.cfg.unet_steps)
@@ -444,7 +458,10 @@ STAGES = (("data", data_stage), ("vae", vae_stage), ("vae_decoder", vae_decoder_
           ("classifier", classifier_stage), ("ship", ship_stage))
 
 
-def main(argv=None):
+def main(argv=None, *, training_loss=None, ema_update=None, encode_latents=None):
+    """The build, with the command line's arguments (argv; default sys.argv's). The keywords take a
+    learner's pieces of the build (`pieces.py`); each one left None is the course's own."""
+    pieces = BuildPieces(training_loss, ema_update, encode_latents)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=None, help="pipeline folder to write (default: <run>/tiny-sd)")
     parser.add_argument("--run", default=None, help="run folder for caches, checkpoints, samples")
@@ -483,9 +500,10 @@ def main(argv=None):
     run_dir.mkdir(parents=True, exist_ok=True)
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
-    b = Build(cfg, run_dir, out, progress=not args.quiet)
+    b = Build(cfg, run_dir, out, progress=not args.quiet, pieces=pieces)
     if b.main:
         write_json(run_dir / "config.json", cfg.to_dict())
+        pieces.announce()
     started = time.time()
     for name, stage in STAGES:
         t = time.time()

@@ -25,27 +25,38 @@ def set_threads(n: int):
     torch.set_num_threads(n)
 
 
-class EMA:
-    """Exponential moving average of a model's weights: ema = decay * ema + (1 - decay) * w.
+def ema_update(ema_model: torch.nn.Module, model: torch.nn.Module, decay: float, step: int):
+    """One update of an exponential moving average, in place: each of ema_model's weights moves
+    to decay * ema + (1 - decay) * w, with the model's weight w; its buffers (a norm's running
+    statistics, say) are copied. step is the number of this update, 1 for the first: early in
+    training the decay is ramped up, min(decay, (1 + step) / (10 + step)), so that the average
+    does not remember the random initial weights for too long. (The capstone, lesson 14, has the
+    learner write this.)"""
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for ema_p, p in zip(ema_model.parameters(), model.parameters()):
+            ema_p.lerp_(p.detach(), 1 - d)
+        for ema_b, b in zip(ema_model.buffers(), model.buffers()):
+            ema_b.copy_(b)
 
-    The average is smoother than the last weights and usually samples better. Early in
-    training the decay is ramped up (min(decay, (1 + step) / (10 + step))) so the average
-    does not remember the random initial weights for too long.
+
+class EMA:
+    """Exponential moving average of a model's weights (`ema_update`): smoother than the last
+    weights, it usually samples better.
+
+    update_weights: the function that does one update, ema_update's arguments and contract
+    (default `ema_update`; the capstone passes the learner's).
     """
 
-    def __init__(self, model: torch.nn.Module, decay: float):
+    def __init__(self, model: torch.nn.Module, decay: float, update_weights=None):
         self.decay = decay
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.step = 0
+        self.update_weights = update_weights or ema_update
 
-    @torch.no_grad()
     def update(self, model: torch.nn.Module):
         self.step += 1
-        d = min(self.decay, (1 + self.step) / (10 + self.step))
-        for ema_p, p in zip(self.model.parameters(), model.parameters()):
-            ema_p.lerp_(p.detach(), 1 - d)
-        for ema_b, b in zip(self.model.buffers(), model.buffers()):
-            ema_b.copy_(b)
+        self.update_weights(self.model, model, self.decay, self.step)
 
     def state_dict(self):
         return {"model": self.model.state_dict(), "step": self.step, "decay": self.decay}

@@ -32,6 +32,7 @@ from ..tokenizer import MAX_LENGTH
 from ..images import images_to_tensor, unit_to_uint8
 from .common import min_snr_weights, save_grid
 from .config import DATA_SETTINGS, RULE_SETTINGS, UNET_MODEL_SETTINGS
+from .pieces import BuildPieces, try_ema_update, try_training_loss
 from .trainer import Trainer, TrainSettings
 
 SAMPLE_PROMPTS = [
@@ -102,6 +103,28 @@ def encode_text(text_encoder, token_ids: torch.Tensor) -> torch.Tensor:
     return text_encoder(input_ids=token_ids).last_hidden_state
 
 
+def training_loss(unet, batch: dict, empty_context, scheduler, caption_dropout: float, min_snr_gamma: float):
+    """The loss of one U-Net training step, the course's own (the capstone, lesson 14, has the
+    learner write it; the trainer then does the backward pass, the clipping and the update).
+
+    batch: "latents", clean latents already scaled, (B, 4, h, w); "noise", the noise to add, of
+        their shape; "timesteps", (B,); "context", the captions' encodings, (B, 77, width);
+        "dropout_draws", (B,), uniform in [0, 1): caption i is dropped when its draw is below
+        caption_dropout, and the empty caption's encoding, empty_context (1, 77, width), stands in;
+    scheduler: a diffusers DDPMScheduler (add_noise, alphas_cumprod);
+    min_snr_gamma: each example's squared error is weighted by min(SNR, gamma) / SNR (0: by 1).
+
+    Returns the batch's mean weighted squared error of the predicted noise, a 0-d tensor.
+    """
+    t = batch["timesteps"]
+    dropped = batch["dropout_draws"] < caption_dropout
+    context = torch.where(dropped[:, None, None], empty_context, batch["context"])
+    noisy = scheduler.add_noise(batch["latents"], batch["noise"], t)
+    prediction = unet(noisy, t, encoder_hidden_states=context).sample
+    weight = min_snr_weights(scheduler.alphas_cumprod, min_snr_gamma).to(t.device)[t]
+    return ((prediction - batch["noise"]).pow(2).mean((1, 2, 3)) * weight).mean()
+
+
 def build_pipeline(unet, vae, text_encoder, tokenizer, scheduler=None):
     """Put the networks together into a diffusers StableDiffusionPipeline (no safety checker)."""
     from diffusers import StableDiffusionPipeline
@@ -115,26 +138,32 @@ def build_pipeline(unet, vae, text_encoder, tokenizer, scheduler=None):
     return pipe
 
 
-def train_unet(cfg, latents: tuple, token_ids: np.ndarray, text_encoder, vae, tokenizer, scaling_factor: float,
+def train_unet(cfg, latents, token_ids: np.ndarray, text_encoder, vae, tokenizer, scaling_factor: float,
                run_dir: Path, progress: bool = True, total_steps: int | None = None, init_unet=None,
-               record: dict | None = None):
+               record: dict | None = None, pieces: BuildPieces | None = None):
     """Train the U-Net on cached latents; resumes from run_dir/unet_ckpt.pt.
 
+    latents: the training set's latent distributions before scaling, (mean, std), as the latents
+    stage caches them (each step draws from them and scales by scaling_factor); or one tensor of
+    latents already scaled (a learner's encode_latents gives them), used as they are.
     With cfg.text_encoder_lr_scale > 0 a copy of the text encoder trains along, at that times
     the U-Net's learning rate (`text_encoder` itself is not changed); with 0 it stays frozen.
     total_steps (default cfg.unet_steps) may be raised on a resumed run to train longer:
     the learning rate is constant after warm-up, so training simply continues.
     init_unet: a trained UNet2DConditionModel to start from (and to seed the EMA) instead
     of fresh weights; see train_longer.py. record: more settings a resumed run must share.
+    pieces: a learner's training_loss and ema_update (`pieces.py`), each tried on one batch
+    before training; the course's own where None.
     Returns the EMA model's U-Net and text encoder (`text_encoder` itself when it stays frozen).
     """
     from diffusers import DDPMScheduler
 
+    pieces = pieces or BuildPieces()
+    compute_loss = pieces.training_loss or training_loss
     total_steps = total_steps or cfg.unet_steps
     run_dir = Path(run_dir)
     unet = make_unet(cfg) if init_unet is None else copy.deepcopy(init_unet).train().requires_grad_(True)
     noise_schedule = DDPMScheduler(**SD_SCHEDULE)
-    snr_weight = min_snr_weights(noise_schedule.alphas_cumprod, cfg.min_snr_gamma)
     text_encoder.requires_grad_(False).eval()
     trains_text = cfg.text_encoder_lr_scale > 0
     model = unet
@@ -143,34 +172,47 @@ def train_unet(cfg, latents: tuple, token_ids: np.ndarray, text_encoder, vae, to
         model = torch.nn.ModuleDict({"unet": unet, "text_encoder": copy.deepcopy(text_encoder).requires_grad_(True)})
         params = [{"params": list(unet.parameters())},
                   {"params": list(model["text_encoder"].parameters()), "lr_scale": cfg.text_encoder_lr_scale}]
-    mean, std = (torch.from_numpy(a) for a in latents)
+    if isinstance(latents, torch.Tensor):
+        scaled_latents = latents.float()
+    else:
+        scaled_latents = None
+        mean, std = (torch.from_numpy(a) for a in latents)
     token_ids = torch.from_numpy(token_ids).long()
     n, k = token_ids.shape[:2]
     empty_ids = tokenizer("", padding="max_length", max_length=MAX_LENGTH).input_ids
-    empty_ids = torch.from_numpy(np.asarray(empty_ids)).long()
+    empty_ids = torch.from_numpy(np.asarray(empty_ids)).long()[None]  # (1, 77)
+    empty_context = None if trains_text else encode_text(text_encoder, empty_ids)  # a trained encoder encodes in `loss`
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + 33)
 
+    def clean_latents(idx):
+        if scaled_latents is not None:
+            return scaled_latents[idx]
+        return (mean[idx].float() + std[idx].float() * torch.randn(mean[idx].shape, generator=gen)) * scaling_factor
+
     def next_batch():
-        """Noisy latents of random pictures, the noise added, its timestep, and the captions' encoding."""
+        """Clean latents of random pictures, the noise to add, its timesteps, the captions' encodings
+        (their token ids while the text encoder trains: it encodes them in `loss`) and each caption's
+        dropout draw."""
         idx = torch.randint(0, n, (cfg.unet_batch,), generator=gen)
         which = torch.randint(0, k, (cfg.unet_batch,), generator=gen)
         ids = token_ids[idx, which]
-        drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.caption_dropout
-        ids[drop] = empty_ids
-        context = ids if trains_text else encode_text(text_encoder, ids)  # a trained encoder encodes in `loss`
-        z0 = (mean[idx].float() + std[idx].float() * torch.randn(mean[idx].shape, generator=gen)) * scaling_factor
+        dropout_draws = torch.rand(cfg.unet_batch, generator=gen)
+        context = ids if trains_text else encode_text(text_encoder, ids)
+        z0 = clean_latents(idx)
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, noise_schedule.config.num_train_timesteps, (cfg.unet_batch,), generator=gen)
-        return noise_schedule.add_noise(z0, noise, t), noise, t, context
+        return {"latents": z0, "noise": noise, "timesteps": t, "context": context, "dropout_draws": dropout_draws}
 
     def loss(model, batch):
-        zt, noise, t, context = batch
+        unet, _ = parts(model)
         if trains_text:
-            unet, context = model["unet"], model["text_encoder"](input_ids=context).last_hidden_state
+            encoder = model["text_encoder"]
+            context = encoder(input_ids=batch["context"]).last_hidden_state
+            empty = encoder(input_ids=empty_ids.to(context.device)).last_hidden_state
         else:
-            unet = model
-        pred = unet(zt, t, encoder_hidden_states=context).sample
-        return ((pred - noise).pow(2).mean((1, 2, 3)) * snr_weight.to(t.device)[t]).mean()
+            context, empty = batch["context"], empty_context.to(batch["context"].device)
+        return compute_loss(unet, {**batch, "context": context}, empty, noise_schedule, cfg.caption_dropout,
+                            cfg.min_snr_gamma)
 
     def after_step(trainer, done):
         if done % cfg.sample_every == 0 or done == total_steps:
@@ -181,15 +223,27 @@ def train_unet(cfg, latents: tuple, token_ids: np.ndarray, text_encoder, vae, to
         """(U-Net, text encoder) of the trained module."""
         return (model["unet"], model["text_encoder"]) if trains_text else (model, text_encoder)
 
+    # A learner's pieces run once before training (on a batch drawn aside: the generator is put
+    # back), so that one returning the wrong kind of result is named now, not hours from now.
+    if pieces.training_loss is not None:
+        state = gen.get_state()
+        first_batch = next_batch()
+        gen.set_state(state)
+        try_training_loss(lambda batch: loss(model, batch), first_batch)
+    if pieces.ema_update is not None:
+        try_ema_update(pieces.ema_update, model, cfg.unet_ema_decay)
+
     settings = TrainSettings(steps=total_steps, lr=cfg.unet_lr, schedule="constant", warmup=cfg.unet_warmup,
                              weight_decay=0.01, clip_grad_norm=1.0, ema_decay=cfg.unet_ema_decay,
                              checkpoint_every=cfg.checkpoint_every, mixed_precision=cfg.mixed_precision)
     recorded = {**cfg.pick(*DATA_SETTINGS, *RULE_SETTINGS, *UNET_MODEL_SETTINGS, "unet_batch", "caption_dropout", "min_snr_gamma",
                            "text_encoder_lr_scale"),
                 "scaling_factor": float(scaling_factor), **(record or {})}
+    if pieces.given:  # a checkpoint trained with the learner's pieces is resumed only with pieces of the same names
+        recorded["your_pieces"] = list(pieces.given)
     trainer = Trainer(model, loss, next_batch, settings, params=params, generator=gen,
                       checkpoint=run_dir / "unet_ckpt.pt", name="U-Net", record=recorded, progress=progress,
-                      after_step=after_step if cfg.sample_every else None)
+                      after_step=after_step if cfg.sample_every else None, ema_update=pieces.ema_update)
     trainer.fit()
     unet, trained_text = parts(trainer.ema.model.eval())
     return unet, trained_text.eval().requires_grad_(False)

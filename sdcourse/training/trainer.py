@@ -144,11 +144,13 @@ class Trainer:
         e.g. to save sample pictures.
     save_trained_only: checkpoints hold only the trained parameters (a LoRA adapter's few
         thousand numbers, not the billion of the model it adapts).
+    ema_update: the function that does one EMA update (`common.ema_update`'s arguments and
+        contract; default that one). The capstone passes the learner's.
     """
 
     def __init__(self, model, loss, next_batch, settings: TrainSettings, *, params=None, generator=None,
                  checkpoint=None, name: str = "training", record: dict | None = None, progress: bool = True,
-                 after_step=None, save_trained_only: bool = False):
+                 after_step=None, save_trained_only: bool = False, ema_update=None):
         self.settings = settings
         self.name = name
         self.next_batch = next_batch
@@ -166,7 +168,7 @@ class Trainer:
         optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay,
                                       betas=tuple(settings.betas))
         self.wrapped, self.optimizer = self.accelerator.prepare(_ModelWithLoss(model, loss), optimizer)
-        self.ema = EMA(self.model, settings.ema_decay) if settings.ema_decay is not None else None
+        self.ema = EMA(self.model, settings.ema_decay, ema_update) if settings.ema_decay is not None else None
         self.step = 0
 
     @property
