@@ -122,7 +122,7 @@ def textual_inversion(folder: Path, steps: int, batch: int, lr: float, token: st
 
     from sdcourse.evaluate import prompt_adherence
     from sdcourse.pipeline import load_pipeline
-    from sdcourse.training.common import images_to_tensor
+    from sdcourse.images import images_to_tensor
     from sdcourse.training.train_lora import concept_pictures
 
     pipe = load_pipeline(str(folder))
