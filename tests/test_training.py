@@ -352,3 +352,13 @@ def test_a_damaged_cached_data_set_is_refused_naming_the_file(tmp_path):
     np.savez(cache, images=first["images"])  # another file under the same name
     with pytest.raises(ValueError, match=r"train_set\.npz lacks \['token_ids', 'captions'\]"):
         build_contrast_set(1, seed=0, cache=cache, progress=False)
+
+
+def test_continue_rule_refuses_a_negative_text_encoder_learning_rate_naming_it(tmp_path, capsys):
+    from sdcourse.training import continue_rule
+
+    with pytest.raises(SystemExit):
+        continue_rule.main(["unet", "--run", str(tmp_path / "try"), "--text-encoder-lr-scale", "-0.5"])
+    message = capsys.readouterr().err
+    assert "--text-encoder-lr-scale must be a number >= 0" in message and "got -0.5" in message
+    assert not (tmp_path / "try").exists()

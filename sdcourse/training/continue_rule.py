@@ -34,7 +34,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 from transformers import CLIPModel, CLIPTextModel  # noqa: E402
 
-from ..arguments import probability, whole_number  # noqa: E402
+from ..arguments import probability, real_number, whole_number  # noqa: E402
 from ..data import shapes  # noqa: E402
 from ..files import claim_folder, refuse_overlap, write_json  # noqa: E402
 from ..loading import load_pipeline  # noqa: E402
@@ -93,7 +93,8 @@ def continue_unet(args):
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = config_mod.full_config(n_train=args.pictures, threads=args.threads, unet_steps=args.steps, sample_every=0,
                                  unet_ema_decay=args.ema_decay, class_share=args.class_share,
-                                 colourless_share=args.colourless_share)
+                                 colourless_share=args.colourless_share,
+                                 text_encoder_lr_scale=args.text_encoder_lr_scale)
     set_threads(cfg.threads)
     pipe = load_pipeline(args.source)
     if args.text_encoder:
@@ -142,6 +143,8 @@ def main(argv=None):
                       help="one-star pictures under the empty caption, as a share of --pictures")
     unet.add_argument("--steps", type=int, default=1000)
     unet.add_argument("--ema-decay", type=float, default=0.995)
+    unet.add_argument("--text-encoder-lr-scale", type=float, default=config_mod.BuildConfig.text_encoder_lr_scale,
+                      help="the text encoder trains along at this times the U-Net's learning rate (0: frozen)")
     unet.add_argument("--run", required=True)
     unet.add_argument("--out", default=None, help="pipeline folder (default: <run>/tiny-sd)")
     args = parser.parse_args(argv)
@@ -152,6 +155,8 @@ def main(argv=None):
         whole_number("--steps", args.steps, minimum=1)
         if args.stage == "unet":
             probability("--empty-star-share", args.empty_star_share)
+            real_number("--text-encoder-lr-scale", args.text_encoder_lr_scale, 0,
+                        meaning="times the U-Net's learning rate; 0: the text encoder stays frozen")
     except ValueError as error:
         parser.error(str(error))
     set_threads(args.threads)
