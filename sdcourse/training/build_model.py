@@ -225,8 +225,15 @@ def data_stage(b: Build):
     cfg = b.cfg
     with b.accelerator.main_process_first():
         b.data = build_set_of(cfg, b.run_dir / "train_set.npz", b.progress)
-        b.clip_data = build_clip_set_of(cfg, b.data, b.run_dir / "clip_set.npz", b.progress)
+        if rule_phase_pending(b):  # the only stage that reads it
+            b.clip_data = build_clip_set_of(cfg, b.data, b.run_dir / "clip_set.npz", b.progress)
     b.photos = photo_crops(cfg.n_photo_crops, cfg.seed)
+
+
+def rule_phase_pending(b: Build) -> bool:
+    """Whether the CLIP's rule phase (`clip_rule_stage`) has still to train in this run."""
+    return (caption_rules(b.cfg)[0] is not None and b.cfg.clip_rule_steps > 0
+            and not finished(b, "clip_rule"))
 
 
 def contrast_set(b: Build, with_concepts: bool = False) -> dict | None:
@@ -337,7 +344,7 @@ def clip_rule_stage(b: Build):
     first, from the full signal; this phase adds the class words on top. Its text encoder
     becomes SD's, frozen."""
     if caption_rules(b.cfg)[0] is None or b.cfg.clip_rule_steps <= 0:
-        return
+        return  # the text encoder is the words phase's
     if later_clip_phase(b, "clip_rule", b.cfg.clip_rule_steps, 6, learn_class_words, "rule", under_rule=True):
         log_word_sensitivity(b, "rule")
     b.text_encoder = text_half(b.clip).eval().requires_grad_(False)
@@ -400,7 +407,8 @@ def vae_decoder_stage(b: Build):
 def latents_stage(b: Build):
     """4. The latent distributions of the training set, encoded once and cached."""
     with b.accelerator.main_process_first():
-        b.latents = load_or_cache_latents(b.vae, b.data["images"], b.run_dir / "latents.npz", b.progress)
+        b.latents = load_or_cache_latents(b.vae, b.data["images"], b.run_dir / "latents.npz", b.progress,
+                                          device=b.accelerator.device)
 
 
 def unet_stage(b: Build):
