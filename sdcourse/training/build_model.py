@@ -14,9 +14,11 @@ Stages, one function each below, each resumable (run the same command again afte
    in one thing their captions state (a shape, a position, a size, which colour goes with
    which shape); then train its image encoder on alone against the locked text encoder; then
    both halves again, so that the text encoder learns the words for what the image encoder
-   now sees (shapes, positions); keep its text encoder, frozen;
+   now sees (shapes, positions); under a caption rule, train both halves once more on its
+   captions (the class word "shape"); keep its text encoder;
 4. encode the training set once, caching the latent distributions;
-5. train the U-Net (epsilon prediction, SD schedule, 10% empty captions, EMA weights);
+5. train the U-Net (epsilon prediction, SD schedule, 10% empty captions, EMA weights), the
+   text encoder training along at config.text_encoder_lr_scale times its learning rate;
 6. train a shape/colour classifier with the evaluator's recipe (a figure about the recipe:
    comparisons keep using the fixed judge, sdcourse/assets/shape_classifier.safetensors);
 7. save one StableDiffusionPipeline folder (safetensors) to --out.
