@@ -43,6 +43,11 @@ finished when every file of it loads; its marker is written then.
 On GPUs the same build runs under accelerate, on several of them, in mixed precision if asked:
 
     accelerate launch --multi_gpu --num_processes 2 -m sdcourse.training.build_model --mixed-precision bf16
+
+Any setting of config.BuildConfig can be changed for one build with --set NAME=VALUE (a try of
+another recipe, as in build-stages/third-edition-tries.md):
+
+    python -m sdcourse.training.build_model --run runs/try --set text_encoder_lr_scale=1.0 --set clip_rule_steps=0
 """
 
 from __future__ import annotations
@@ -470,10 +475,17 @@ def main(argv=None):
                         help="run the stages up to this one and stop (e.g. vae_decoder: the VAE alone)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="settings",
+                        help="change one setting of config.BuildConfig for this build (repeatable), such as "
+                             "--set text_encoder_lr_scale=1.0; a resumed run refuses a changed one by name")
     args = parser.parse_args(argv)
 
     fast = args.fast or fast_mode_requested()
     overrides = {"threads": args.threads, "mixed_precision": args.mixed_precision}
+    try:
+        overrides.update(config_mod.setting_from_text(text) for text in args.settings)
+    except ValueError as error:
+        parser.error(str(error))
     if args.unet_steps:
         overrides["unet_steps"] = args.unet_steps
     if args.vae_decoder_steps is not None:

@@ -133,3 +133,46 @@ def fast_config(**overrides) -> BuildConfig:
     small.update(overrides)
     return replace(BuildConfig(), **small)
 
+
+
+# Settings the build command sets with options of their own, and so not with --set.
+OWN_OPTIONS = {"threads": "--threads", "mixed_precision": "--mixed-precision", "unet_steps": "--unet-steps",
+               "vae_decoder_steps": "--vae-decoder-steps", "fast": "--fast", "extra": None}
+
+
+def setting_from_text(text: str) -> tuple[str, object]:
+    """One build setting from the text NAME=VALUE (the build's --set): the value is read as the
+    type of the setting's default (a whole number, a number, true/false, a word, or words
+    separated by commas for a list). A name that is not a setting, or a value of the wrong kind,
+    is refused with a message naming both."""
+    name, equals, value = text.partition("=")
+    name, value = name.strip(), value.strip()
+    if not equals or not name:
+        raise ValueError(f"--set {text!r}: write NAME=VALUE, such as text_encoder_lr_scale=1.0")
+    defaults = BuildConfig()
+    if name not in defaults.__dataclass_fields__ or name == "extra":
+        known = ", ".join(n for n in defaults.__dataclass_fields__ if n not in OWN_OPTIONS)
+        raise ValueError(f"--set {text!r}: {name!r} is not a build setting; the settings are: {known}")
+    if OWN_OPTIONS.get(name):
+        raise ValueError(f"--set {text!r}: {name} has an option of its own; use {OWN_OPTIONS[name]}")
+    default = getattr(defaults, name)
+
+    def read(word: str, like):
+        try:
+            if isinstance(like, bool):
+                if word.lower() not in ("true", "false"):
+                    raise ValueError
+                return word.lower() == "true"
+            if isinstance(like, int):
+                return int(word)
+            if isinstance(like, float):
+                return float(word)
+        except ValueError:
+            kind = {bool: "true or false", int: "a whole number", float: "a number"}[type(like)]
+            raise ValueError(f"--set {text!r}: {name} must be {kind}, got {word!r}") from None
+        return word
+
+    if isinstance(default, tuple):
+        element = default[0] if default else ""
+        return name, tuple(read(w.strip(), element) for w in value.split(",") if w.strip())
+    return name, read(value, default)
