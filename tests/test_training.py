@@ -362,6 +362,11 @@ def test_continue_rule_refuses_a_negative_text_encoder_learning_rate_naming_it(t
     message = capsys.readouterr().err
     assert "--text-encoder-lr-scale must be a number >= 0" in message and "got -0.5" in message
     assert not (tmp_path / "try").exists()
+    with pytest.raises(SystemExit):
+        continue_rule.main(["unet", "--run", str(tmp_path / "try"), "--held-out-weight", "0"])
+    message = capsys.readouterr().err
+    assert "--held-out-weight must be a number above 0" in message and "got 0.0" in message
+    assert not (tmp_path / "try").exists()
 
 
 # ---- --set: one setting changed for one build ----------------------------------------------
