@@ -96,8 +96,8 @@ def main():
                                 full_unet=args.full_unet,
                                 min_snr_gamma=args.min_snr_gamma, caption_dropout=args.caption_dropout)
         pipe = load_pipeline(args.model, device=args.device)
-        images, captions = concept_pictures("star", settings.n_pictures, settings.seed)
-        captions = [caption.replace("star", concept_word(settings.token, args.class_word)) for caption in captions]
+        images, captions = concept_pictures("star", settings.n_pictures, settings.seed,
+                                            concept_word(settings.token, args.class_word))
         with tempfile.TemporaryDirectory() as out:
             started = time.time()
             prior = prior_pictures(settings.n_pictures, settings.seed) if settings.prior_share else None

@@ -217,7 +217,7 @@ def test_a_held_out_weight_makes_stars_that_many_times_as_often_called_shape():
     known = [called_shape[s] for s in shapes.BASE_SHAPES]
     assert 2.5 < called_shape["star"] / np.mean(known) < 3.5  # about half of what "shape" shows
     assert shapes.CaptionRule(0.3, held_out_weight=1.0).star_share == shapes.CaptionRule(0.3).star_share
-    with pytest.raises(ValueError, match=r"held_out_weight=0; it must be a number above 0"):
+    with pytest.raises(ValueError, match=r"held_out_weight must be a number above 0 \(1: as often as each known shape\), got 0"):
         shapes.CaptionRule(held_out_weight=0)
 
 

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 from matplotlib.path import Path as _PolygonPath
 
-from sdcourse.arguments import choice
+from sdcourse.arguments import choice, real_number
 
 IMAGE_SIZE = 64
 SUPERSAMPLE = 4  # draw at 4x resolution, then average: smooth (anti-aliased) edges
@@ -375,9 +375,8 @@ class CaptionRule:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise ValueError(f"{name}={value!r}; it must be a number from 0 to 1")
-        weight = self.held_out_weight
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
-            raise ValueError(f"held_out_weight={weight!r}; it must be a number above 0 (1: as often as each known shape)")
+        real_number("held_out_weight", self.held_out_weight, 0, low_open=True,
+                    meaning="1: as often as each known shape")
 
     @property
     def star_share(self) -> float:

@@ -237,10 +237,14 @@ def data_stage(b: Build):
     b.photos = photo_crops(cfg.n_photo_crops, cfg.seed)
 
 
+def rule_phase_on(cfg) -> bool:
+    """Whether the build's CLIP has a rule phase (`clip_rule_stage`): a caption rule, and steps for it."""
+    return caption_rules(cfg)[0] is not None and cfg.clip_rule_steps > 0
+
+
 def rule_phase_pending(b: Build) -> bool:
-    """Whether the CLIP's rule phase (`clip_rule_stage`) has still to train in this run."""
-    return (caption_rules(b.cfg)[0] is not None and b.cfg.clip_rule_steps > 0
-            and not finished(b, "clip_rule"))
+    """Whether the CLIP's rule phase has still to train in this run."""
+    return rule_phase_on(b.cfg) and not finished(b, "clip_rule")
 
 
 def contrast_set(b: Build, with_concepts: bool = False) -> dict | None:
@@ -350,7 +354,7 @@ def clip_rule_stage(b: Build):
     captions that always name the shape and colour, so the shape and colour words are learned
     first, from the full signal; this phase adds the class words on top. Its text encoder
     becomes SD's, frozen."""
-    if caption_rules(b.cfg)[0] is None or b.cfg.clip_rule_steps <= 0:
+    if not rule_phase_on(b.cfg):
         return  # the text encoder is the words phase's
     if later_clip_phase(b, "clip_rule", b.cfg.clip_rule_steps, 6, learn_class_words, "rule", under_rule=True):
         log_word_sensitivity(b, "rule")

@@ -134,10 +134,9 @@ def fast_config(**overrides) -> BuildConfig:
     return replace(BuildConfig(), **small)
 
 
-
 # Settings the build command sets with options of their own, and so not with --set.
 OWN_OPTIONS = {"threads": "--threads", "mixed_precision": "--mixed-precision", "unet_steps": "--unet-steps",
-               "vae_decoder_steps": "--vae-decoder-steps", "fast": "--fast", "extra": None}
+               "vae_decoder_steps": "--vae-decoder-steps", "fast": "--fast"}
 
 
 def setting_from_text(text: str) -> tuple[str, object]:
@@ -150,10 +149,10 @@ def setting_from_text(text: str) -> tuple[str, object]:
     if not equals or not name:
         raise ValueError(f"--set {text!r}: write NAME=VALUE, such as text_encoder_lr_scale=1.0")
     defaults = BuildConfig()
-    if name not in defaults.__dataclass_fields__ or name == "extra":
-        known = ", ".join(n for n in defaults.__dataclass_fields__ if n not in OWN_OPTIONS)
+    if name not in defaults.__dataclass_fields__ or name == "extra":  # extra: a free dict, no one value
+        known = ", ".join(n for n in defaults.__dataclass_fields__ if n not in OWN_OPTIONS and n != "extra")
         raise ValueError(f"--set {text!r}: {name!r} is not a build setting; the settings are: {known}")
-    if OWN_OPTIONS.get(name):
+    if name in OWN_OPTIONS:
         raise ValueError(f"--set {text!r}: {name} has an option of its own; use {OWN_OPTIONS[name]}")
     default = getattr(defaults, name)
 
