@@ -312,6 +312,9 @@ def test_a_build_writes_only_inside_its_run_and_out_folders(tmp_path):
     assert (parent / "out" / "model_index.json").exists()
     assert (parent / "run" / "tiny-clip" / "config.json").exists()
     assert (parent / "run" / CLASSIFIER_FILE).exists()
+    # the U-Net's class phase trained on from the U-Net stage, in a folder of its own
+    assert (parent / "run" / "class_phase" / "unet_ckpt.pt").exists()
+    assert (parent / "run" / "class_phase" / "unet" / "config.json").exists()
     assert not [p for p in after if p.endswith((".partial", ".replaced", ".tmp"))]
     assert {p.name for p in (parent / "run" / "finished").iterdir()} >= {
         "vae.json", "vae_decoder.json", "clip.json", "clip_refined.json", "clip_words.json", f"{CLASSIFIER_FILE}.json",
