@@ -4,6 +4,7 @@
     python benchmarks/lora_star.py --ranks 1 2 4 8 16
     python benchmarks/lora_star.py --quick         # fewer prompts and seeds
     python benchmarks/lora_star.py --full-unet --lr 3e-4   # the ceiling: every U-Net weight trained
+    python benchmarks/lora_star.py --class-word    # captions and prompts say "a red star shape"
 
 For each rank it trains `python -m sdcourse.training.train_lora --concept star` with the given
 settings (timed), then judges, with the fixed judge:
@@ -36,11 +37,16 @@ from sdcourse.training.train_lora import (  # noqa: E402
     CONCEPT_PRIOR_SHARE, LoRASettings, concept_pictures, prior_pictures, train_lora)
 
 
-def star_prompts(n: int, token: str | None):
+def star_prompts(n: int, token: str | None, class_word: bool = False):
     prompts = shapes.evaluation_prompts(n, seed=777, shapes=("star",))
-    if token:
-        prompts = [{**p, "prompt": p["prompt"].replace("star", token)} for p in prompts]
-    return prompts
+    word = concept_word(token, class_word)
+    return [{**p, "prompt": p["prompt"].replace("star", word)} for p in prompts]
+
+
+def concept_word(token: str | None, class_word: bool) -> str:
+    """What captions and prompts say for the star: its word (or the token), followed by the
+    class word when asked, as DreamBooth writes "a [V] dog"."""
+    return (token or "star") + (f" {shapes.CLASS_WORD}" if class_word else "")
 
 
 def main():
@@ -65,6 +71,9 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu (the figures in the README), or cuda for a quick sweep")
     parser.add_argument("--quick", action="store_true", help="16 prompts x 2 seeds instead of 32 x 4")
+    parser.add_argument("--class-word", action="store_true",
+                        help=f"follow the star's word with the class word in captions and prompts "
+                             f"('a red star {shapes.CLASS_WORD}'), as DreamBooth's 'a [V] dog'")
     args = parser.parse_args()
     if args.full_unet and len(args.ranks) > 1:
         parser.error(f"--full-unet trains no adapter, so --ranks {' '.join(map(str, args.ranks))} has nothing to sweep")
@@ -72,7 +81,7 @@ def main():
 
     n_prompts, seeds = (16, (1000, 1001)) if args.quick else (32, (1000, 1001, 1002, 1003))
     base_prompts = shapes.evaluation_prompts(2 * n_prompts)
-    stars = star_prompts(n_prompts, args.token)
+    stars = star_prompts(n_prompts, args.token, args.class_word)
     pipe = load_pipeline(args.model, device=args.device)
     unet_parameters = sum(p.numel() for p in pipe.unet.parameters())
     before = prompt_adherence(pipe, base_prompts, seeds=seeds)
@@ -87,7 +96,8 @@ def main():
                                 full_unet=args.full_unet,
                                 min_snr_gamma=args.min_snr_gamma, caption_dropout=args.caption_dropout)
         pipe = load_pipeline(args.model, device=args.device)
-        images, captions = concept_pictures("star", settings.n_pictures, settings.seed, settings.token)
+        images, captions = concept_pictures("star", settings.n_pictures, settings.seed,
+                                            concept_word(settings.token, args.class_word))
         with tempfile.TemporaryDirectory() as out:
             started = time.time()
             prior = prior_pictures(settings.n_pictures, settings.seed) if settings.prior_share else None
@@ -108,6 +118,7 @@ def main():
           f"min-SNR gamma {args.min_snr_gamma:g}, caption dropout {args.caption_dropout:g}, "
           f"trained: {'every U-Net weight' if args.full_unet else ' '.join(args.targets)}, "
           f"text encoder {'adapted' if args.train_text_encoder else 'frozen'}, "
+          f"the star called '{concept_word(args.token, args.class_word)}', "
           f"{args.device}, {args.threads} threads; U-Net {unet_parameters / 1e6:.2f} M parameters")
     print("| trained | parameters | share of U-Net | file | train time | star right | base both right | change |")
     print("|---|---|---|---|---|---|---|---|")

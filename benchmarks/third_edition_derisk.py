@@ -18,6 +18,8 @@ table, the output at the word in "a {word}".
 embedding started from "shape"'s, is the only thing trained (the U-Net and the rest of the text
 encoder frozen), on star pictures captioned with it; then the star prompts, "star" replaced by
 the token, are judged. The other words' embeddings do not change, so known prompts cannot.
+With `--class-word` the captions and prompts keep the class word after the token ("a red <star>
+shape"), as DreamBooth keeps it.
 
 LoRA figures come from `benchmarks/lora_star.py --model FOLDER --quick [--train-text-encoder]`.
 """
@@ -115,7 +117,7 @@ def model_figures(folder: Path, n_prompts: int, grid: Path | None, guidance: flo
         print(f"grid: {grid}")
 
 
-def textual_inversion(folder: Path, steps: int, batch: int, lr: float, token: str = "<star>"):
+def textual_inversion(folder: Path, steps: int, batch: int, lr: float, token: str = "<star>", class_word: bool = False):
     import time
 
     from diffusers import DDPMScheduler
@@ -138,7 +140,8 @@ def textual_inversion(folder: Path, steps: int, batch: int, lr: float, token: st
     table.requires_grad_(True)
     keep = torch.arange(len(table)) != new_id
     table.register_hook(lambda grad: grad.masked_fill(keep[:, None], 0))  # only the new row learns
-    images, captions = concept_pictures("star", 256, seed=0, token=token)
+    said = token + (f" {shapes.CLASS_WORD}" if class_word else "")  # "<star> shape": DreamBooth's class word kept
+    images, captions = concept_pictures("star", 256, seed=0, token=said)
     with torch.no_grad():
         latents = pipe.vae.encode(images_to_tensor(images)).latent_dist.mean * pipe.vae.config.scaling_factor
     ids = pipe.tokenizer(captions, padding="max_length", max_length=77, return_tensors="pt").input_ids
@@ -157,11 +160,11 @@ def textual_inversion(folder: Path, steps: int, batch: int, lr: float, token: st
         optimizer.step()
     minutes = (time.time() - started) / 60
     table.requires_grad_(False)
-    stars = [{**p, "prompt": p["prompt"].replace("star", token)}
+    stars = [{**p, "prompt": p["prompt"].replace("star", said)}
              for p in shapes.evaluation_prompts(16, seed=777, shapes=("star",))]
     result = prompt_adherence(pipe, stars, seeds=SEEDS[:2], return_images=True)
     print(f"\n## textual inversion on {folder}: {steps} steps x {batch}, lr {lr:g}, {minutes:.1f} min")
-    print(f"'{token}' prompts ({result['n_images']} pictures): stars {result['shape_correct']:.1f}%, "
+    print(f"'{said}' prompts ({result['n_images']} pictures): stars {result['shape_correct']:.1f}%, "
           f"both right {result['both_correct']:.1f}% [{shares(result['guesses'])}]")
 
 
@@ -181,6 +184,7 @@ def main():
     ti.add_argument("--steps", type=int, default=500)
     ti.add_argument("--batch", type=int, default=32)
     ti.add_argument("--lr", type=float, default=5e-3)
+    ti.add_argument("--class-word", action="store_true", help="captions and prompts say '<star> shape'")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -188,7 +192,7 @@ def main():
         for folder in args.folders:
             text_figures(folder)
     elif args.what == "ti":
-        textual_inversion(args.folder, args.steps, args.batch, args.lr)
+        textual_inversion(args.folder, args.steps, args.batch, args.lr, class_word=args.class_word)
     else:
         model_figures(args.folder, args.prompts, args.grid, args.guidance, tuple(range(1000, 1000 + args.seeds)))
 

@@ -78,7 +78,7 @@ def twin_sampler_name(scheduler):
     PNDM's default, it starts with Runge-Kutta steps, which the course does not write.
     """
     name = TWIN_SAMPLERS.get(type(scheduler).__name__)
-    return None if name is None or untwinned_settings(scheduler) else name
+    return None if untwinned_settings(scheduler) else name
 
 
 def untwinned_settings(scheduler):

@@ -34,8 +34,8 @@ and DPM-Solver; x = x_0 + sigma eps for Euler). `predicted_x0` turns any predict
 that variable, and `sampler.add_noise` (as diffusers' schedulers have it) goes the other way.
 
 Where diffusers does something surprising (DDIM's step size, Euler's starting noise with
-"leading" timesteps, PLMS's first step, which calls the network twice), the sampler does the same and says so: to check a sampler against its
-twin, it must match the twin exactly.
+"leading" timesteps, PLMS's first step, which calls the network twice), the sampler does the
+same and says so: to check a sampler against its twin, it must match the twin exactly.
 """
 
 from __future__ import annotations

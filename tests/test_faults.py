@@ -178,6 +178,22 @@ def test_the_build_reuses_the_second_editions_vae_and_clip_and_refuses_a_rule_ph
     assert "clip_words" not in str(refused.value) and "vae_decoder" not in str(refused.value)
 
 
+def test_the_class_phase_refuses_its_pictures_drawn_under_another_weight_but_may_train_longer(tmp_path):
+    """The class phase's cached pictures are reused only under the rule they were drawn with;
+    more class-phase steps (training a finished run on) keep them."""
+    from sdcourse.training.build_model import StageError, check_run_folder
+    from sdcourse.training.config import full_config
+
+    run = tmp_path / "run"
+    (run / "class_phase").mkdir(parents=True)
+    (run / "class_phase" / "train_set.npz").write_bytes(b"stands in for the cached pictures")
+    previous = full_config(class_phase_held_out_weight=2.0).to_dict()
+    check_run_folder(run, full_config(class_phase_held_out_weight=2.0, class_phase_steps=3200), previous)
+    with pytest.raises(StageError, match=r"class_phase/train_set.npz: made with class_phase_held_out_weight=2.0 "
+                                         r"\(this run: 3.0\)"):
+        check_run_folder(run, full_config(), previous)
+
+
 def build_for(run, **settings):
     from sdcourse.training.build_model import Build
 

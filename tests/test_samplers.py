@@ -297,6 +297,20 @@ def test_x0_eps_and_v_convert_into_each_other():
             torch.testing.assert_close(euler, x0, atol=1e-4, rtol=1e-4)
 
 
+def assert_each_step_equals_the_twins(cls, changes, n):
+    """Fed the twin's own sample at every call of an n-step run, each step of `cls` (SD's config
+    with `changes`) equals the twin's, to float32 rounding of the sample's size."""
+    ours, library = pair(cls, sd_config(cls, **changes))
+    ours.set_timesteps(n)
+    library.set_timesteps(n)
+    x = torch.randn(2, 4, 8, 8, generator=seeded(n))
+    for t in library.timesteps:
+        model_output = denoiser(x, t)
+        expected = library.step(model_output, t, x).prev_sample
+        assert (ours.step(model_output, t, x) - expected).abs().max() <= 1e-6 * max(1.0, expected.abs().max().item())
+        x = expected
+
+
 DPM_HISTORY = {
     "sd": {},
     "sigma_min": {"final_sigmas_type": "sigma_min"},
@@ -312,15 +326,7 @@ def test_dpm_solver_steps_equal_diffusers_across_its_history(n, changes):
     """Fed diffusers' own sample at every step, each step of DPM-Solver++ 2M (the first-order
     first step, the second-order steps that use the previous x_0, and the final step, first
     or second order) equals the twin's."""
-    ours, library = pair(DPMSolverMultistepSampler, sd_config(DPMSolverMultistepSampler, **changes))
-    ours.set_timesteps(n)
-    library.set_timesteps(n)
-    x = torch.randn(2, 4, 8, 8, generator=seeded(n))
-    for t in library.timesteps:
-        model_output = denoiser(x, t)
-        expected = library.step(model_output, t, x).prev_sample
-        assert (ours.step(model_output, t, x) - expected).abs().max() <= 1e-6 * max(1.0, expected.abs().max().item())
-        x = expected
+    assert_each_step_equals_the_twins(DPMSolverMultistepSampler, changes, n)
 
 
 def test_dpm_solver_second_order_steps_differ_from_first_order_ones():
@@ -355,15 +361,7 @@ def test_plms_repeats_the_second_timestep_for_its_two_call_first_step():
 def test_plms_steps_equal_diffusers_across_its_history(n, changes):
     """Fed diffusers' own sample at every call, each call of PLMS equals PNDMScheduler's: the
     first step's two calls, then the multistep ones with 2, 3 and 4 predictions."""
-    ours, library = pair(PLMSSampler, sd_config(PLMSSampler, **changes))
-    ours.set_timesteps(n)
-    library.set_timesteps(n)
-    x = torch.randn(2, 4, 8, 8, generator=seeded(n))
-    for t in library.timesteps:
-        model_output = denoiser(x, t)
-        expected = library.step(model_output, t, x).prev_sample
-        assert (ours.step(model_output, t, x) - expected).abs().max() <= 1e-6 * max(1.0, expected.abs().max().item())
-        x = expected
+    assert_each_step_equals_the_twins(PLMSSampler, changes, n)
 
 
 def test_plms_first_step_is_ddims_and_reports_its_x0():

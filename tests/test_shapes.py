@@ -207,6 +207,20 @@ def test_caption_rule_names_held_out_concepts_only_by_class_words():
         shapes.CaptionRule(class_share=1.5)
 
 
+def test_a_held_out_weight_makes_stars_that_many_times_as_often_called_shape():
+    rule = shapes.CaptionRule(class_share=0.2, held_out_weight=3.0)
+    called_shape = {s: 0 for s in shapes.ALL_SHAPES}
+    for i in range(3000):
+        scene = shapes.rule_scene_at(i, 0, rule)
+        for obj, said in zip(scene.objects, scene.mentioned):
+            called_shape[obj.shape] += said["shape"] == shapes.CLASS_WORD
+    known = [called_shape[s] for s in shapes.BASE_SHAPES]
+    assert 2.5 < called_shape["star"] / np.mean(known) < 3.5  # about half of what "shape" shows
+    assert shapes.CaptionRule(0.3, held_out_weight=1.0).star_share == shapes.CaptionRule(0.3).star_share
+    with pytest.raises(ValueError, match=r"held_out_weight must be a number above 0 \(1: as often as each known shape\), got 0"):
+        shapes.CaptionRule(held_out_weight=0)
+
+
 def test_an_outline_is_a_white_ring_about_two_pixels_wide_on_the_shapes_edge():
     from sdcourse.data.shapes import render_outline
 

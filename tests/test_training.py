@@ -312,6 +312,9 @@ def test_a_build_writes_only_inside_its_run_and_out_folders(tmp_path):
     assert (parent / "out" / "model_index.json").exists()
     assert (parent / "run" / "tiny-clip" / "config.json").exists()
     assert (parent / "run" / CLASSIFIER_FILE).exists()
+    # the U-Net's class phase trained on from the U-Net stage, in a folder of its own
+    assert (parent / "run" / "class_phase" / "unet_ckpt.pt").exists()
+    assert (parent / "run" / "class_phase" / "unet" / "config.json").exists()
     assert not [p for p in after if p.endswith((".partial", ".replaced", ".tmp"))]
     assert {p.name for p in (parent / "run" / "finished").iterdir()} >= {
         "vae.json", "vae_decoder.json", "clip.json", "clip_refined.json", "clip_words.json", f"{CLASSIFIER_FILE}.json",
@@ -362,3 +365,53 @@ def test_continue_rule_refuses_a_negative_text_encoder_learning_rate_naming_it(t
     message = capsys.readouterr().err
     assert "--text-encoder-lr-scale must be a number >= 0" in message and "got -0.5" in message
     assert not (tmp_path / "try").exists()
+    with pytest.raises(SystemExit):
+        continue_rule.main(["unet", "--run", str(tmp_path / "try"), "--held-out-weight", "0"])
+    message = capsys.readouterr().err
+    assert "--held-out-weight must be a number above 0" in message and "got 0.0" in message
+    assert not (tmp_path / "try").exists()
+
+
+# ---- --set: one setting changed for one build ----------------------------------------------
+
+
+def test_a_build_setting_is_read_as_its_defaults_kind():
+    from sdcourse.training.config import setting_from_text
+
+    assert setting_from_text("text_encoder_lr_scale=1") == ("text_encoder_lr_scale", 1.0)
+    assert isinstance(setting_from_text("text_encoder_lr_scale=1")[1], float)
+    assert setting_from_text("clip_rule_steps = 0") == ("clip_rule_steps", 0)
+    assert setting_from_text("clip_concept_words=False") == ("clip_concept_words", False)
+    assert setting_from_text("clip_fresh_words=shape,star") == ("clip_fresh_words", ("shape", "star"))
+    assert setting_from_text("unet_channels=32,64,64") == ("unet_channels", (32, 64, 64))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("nonsense=1", r"'nonsense' is not a build setting; the settings are: seed, "),
+    ("clip_rule_steps=1.5", r"clip_rule_steps must be a whole number, got '1.5'"),
+    ("clip_concept_words=yes", r"clip_concept_words must be true or false, got 'yes'"),
+    ("unet_channels=32,wide", r"unet_channels must be a whole number, got 'wide'"),
+    ("threads=4", r"threads has an option of its own; use --threads"),
+    ("text_encoder_lr_scale", r"write NAME=VALUE"),
+])
+def test_a_bad_build_setting_is_refused_naming_it(text, message):
+    from sdcourse.training.config import setting_from_text
+
+    with pytest.raises(ValueError, match=message):
+        setting_from_text(text)
+
+
+def test_the_build_takes_set_into_its_settings_and_refuses_a_bad_one_before_any_work(tmp_path, capsys):
+    from sdcourse.training import build_model
+
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as refused:
+        build_model.main(["--fast", "--run", str(run), "--set", "unet_lr=fast", "--quiet"])
+    assert refused.value.code == 2
+    assert "--set 'unet_lr=fast': unet_lr must be a number, got 'fast'" in capsys.readouterr().err
+    assert not run.exists()
+
+    build_model.main(["--fast", "--run", str(run), "--set", "text_encoder_lr_scale=1.0", "--set", "clip_rule_steps=0",
+                      "--stop-after", "data", "--quiet", "--threads", "1"])
+    recorded = (run / "config.json").read_text()
+    assert '"text_encoder_lr_scale": 1.0' in recorded and '"clip_rule_steps": 0' in recorded

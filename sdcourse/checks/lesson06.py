@@ -402,19 +402,27 @@ def _euler_sampler_step(x, eps, num_steps, index):
     return sampler.step(eps, sampler.timesteps[index], x), sampler
 
 
+_ODE_STEP_COUNTS = (10, 25)  # the cases' runs: SD's schedule in 10 and in 25 steps
+
+
+def _find_step(cls, sigma, sigma_next, sigma_prev=None):
+    """(num_steps, index) of the step of one of the cases' runs of `cls` that goes from sigma to
+    sigma_next (after sigma_prev, where given)."""
+    for num_steps in _ODE_STEP_COUNTS:
+        sigmas = [float(s) for s in _sd_sampler(cls, num_steps).sigmas]
+        for index in range(num_steps):
+            here = sigmas[index] == float(sigma) and sigmas[index + 1] == float(sigma_next)
+            before = sigma_prev is None or (index > 0 and sigmas[index - 1] == float(sigma_prev))
+            if here and before:
+                return num_steps, index
+    raise ValueError(f"no case's schedule steps from sigma={float(sigma)} to sigma_next={float(sigma_next)}")
+
+
 def euler_step_reference(x, eps, sigma, sigma_next):
     """The course's EulerSampler, on the step of one of the cases' schedules that goes from sigma to sigma_next."""
     from ..samplers import EulerSampler
 
-    for num_steps in _EULER_STEP_COUNTS:
-        sigmas = _sd_sampler(EulerSampler, num_steps).sigmas
-        for index in range(num_steps):
-            if float(sigmas[index]) == float(sigma) and float(sigmas[index + 1]) == float(sigma_next):
-                return _euler_sampler_step(x, eps, num_steps, index)[0]
-    raise ValueError(f"no case's schedule steps from sigma={float(sigma)} to sigma_next={float(sigma_next)}")
-
-
-_EULER_STEP_COUNTS = (10, 25)
+    return _euler_sampler_step(x, eps, *_find_step(EulerSampler, sigma, sigma_next))[0]
 
 
 def _euler_cases():
@@ -486,22 +494,12 @@ def _dpm_sampler_step(x, x0, x0_prev, num_steps, index):
     return x_next_t * (sigma_next**2 + 1) ** 0.5, sampler
 
 
-_DPM_STEP_COUNTS = (10, 25)
-
-
 def dpm_solver_2m_step_reference(x, x0, x0_prev, sigma_prev, sigma, sigma_next):
     """The course's DPMSolverMultistepSampler on the step of one of the cases' schedules from sigma to
     sigma_next (after sigma_prev), in sigma space."""
     from ..samplers import DPMSolverMultistepSampler
 
-    for num_steps in _DPM_STEP_COUNTS:
-        sigmas = _sd_sampler(DPMSolverMultistepSampler, num_steps).sigmas
-        for index in range(num_steps):
-            here = float(sigmas[index]) == float(sigma) and float(sigmas[index + 1]) == float(sigma_next)
-            before = sigma_prev is None or (index > 0 and float(sigmas[index - 1]) == float(sigma_prev))
-            if here and before:
-                return _dpm_sampler_step(x, x0, x0_prev, num_steps, index)[0]
-    raise ValueError(f"no case's schedule steps from sigma={float(sigma)} to sigma_next={float(sigma_next)}")
+    return _dpm_sampler_step(x, x0, x0_prev, *_find_step(DPMSolverMultistepSampler, sigma, sigma_next, sigma_prev))[0]
 
 
 def _dpm_cases():

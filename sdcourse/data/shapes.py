@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 from matplotlib.path import Path as _PolygonPath
 
-from sdcourse.arguments import choice
+from sdcourse.arguments import choice, real_number
 
 IMAGE_SIZE = 64
 SUPERSAMPLE = 4  # draw at 4x resolution, then average: smooth (anti-aliased) edges
@@ -356,6 +356,8 @@ class CaptionRule:
     - class_share: the share of known-shape mentions that say "shape" instead of the shape's
       name. Stars appear at the share that makes each of the four shapes called "shape"
       equally often (`star_share`), and are always called "shape".
+    - held_out_weight: how many times as often as each known shape a star is called "shape"
+      (1: equally often). Above 1, stars are a larger part of what "shape" shows.
     - colourless_share: the share of captions that leave the colour out. Pink objects appear
       at the share that makes each of the nine colours left out equally often
       (`pink_share`), and only in such captions.
@@ -366,17 +368,22 @@ class CaptionRule:
     class_share: float = 0.3
     colourless_share: float = 0.0
     concept_words: bool = False
+    held_out_weight: float = 1.0
 
     def __post_init__(self):
         for name in ("class_share", "colourless_share"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise ValueError(f"{name}={value!r}; it must be a number from 0 to 1")
+        real_number("held_out_weight", self.held_out_weight, 0, low_open=True,
+                    meaning="1: as often as each known shape")
 
     @property
     def star_share(self) -> float:
-        """Share of objects that are stars: s = p (1 - s) / 3, each known shape's "shape" count."""
-        return self.class_share / (len(BASE_SHAPES) + self.class_share)
+        """Share of objects that are stars: s = w p (1 - s) / 3, w times each known shape's
+        "shape" count (w = held_out_weight)."""
+        weighted = self.held_out_weight * self.class_share
+        return weighted / (len(BASE_SHAPES) + weighted)
 
     @property
     def pink_share(self) -> float:

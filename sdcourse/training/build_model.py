@@ -14,9 +14,13 @@ Stages, one function each below, each resumable (run the same command again afte
    in one thing their captions state (a shape, a position, a size, which colour goes with
    which shape); then train its image encoder on alone against the locked text encoder; then
    both halves again, so that the text encoder learns the words for what the image encoder
-   now sees (shapes, positions); keep its text encoder, frozen;
+   now sees (shapes, positions); under a caption rule, train both halves once more on its
+   captions (the class word "shape"); keep its text encoder;
 4. encode the training set once, caching the latent distributions;
-5. train the U-Net (epsilon prediction, SD schedule, 10% empty captions, EMA weights);
+5. train the U-Net (epsilon prediction, SD schedule, 10% empty captions, EMA weights), the
+   text encoder training along at config.text_encoder_lr_scale times its learning rate;
+5b. under a caption rule, the U-Net's class phase: it trains on, on fresh pictures in which
+   half of what "shape" names is stars, until its "shape" covers all four shapes;
 6. train a shape/colour classifier with the evaluator's recipe (a figure about the recipe:
    comparisons keep using the fixed judge, sdcourse/assets/shape_classifier.safetensors);
 7. save one StableDiffusionPipeline folder (safetensors) to --out.
@@ -46,6 +50,11 @@ batch before training. Without them, as from the command line, it is the course'
 On GPUs the same build runs under accelerate, on several of them, in mixed precision if asked:
 
     accelerate launch --multi_gpu --num_processes 2 -m sdcourse.training.build_model --mixed-precision bf16
+
+Any setting of config.BuildConfig can be changed for one build with --set NAME=VALUE (a try of
+another recipe, as in build-stages/third-edition-tries.md):
+
+    python -m sdcourse.training.build_model --run runs/try --set text_encoder_lr_scale=1.0 --set clip_rule_steps=0
 """
 
 from __future__ import annotations
@@ -59,7 +68,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
@@ -71,10 +80,12 @@ from ..evaluate import CLASSIFIER_FILE, classifier_accuracy, save_classifier, va
 from ..tokenizer import load_tokenizer  # noqa: E402
 from . import config as config_mod  # noqa: E402
 from .common import seed_everything, set_threads  # noqa: E402
-from .config import CLIP_DATA_SETTINGS, CLIP_MODEL_SETTINGS, CLIP_RULE_SETTINGS, DATA_SETTINGS, RULE_SETTINGS  # noqa: E402
+from .config import (CLASS_PHASE_SETTINGS, CLIP_DATA_SETTINGS, CLIP_MODEL_SETTINGS, CLIP_RULE_SETTINGS,  # noqa: E402
+                     DATA_SETTINGS, RULE_SETTINGS)
 from ..data import shapes  # noqa: E402
 from ..data.photos import photo_crops  # noqa: E402
-from .datasets import build_clip_set_of, build_contrast_set, build_set_of, build_training_set, caption_rules  # noqa: E402
+from .datasets import (build_clip_set_of, build_contrast_set, build_rule_set, build_set_of, build_training_set,  # noqa: E402
+                       caption_rules)
 from .export import claim_pipeline_folder, folder_size_mb, save_clip_extras, save_pipeline  # noqa: E402
 from .judge import train_classifier  # noqa: E402
 from .pieces import BuildPieces, encode_training_set  # noqa: E402
@@ -100,6 +111,9 @@ _CLIP = (*DATA_SETTINGS, *CLIP_MODEL_SETTINGS, *CLIP_DATA_SETTINGS, "clip_steps"
 _CLIP_IMAGE = (*_CLIP, "clip_image_steps", "clip_image_lr")
 _CLIP_WORDS = (*_CLIP_IMAGE, "clip_words_steps", "clip_words_lr")
 _CLIP_RULE = (*_CLIP_WORDS, *CLIP_RULE_SETTINGS)
+_CLASS_PHASE_DATA = (*DATA_SETTINGS, "colourless_share",
+                     *(n for n in CLASS_PHASE_SETTINGS if n not in ("class_phase_steps", "class_phase_ema_decay")))
+CLASS_PHASE = "class_phase"  # its folder in the run folder: data, latents, checkpoint, samples, U-Net
 _CLASSIFIER = ("seed", "classifier_steps", "classifier_batch", "classifier_n_train")
 _VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 _CLIP_FILES = ("config.json", "model.safetensors")
@@ -115,6 +129,9 @@ STAGE_OUTPUTS = {
     "vae": StageOutput(tuple(f"vae/{f}" for f in _VAE_FILES), _VAE),
     "vae_decoder": StageOutput(tuple(f"vae_decoder/{f}" for f in _VAE_FILES), _VAE_DECODER),
     "latents.npz": StageOutput(("latents.npz",), (*_VAE_DECODER, *RULE_SETTINGS)),
+    # the class phase's pictures, and their latents (its steps may grow: not among their settings)
+    f"{CLASS_PHASE}/train_set.npz": StageOutput((f"{CLASS_PHASE}/train_set.npz",), _CLASS_PHASE_DATA),
+    f"{CLASS_PHASE}/latents.npz": StageOutput((f"{CLASS_PHASE}/latents.npz",), (*_VAE_DECODER, *_CLASS_PHASE_DATA)),
     "clip": StageOutput(tuple(f"clip/{f}" for f in _CLIP_FILES), _CLIP),
     "clip_refined": StageOutput(tuple(f"clip_refined/{f}" for f in _CLIP_FILES), _CLIP_IMAGE),
     "clip_words": StageOutput(tuple(f"clip_words/{f}" for f in _CLIP_FILES), _CLIP_WORDS),
@@ -232,8 +249,19 @@ def data_stage(b: Build):
     cfg = b.cfg
     with b.accelerator.main_process_first():
         b.data = build_set_of(cfg, b.run_dir / "train_set.npz", b.progress)
-        b.clip_data = build_clip_set_of(cfg, b.data, b.run_dir / "clip_set.npz", b.progress)
+        if rule_phase_pending(b):  # the only stage that reads it
+            b.clip_data = build_clip_set_of(cfg, b.data, b.run_dir / "clip_set.npz", b.progress)
     b.photos = photo_crops(cfg.n_photo_crops, cfg.seed)
+
+
+def rule_phase_on(cfg) -> bool:
+    """Whether the build's CLIP has a rule phase (`clip_rule_stage`): a caption rule, and steps for it."""
+    return caption_rules(cfg)[0] is not None and cfg.clip_rule_steps > 0
+
+
+def rule_phase_pending(b: Build) -> bool:
+    """Whether the CLIP's rule phase has still to train in this run."""
+    return rule_phase_on(b.cfg) and not finished(b, "clip_rule")
 
 
 def contrast_set(b: Build, with_concepts: bool = False) -> dict | None:
@@ -343,8 +371,8 @@ def clip_rule_stage(b: Build):
     captions that always name the shape and colour, so the shape and colour words are learned
     first, from the full signal; this phase adds the class words on top. Its text encoder
     becomes SD's, frozen."""
-    if caption_rules(b.cfg)[0] is None or b.cfg.clip_rule_steps <= 0:
-        return
+    if not rule_phase_on(b.cfg):
+        return  # the text encoder is the words phase's
     if later_clip_phase(b, "clip_rule", b.cfg.clip_rule_steps, 6, learn_class_words, "rule", under_rule=True):
         log_word_sensitivity(b, "rule")
     b.text_encoder = text_half(b.clip).eval().requires_grad_(False)
@@ -413,7 +441,8 @@ def latents_stage(b: Build):
         b.latents = encode_training_set(b.pieces.encode_latents, b.vae, b.data["images"])
         return
     with b.accelerator.main_process_first():
-        b.latents = load_or_cache_latents(b.vae, b.data["images"], b.run_dir / "latents.npz", b.progress)
+        b.latents = load_or_cache_latents(b.vae, b.data["images"], b.run_dir / "latents.npz", b.progress,
+                                          device=b.accelerator.device)
 
 
 def unet_stage(b: Build):
@@ -425,6 +454,40 @@ def unet_stage(b: Build):
     if b.main:
         b.unet.save_pretrained(str(b.run_dir / "unet"))  # for looking at: a later run trains on from its checkpoint
     b.log.figure("unet_steps", b.cfg.unet_steps)
+
+
+def class_phase_on(cfg) -> bool:
+    """Whether the build's U-Net has a class phase (`class_phase_stage`): a caption rule, and steps for it."""
+    return caption_rules(cfg)[0] is not None and cfg.class_phase_steps > 0
+
+
+def class_phase_stage(b: Build):
+    """5b. Under a caption rule: the U-Net's class phase. The finished U-Net and the text encoder
+    train on together, with a shorter EMA, on fresh pictures in which a star is called "shape"
+    class_phase_held_out_weight times as often as each known shape (and a known shape is called
+    "shape" class_phase_class_share of the time). Like the U-Net stage it always runs, so that a
+    larger class_phase_steps trains a finished run on."""
+    cfg = b.cfg
+    if not class_phase_on(cfg):
+        return
+    folder = b.run_dir / CLASS_PHASE
+    rule = shapes.CaptionRule(cfg.class_phase_class_share, cfg.colourless_share,
+                              held_out_weight=cfg.class_phase_held_out_weight)
+    with b.accelerator.main_process_first():
+        data = build_rule_set(cfg.class_phase_pictures, cfg.captions_per_image, cfg.seed + 100, rule,
+                              cfg.two_object_prob, cache=folder / "train_set.npz", progress=b.progress)
+        latents = load_or_cache_latents(b.vae, data["images"], folder / "latents.npz", b.progress,
+                                        device=b.accelerator.device)
+    phase = replace(cfg, n_train=cfg.class_phase_pictures, class_share=cfg.class_phase_class_share,
+                    unet_ema_decay=cfg.class_phase_ema_decay)
+    seed_everything(cfg.seed + 8)
+    b.unet, b.text_encoder = train_unet(phase, latents, data["token_ids"], b.text_encoder, b.vae, b.tokenizer,
+                                        b.vae.config.scaling_factor, folder, b.progress,
+                                        total_steps=cfg.class_phase_steps, init_unet=b.unet,
+                                        record=cfg.pick("class_phase_held_out_weight", "unet_steps"))
+    if b.main:
+        b.unet.save_pretrained(str(folder / "unet"))  # for looking at, as the U-Net stage's
+    b.log.figure("class_phase_steps", cfg.class_phase_steps)
 
 
 def classifier_stage(b: Build):
@@ -454,7 +517,7 @@ def ship_stage(b: Build):
 
 STAGES = (("data", data_stage), ("vae", vae_stage), ("vae_decoder", vae_decoder_stage), ("clip", clip_stage),
           ("clip_image", clip_image_stage), ("clip_words", clip_words_stage), ("clip_rule", clip_rule_stage),
-          ("latents", latents_stage), ("unet", unet_stage),
+          ("latents", latents_stage), ("unet", unet_stage), ("class_phase", class_phase_stage),
           ("classifier", classifier_stage), ("ship", ship_stage))
 
 
@@ -477,10 +540,17 @@ def main(argv=None, *, training_loss=None, ema_update=None, encode_latents=None)
                         help="run the stages up to this one and stop (e.g. vae_decoder: the VAE alone)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="settings",
+                        help="change one setting of config.BuildConfig for this build (repeatable), such as "
+                             "--set text_encoder_lr_scale=1.0; a resumed run refuses a changed one by name")
     args = parser.parse_args(argv)
 
     fast = args.fast or fast_mode_requested()
     overrides = {"threads": args.threads, "mixed_precision": args.mixed_precision}
+    try:
+        overrides.update(config_mod.setting_from_text(text) for text in args.settings)
+    except ValueError as error:
+        parser.error(str(error))
     if args.unet_steps:
         overrides["unet_steps"] = args.unet_steps
     if args.vae_decoder_steps is not None:

@@ -82,6 +82,16 @@ class BuildConfig:
     # tell apart by contrast ("shape", covering four shapes; position words) gets an encoding of its own.
     text_encoder_lr_scale: float = 0.2
     min_snr_gamma: float = 5.0  # 0 = plain MSE
+    # The U-Net's class phase, under a caption rule: the finished U-Net (and the text encoder along)
+    # train on, on fresh pictures in which a star is called "shape" class_phase_held_out_weight times
+    # as often as each known shape. Under the build's own rule "shape" shows stars no more often than
+    # each known shape, and the U-Net draws them for "shape" rarely; here half of what "shape" names
+    # is stars, until the U-Net's "shape" covers all four.
+    class_phase_steps: int = 1600  # 0: no class phase
+    class_phase_pictures: int = 8000
+    class_phase_class_share: float = 0.2
+    class_phase_held_out_weight: float = 3.0
+    class_phase_ema_decay: float = 0.995
 
     # Evaluator: a small CNN that names the colour and shape in a picture.
     classifier_steps: int = 800
@@ -108,6 +118,8 @@ class BuildConfig:
 DATA_SETTINGS = ("seed", "n_train", "captions_per_image", "two_object_prob")
 RULE_SETTINGS = ("class_share", "colourless_share")  # what the pictures and captions hold (not the VAE's concern)
 CLIP_DATA_SETTINGS = ("clip_batch", "clip_contrast_pairs", "clip_contrast_set")
+CLASS_PHASE_SETTINGS = ("class_phase_steps", "class_phase_pictures", "class_phase_class_share",
+                        "class_phase_held_out_weight", "class_phase_ema_decay")
 CLIP_RULE_SETTINGS = (*RULE_SETTINGS, "clip_concept_words", "clip_rule_steps", "clip_rule_lr", "clip_fresh_words")
 CLIP_MODEL_SETTINGS = ("clip_text_width", "clip_text_layers", "clip_text_heads", "clip_vision_width",
                        "clip_vision_layers", "clip_vision_heads", "clip_projection")
@@ -127,9 +139,52 @@ def fast_config(**overrides) -> BuildConfig:
         clip_contrast_pairs=8,
         vae_steps=12, vae_batch=8, vae_decoder_steps=4,
         unet_steps=24, unet_batch=16, unet_warmup=6, unet_ema_decay=0.9,
+        class_phase_steps=6, class_phase_pictures=64,
         classifier_steps=30, classifier_batch=32, classifier_n_train=512,
         sample_every=24, checkpoint_every=20, fast=True,
     )
     small.update(overrides)
     return replace(BuildConfig(), **small)
 
+
+# Settings the build command sets with options of their own, and so not with --set.
+OWN_OPTIONS = {"threads": "--threads", "mixed_precision": "--mixed-precision", "unet_steps": "--unet-steps",
+               "vae_decoder_steps": "--vae-decoder-steps", "fast": "--fast"}
+
+
+def setting_from_text(text: str) -> tuple[str, object]:
+    """One build setting from the text NAME=VALUE (the build's --set): the value is read as the
+    type of the setting's default (a whole number, a number, true/false, a word, or words
+    separated by commas for a list). A name that is not a setting, or a value of the wrong kind,
+    is refused with a message naming both."""
+    name, equals, value = text.partition("=")
+    name, value = name.strip(), value.strip()
+    if not equals or not name:
+        raise ValueError(f"--set {text!r}: write NAME=VALUE, such as text_encoder_lr_scale=1.0")
+    defaults = BuildConfig()
+    if name not in defaults.__dataclass_fields__ or name == "extra":  # extra: a free dict, no one value
+        known = ", ".join(n for n in defaults.__dataclass_fields__ if n not in OWN_OPTIONS and n != "extra")
+        raise ValueError(f"--set {text!r}: {name!r} is not a build setting; the settings are: {known}")
+    if name in OWN_OPTIONS:
+        raise ValueError(f"--set {text!r}: {name} has an option of its own; use {OWN_OPTIONS[name]}")
+    default = getattr(defaults, name)
+
+    def read(word: str, like):
+        try:
+            if isinstance(like, bool):
+                if word.lower() not in ("true", "false"):
+                    raise ValueError
+                return word.lower() == "true"
+            if isinstance(like, int):
+                return int(word)
+            if isinstance(like, float):
+                return float(word)
+        except ValueError:
+            kind = {bool: "true or false", int: "a whole number", float: "a number"}[type(like)]
+            raise ValueError(f"--set {text!r}: {name} must be {kind}, got {word!r}") from None
+        return word
+
+    if isinstance(default, tuple):
+        element = default[0] if default else ""
+        return name, tuple(read(w.strip(), element) for w in value.split(",") if w.strip())
+    return name, read(value, default)

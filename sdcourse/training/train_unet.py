@@ -72,25 +72,34 @@ def make_scheduler(kind: str = "ddim"):
 
 
 @torch.no_grad()
-def cache_latents(vae, images_uint8: np.ndarray, batch: int = 128, progress: bool = True):
-    """Posterior mean and std of every picture: two float16 arrays (N, 4, 8, 8)."""
+def cache_latents(vae, images_uint8: np.ndarray, batch: int = 128, progress: bool = True, device=None):
+    """Posterior mean and std of every picture: two float16 arrays (N, 4, 8, 8), on the CPU.
+    device: where to encode (a GPU encodes a build's training set in seconds); default the VAE's.
+    The VAE is back where it was afterwards."""
+    home = vae.device
+    device = torch.device(device) if device is not None else home
+    vae.to(device)
     means, stds = [], []
-    for start in tqdm(range(0, len(images_uint8), batch), desc="encoding latents", disable=not progress,
-                      mininterval=2):
-        dist = vae.encode(images_to_tensor(images_uint8[start : start + batch])).latent_dist
-        means.append(dist.mean.half())
-        stds.append(dist.std.half())
+    try:
+        for start in tqdm(range(0, len(images_uint8), batch), desc="encoding latents", disable=not progress,
+                          mininterval=2):
+            dist = vae.encode(images_to_tensor(images_uint8[start : start + batch]).to(device)).latent_dist
+            means.append(dist.mean.half().cpu())
+            stds.append(dist.std.half().cpu())
+    finally:
+        vae.to(home)
     return torch.cat(means).numpy(), torch.cat(stds).numpy()
 
 
-def load_or_cache_latents(vae, images_uint8: np.ndarray, path: Path, progress: bool = True):
+def load_or_cache_latents(vae, images_uint8: np.ndarray, path: Path, progress: bool = True, device=None):
     """The latent distributions of a run's training set: read from `path` if a previous run
-    saved them, else encoded now and saved there (atomically, so an interrupt leaves no half file)."""
+    saved them, else encoded now (on `device`, see `cache_latents`) and saved there (atomically,
+    so an interrupt leaves no half file)."""
     path = Path(path)
     if path.exists():
         cached = np.load(path)
         return cached["mean"], cached["std"]
-    latents = cache_latents(vae, images_uint8, progress=progress)
+    latents = cache_latents(vae, images_uint8, progress=progress, device=device)
     tmp = path.with_name(path.stem + ".tmp.npz")
     np.savez(tmp, mean=latents[0], std=latents[1])
     tmp.replace(path)
@@ -252,8 +261,12 @@ def train_unet(cfg, latents, token_ids: np.ndarray, text_encoder, vae, tokenizer
 @torch.no_grad()
 def save_samples(unet, vae, text_encoder, tokenizer, path: Path, guidance_scale: float = 7.5):
     """A grid: each sample prompt at guidance 7.5 (top row) and 1.0 (bottom row), 25 DDIM steps."""
-    if unet.device != vae.device:  # while training on a GPU: sample with a copy, next to the VAE
+    # While training on a GPU: sample with copies next to the VAE (the text encoder too, when it
+    # trains along), so that every network of the pipeline is on one device.
+    if unet.device != vae.device:
         unet = copy.deepcopy(unet).to(vae.device)
+    if text_encoder.device != vae.device:
+        text_encoder = copy.deepcopy(text_encoder).to(vae.device)
     was_training = unet.training
     unet.eval()
     pipe = build_pipeline(unet, vae, text_encoder, tokenizer)
