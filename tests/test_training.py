@@ -2,6 +2,7 @@
 a longer run extends a finished one, a checkpoint made with other settings is refused, and the
 whole fast build writes only inside its run and out folders."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -415,3 +416,36 @@ def test_the_build_takes_set_into_its_settings_and_refuses_a_bad_one_before_any_
                       "--stop-after", "data", "--quiet", "--threads", "1"])
     recorded = (run / "config.json").read_text()
     assert '"text_encoder_lr_scale": 1.0' in recorded and '"clip_rule_steps": 0' in recorded
+
+
+def test_a_lab_build_takes_the_shipped_vae_and_text_encoder_and_trains_only_a_smaller_unet(tmp_path, capsys):
+    """--size lab: the shipped model's VAE and text encoder ship again as they are (the same
+    numbers), no CLIP, VAE or classifier stage runs, and the U-Net is the lab recipe's."""
+    from safetensors.torch import load_file
+
+    from sdcourse.loading import EMBEDDED_MODEL
+    from sdcourse.training import build_model
+    from sdcourse.training.config import LAB_RECIPE
+
+    run, out = tmp_path / "run", tmp_path / "out"
+    build_model.main(["--fast", "--size", "lab", "--run", str(run), "--out", str(out), "--quiet", "--threads", "2"])
+    for part, weights in (("vae", "diffusion_pytorch_model.safetensors"), ("text_encoder", "model.safetensors")):
+        ours, shipped = load_file(out / part / weights), load_file(EMBEDDED_MODEL / part / weights)
+        assert ours.keys() == shipped.keys()
+        assert all(torch.equal(ours[k].float(), shipped[k].float()) for k in ours), part
+    unet_config = json.loads((out / "unet" / "config.json").read_text())
+    assert tuple(unet_config["block_out_channels"]) == LAB_RECIPE["unet_channels"]
+    made = {p.name for p in run.iterdir()}
+    assert not made & {"vae", "vae_decoder", "clip", "clip_words", "clip_rule", "tiny-clip", CLASSIFIER_FILE}
+    assert json.loads((run / "config.json").read_text())["size"] == "lab"
+
+
+def test_a_run_folder_resumed_with_another_size_is_refused_naming_both(tmp_path, capsys):
+    from sdcourse.training import build_model
+
+    run = tmp_path / "run"
+    build_model.main(["--fast", "--run", str(run), "--stop-after", "data", "--quiet", "--threads", "1"])
+    with pytest.raises(SystemExit) as refused:
+        build_model.main(["--fast", "--size", "lab", "--run", str(run), "--quiet"])
+    assert refused.value.code == 2
+    assert f"--size lab: the run folder {run} holds a --size full build" in capsys.readouterr().err

@@ -42,6 +42,11 @@ records (`STAGE_OUTPUTS`) are this run's, else the build stops, naming them. A s
 without a marker (made before markers, as build-stages/second-edition keeps them) counts as
 finished when every file of it loads; its marker is written then.
 
+`--size lab` is a build for a 90-minute lab (`config.lab_config`): it takes the shipped model's
+VAE and text encoder as they are (stages 2 and 3 load them instead of training), draws its
+pictures without the caption rule, trains a smaller U-Net for minutes, and has no class phase
+and no classifier of its own. A run folder holds builds of one size only.
+
 From Python, `main(arguments, training_loss=..., ema_update=..., encode_latents=...)` runs the
 same build with a learner's pieces (the capstone, lesson 14; `pieces.py` says what each must
 do) in place of the course's own, says which pieces it uses, and tries each given one on one
@@ -77,6 +82,7 @@ from accelerate import Accelerator  # noqa: E402
 from .. import fast_mode_requested  # noqa: E402
 from ..files import files_problem, read_json, read_marker, write_json, write_marker  # noqa: E402
 from ..evaluate import CLASSIFIER_FILE, classifier_accuracy, save_classifier, vae_round_trip  # noqa: E402
+from ..loading import EMBEDDED_MODEL  # noqa: E402
 from ..tokenizer import load_tokenizer  # noqa: E402
 from . import config as config_mod  # noqa: E402
 from .common import seed_everything, set_threads  # noqa: E402
@@ -251,7 +257,25 @@ def data_stage(b: Build):
         b.data = build_set_of(cfg, b.run_dir / "train_set.npz", b.progress)
         if rule_phase_pending(b):  # the only stage that reads it
             b.clip_data = build_clip_set_of(cfg, b.data, b.run_dir / "clip_set.npz", b.progress)
-    b.photos = photo_crops(cfg.n_photo_crops, cfg.seed)
+    b.photos = None if reused(b, "vae") else photo_crops(cfg.n_photo_crops, cfg.seed)
+
+
+def reused(b: Build, part: str) -> bool:
+    """Whether the build takes this network ("vae", "text_encoder") from the shipped model as it is."""
+    return part in b.cfg.reuse_shipped
+
+
+def shipped_part(part: str):
+    """The shipped model's VAE or text encoder, in float32 and frozen (the lab build's)."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
+
+    folder = str(EMBEDDED_MODEL / part)
+    if part == "vae":
+        network = AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32)
+    else:
+        network = CLIPTextModel.from_pretrained(folder, dtype=torch.float32)
+    return network.eval().requires_grad_(False)
 
 
 def rule_phase_on(cfg) -> bool:
@@ -299,6 +323,9 @@ def clip_stage(b: Build):
     """3. The CLIP, both halves trained together, contrastively."""
     from transformers import CLIPModel
 
+    if reused(b, "text_encoder"):
+        b.text_encoder = shipped_part("text_encoder")
+        return
     if finished(b, "clip_words") or finished(b, "clip_rule"):
         return  # a later phase is done: that one is loaded (a run resumed from its finished stages)
     if finished(b, "clip"):
@@ -325,6 +352,8 @@ def later_clip_phase(b: Build, folder_name: str, steps: int, seed_offset: int, t
     others read the rule-free set."""
     from transformers import CLIPModel
 
+    if reused(b, "text_encoder"):
+        return False
     if any(finished(b, name) for name in LATER_CLIP_PHASES[folder_name]):
         return False  # a later phase is done: that one is loaded
     if finished(b, folder_name):
@@ -371,8 +400,8 @@ def clip_rule_stage(b: Build):
     captions that always name the shape and colour, so the shape and colour words are learned
     first, from the full signal; this phase adds the class words on top. Its text encoder
     becomes SD's, frozen."""
-    if not rule_phase_on(b.cfg):
-        return  # the text encoder is the words phase's
+    if not rule_phase_on(b.cfg) or reused(b, "text_encoder"):
+        return  # the text encoder is the words phase's, or the shipped model's
     if later_clip_phase(b, "clip_rule", b.cfg.clip_rule_steps, 6, learn_class_words, "rule", under_rule=True):
         log_word_sensitivity(b, "rule")
     b.text_encoder = text_half(b.clip).eval().requires_grad_(False)
@@ -400,6 +429,9 @@ def vae_stage(b: Build):
     from diffusers import AutoencoderKL
 
 
+    if reused(b, "vae"):
+        b.vae = shipped_part("vae")
+        return
     if finished(b, "vae_decoder"):
         return  # the decoder phase is done: its VAE is loaded next
     if finished(b, "vae"):
@@ -419,6 +451,8 @@ def vae_decoder_stage(b: Build):
     from diffusers import AutoencoderKL
 
 
+    if reused(b, "vae"):
+        return
     if finished(b, "vae_decoder"):
         b.vae = AutoencoderKL.from_pretrained(str(b.run_dir / "vae_decoder")).eval()
     elif b.cfg.vae_decoder_steps > 0:
@@ -494,6 +528,8 @@ def classifier_stage(b: Build):
     """6. A shape/colour classifier trained by the judge's recipe (`training.judge`), kept in the run folder
     (the fixed judge in the package is never replaced)."""
     cfg = b.cfg
+    if cfg.classifier_steps <= 0:
+        return  # none of its own (the lab build): the fixed judge measures the model
     if any(finished(b, name) for name in (CLASSIFIER_FILE, "classifier.safetensors")):
         return  # "classifier.safetensors": its name in runs made before
     classifier = train_classifier(cfg.classifier_steps, cfg.classifier_batch, cfg.classifier_n_train,
@@ -511,7 +547,8 @@ def ship_stage(b: Build):
     if not b.main:
         return
     save_pipeline(b.unet, b.vae, b.text_encoder, b.tokenizer, b.out, b.run_dir)
-    save_clip_extras(b.clip, b.run_dir / "tiny-clip")
+    if b.clip is not None:  # None when the text encoder is the shipped model's
+        save_clip_extras(b.clip, b.run_dir / "tiny-clip")
     save_samples(b.unet, b.vae, b.text_encoder, b.tokenizer, b.run_dir / "samples" / "final.png")
 
 
@@ -531,6 +568,9 @@ def main(argv=None, *, training_loss=None, ema_update=None, encode_latents=None)
     parser.add_argument("--overwrite", action="store_true",
                         help="write the pipeline over --out even if it holds files this build did not write")
     parser.add_argument("--fast", action="store_true", help="miniature build (also: SDCOURSE_FAST=1)")
+    parser.add_argument("--size", choices=config_mod.SIZES, default="full",
+                        help="full: every network trained (hours); lab: the shipped model's VAE and text "
+                             "encoder, and a smaller U-Net trained for minutes (config.lab_config)")
     parser.add_argument("--unet-steps", type=int, default=None, help="override the U-Net step count")
     parser.add_argument("--vae-decoder-steps", type=int, default=None, help="override the decoder-only steps")
     parser.add_argument("--mixed-precision", choices=PRECISIONS, default="no",
@@ -555,12 +595,15 @@ def main(argv=None, *, training_loss=None, ema_update=None, encode_latents=None)
         overrides["unet_steps"] = args.unet_steps
     if args.vae_decoder_steps is not None:
         overrides["vae_decoder_steps"] = args.vae_decoder_steps
-    cfg = config_mod.fast_config(**overrides) if fast else config_mod.full_config(**overrides)
-    run_dir = Path(args.run or ("runs/tiny-sd-fast" if fast else "runs/tiny-sd"))
+    cfg = config_mod.config_of_size(args.size, fast, **overrides)
+    run_dir = Path(args.run or ("runs/tiny-sd-fast" if fast else "runs/tiny-sd") + ("-lab" if args.size == "lab" else ""))
     out = Path(args.out) if args.out else run_dir / "tiny-sd"
     if run_dir.resolve() == out.resolve() or out.resolve() in run_dir.resolve().parents:
         parser.error(f"--run {run_dir} must not be --out {out} or inside it: writing the pipeline replaces --out")
     previous = read_json(run_dir / "config.json", "run settings") if (run_dir / "config.json").exists() else None
+    if previous is not None and previous.get("size", "full") != cfg.size:  # runs made before sizes are full ones
+        parser.error(f"--size {cfg.size}: the run folder {run_dir} holds a --size {previous.get('size', 'full')} "
+                     f"build; resume it with --size {previous.get('size', 'full')}, or give another --run")
     check_run_folder(run_dir, cfg, previous)
     try:
         if args.stop_after in (None, "ship"):  # it will write --out: claimed before hours of training

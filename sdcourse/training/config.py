@@ -4,7 +4,8 @@
 resume after an interrupt (the README gives the measured times; build_log.json in the run
 folder records each stage's). `fast_config()` does the same steps in miniature (about a
 minute on 2 cores) for CI and notebooks: set the environment variable SDCOURSE_FAST=1, or
-pass --fast to the build command, to use it.
+pass --fast to the build command, to use it. `lab_config()` (--size lab) is a build for a
+90-minute lab: it takes the shipped model's VAE and text encoder and trains a smaller U-Net.
 """
 
 from __future__ import annotations
@@ -98,6 +99,11 @@ class BuildConfig:
     classifier_batch: int = 64
     classifier_n_train: int = 20_000
 
+    # Networks taken as they are from the shipped model (sdcourse/assets/tiny-sd) instead of trained:
+    # "vae", "text_encoder" (the lab build; later SD versions reused their autoencoder the same way).
+    reuse_shipped: tuple = ()
+    size: str = "full"  # "full" or "lab" (`lab_config`): a run folder holds builds of one size only
+
     # Bookkeeping.
     sample_every: int = 500  # U-Net sample grids every this many steps (0: none)
     checkpoint_every: int = 250
@@ -147,9 +153,37 @@ def fast_config(**overrides) -> BuildConfig:
     return replace(BuildConfig(), **small)
 
 
+SIZES = ("full", "lab")
+REUSABLE = ("vae", "text_encoder")
+
+# The lab build's recipe (`lab_config`): what it changes from the full build, and, outside fast
+# mode, its data and step counts.
+LAB_RECIPE = dict(size="lab", reuse_shipped=REUSABLE, class_share=0.0, colourless_share=0.0,
+                  unet_channels=(32, 64, 64), text_encoder_lr_scale=0.0, class_phase_steps=0, classifier_steps=0)
+LAB_SCALE = dict(n_train=10_000, unet_steps=3000, unet_batch=64, unet_lr=1e-3, unet_warmup=100,
+                 unet_ema_decay=0.995, sample_every=500)
+
+
+def lab_config(fast: bool = False, **overrides) -> BuildConfig:
+    """A build that fits a 90-minute lab on 2 cores: the shipped model's VAE and text encoder
+    taken as they are, no caption rule, a smaller U-Net trained for minutes, no class phase and
+    no classifier of its own (the fixed judge measures it). fast: in miniature, as fast_config."""
+    recipe = dict(LAB_RECIPE) if fast else {**LAB_RECIPE, **LAB_SCALE}
+    recipe.update(overrides)
+    return fast_config(**recipe) if fast else full_config(**recipe)
+
+
+def config_of_size(size: str, fast: bool = False, **overrides) -> BuildConfig:
+    """The build's settings for --size full or lab, full size or in miniature (fast)."""
+    if size == "lab":
+        return lab_config(fast, **overrides)
+    return fast_config(**overrides) if fast else full_config(**overrides)
+
+
 # Settings the build command sets with options of their own, and so not with --set.
 OWN_OPTIONS = {"threads": "--threads", "mixed_precision": "--mixed-precision", "unet_steps": "--unet-steps",
-               "vae_decoder_steps": "--vae-decoder-steps", "fast": "--fast"}
+               "vae_decoder_steps": "--vae-decoder-steps", "fast": "--fast", "size": "--size",
+               "reuse_shipped": "--size"}
 
 
 def setting_from_text(text: str) -> tuple[str, object]:
