@@ -160,8 +160,9 @@ REUSABLE = ("vae", "text_encoder")
 # mode, its data and step counts.
 LAB_RECIPE = dict(size="lab", reuse_shipped=REUSABLE, class_share=0.0, colourless_share=0.0,
                   unet_channels=(32, 64, 64), text_encoder_lr_scale=0.0, class_phase_steps=0, classifier_steps=0)
-# A step of the lab U-Net (1.47 M numbers) takes about a quarter of the full one's (5.79 M) at the
-# same batch: 4,000 steps of 128 are about half an hour on 2 cores.
+# A training step of the lab U-Net (1.47 M numbers) takes about half the full one's (5.79 M) at the
+# same batch (0.53 s against 1.09 s, side by side on 2 busy cores): 4,000 steps of 128 are about
+# half an hour on 2 idle cores.
 LAB_SCALE = dict(n_train=20_000, unet_steps=4000, unet_batch=128, unet_lr=1e-3, unet_warmup=100,
                  unet_ema_decay=0.995, sample_every=500)
 
