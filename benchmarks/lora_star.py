@@ -4,12 +4,12 @@
     python benchmarks/lora_star.py --ranks 1 2 4 8 16
     python benchmarks/lora_star.py --quick         # fewer prompts and seeds
     python benchmarks/lora_star.py --full-unet --lr 3e-4   # the ceiling: every U-Net weight trained
-    python benchmarks/lora_star.py --class-word    # captions and prompts say "a red star shape"
+    python benchmarks/lora_star.py --class-word '' # captions and prompts say "a red star", no class word
 
 For each rank it trains `python -m sdcourse.training.train_lora --concept star` with the given
 settings (timed), then judges, with the fixed judge:
-- star: the share of "a {colour} star ..." pictures whose shape is a star, on generation seeds
-  the training never used;
+- star: the share of "a {colour} star shape ..." pictures (the trainer's class word follows the
+  star's word) drawn as a star in the right colour, on generation seeds the training never used;
 - base: colour + shape adherence on the usual single-object prompts (circles, squares,
   triangles), before and after, to see what the adapter broke;
 - the adapter's parameters (share of the U-Net's) and file size.
@@ -34,19 +34,13 @@ from sdcourse.data import shapes  # noqa: E402
 from sdcourse.evaluate import prompt_adherence  # noqa: E402
 from sdcourse.pipeline import load_pipeline  # noqa: E402
 from sdcourse.training.train_lora import (  # noqa: E402
-    CONCEPT_PRIOR_SHARE, LoRASettings, concept_pictures, prior_pictures, train_lora)
+    CONCEPT_CLASS_WORDS, CONCEPT_PRIOR_SHARE, LoRASettings, concept_phrase, concept_pictures, prior_pictures, train_lora)
 
 
-def star_prompts(n: int, token: str | None, class_word: bool = False):
+def star_prompts(n: int, word: str):
+    """n star prompts ("a red star in the top left", ...), "star" written as `word`."""
     prompts = shapes.evaluation_prompts(n, seed=777, shapes=("star",))
-    word = concept_word(token, class_word)
     return [{**p, "prompt": p["prompt"].replace("star", word)} for p in prompts]
-
-
-def concept_word(token: str | None, class_word: bool) -> str:
-    """What captions and prompts say for the star: its word (or the token), followed by the
-    class word when asked, as DreamBooth writes "a [V] dog"."""
-    return (token or "star") + (f" {shapes.CLASS_WORD}" if class_word else "")
 
 
 def main():
@@ -60,7 +54,8 @@ def main():
     parser.add_argument("--token", default=None, help="train and prompt with this word instead of 'star'")
     parser.add_argument("--prior-share", type=float, default=CONCEPT_PRIOR_SHARE,
                         help="share of each batch from pictures the model already knows (0: stars alone)")
-    parser.add_argument("--train-text-encoder", action="store_true", help="also adapt the text encoder's attention")
+    parser.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None,
+                        help="also adapt the text encoder's attention (default: the trainer's, yes except with --full-unet)")
     parser.add_argument("--full-unet", action="store_true",
                         help="train every U-Net weight instead of an adapter, same data and loop (the ceiling)")
     parser.add_argument("--min-snr-gamma", type=float, default=LoRASettings.min_snr_gamma,
@@ -71,9 +66,9 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu (the figures in the README), or cuda for a quick sweep")
     parser.add_argument("--quick", action="store_true", help="16 prompts x 2 seeds instead of 32 x 4")
-    parser.add_argument("--class-word", action="store_true",
-                        help=f"follow the star's word with the class word in captions and prompts "
-                             f"('a red star {shapes.CLASS_WORD}'), as DreamBooth's 'a [V] dog'")
+    parser.add_argument("--class-word", default=CONCEPT_CLASS_WORDS["star"],
+                        help="the class word after the star's word in captions and prompts, as DreamBooth's "
+                             "'a [V] dog' (default: the trainer's, 'shape'; '' for none)")
     args = parser.parse_args()
     if args.full_unet and len(args.ranks) > 1:
         parser.error(f"--full-unet trains no adapter, so --ranks {' '.join(map(str, args.ranks))} has nothing to sweep")
@@ -81,12 +76,13 @@ def main():
 
     n_prompts, seeds = (16, (1000, 1001)) if args.quick else (32, (1000, 1001, 1002, 1003))
     base_prompts = shapes.evaluation_prompts(2 * n_prompts)
-    stars = star_prompts(n_prompts, args.token, args.class_word)
+    word = concept_phrase(args.token or "star", args.class_word)
+    stars = star_prompts(n_prompts, word)
     pipe = load_pipeline(args.model, device=args.device)
     unet_parameters = sum(p.numel() for p in pipe.unet.parameters())
     before = prompt_adherence(pipe, base_prompts, seeds=seeds)
     star_before = prompt_adherence(pipe, stars, seeds=seeds)
-    print(f"base model: star {star_before['shape_correct']:.1f}%, base prompts both right "
+    print(f"base model: star right {star_before['both_correct']:.1f}%, base prompts both right "
           f"{before['both_correct']:.1f}% ({len(stars)} star and {len(base_prompts)} base prompts x {len(seeds)} seeds)")
     rows = []
     for rank in args.ranks:
@@ -96,8 +92,7 @@ def main():
                                 full_unet=args.full_unet,
                                 min_snr_gamma=args.min_snr_gamma, caption_dropout=args.caption_dropout)
         pipe = load_pipeline(args.model, device=args.device)
-        images, captions = concept_pictures("star", settings.n_pictures, settings.seed,
-                                            concept_word(settings.token, args.class_word))
+        images, captions = concept_pictures("star", settings.n_pictures, settings.seed, word)
         with tempfile.TemporaryDirectory() as out:
             started = time.time()
             prior = prior_pictures(settings.n_pictures, settings.seed) if settings.prior_share else None
@@ -111,14 +106,13 @@ def main():
         label = "full U-Net" if args.full_unet else f"rank {rank}"
         rows.append((label, lora_parameters,
                      100 * lora_parameters / unet_parameters, size_mb, minutes,
-                     star["shape_correct"], after["both_correct"], after["both_correct"] - before["both_correct"]))
+                     star["both_correct"], after["both_correct"], after["both_correct"] - before["both_correct"]))
         print(f"{label}: trained in {minutes:.2f} min", flush=True)
 
     print(f"\n{args.steps} steps x batch {args.batch} ({args.prior_share:.0%} known pictures), lr {args.lr:g}, "
           f"min-SNR gamma {args.min_snr_gamma:g}, caption dropout {args.caption_dropout:g}, "
           f"trained: {'every U-Net weight' if args.full_unet else ' '.join(args.targets)}, "
-          f"text encoder {'adapted' if args.train_text_encoder else 'frozen'}, "
-          f"the star called '{concept_word(args.token, args.class_word)}', "
+          f"text encoder {'adapted' if settings.train_text_encoder else 'frozen'}, the star called '{word}', "
           f"{args.device}, {args.threads} threads; U-Net {unet_parameters / 1e6:.2f} M parameters")
     print("| trained | parameters | share of U-Net | file | train time | star right | base both right | change |")
     print("|---|---|---|---|---|---|---|---|")

@@ -76,7 +76,8 @@ def copying(pictures: np.ndarray, training: np.ndarray) -> float:
 def trained_numbers(method: str, pipe, base_parameters: int) -> int:
     if method == "dreambooth":
         return base_parameters
-    adapter = sum(p.numel() for n, p in pipe.unet.named_parameters() if "lora" in n)
+    adapter = sum(p.numel() for model in (pipe.unet, pipe.text_encoder) for n, p in model.named_parameters()
+                  if "lora" in n)  # the U-Net's adapter, and the text encoder's where it has one
     row = pipe.text_encoder.get_input_embeddings().weight.shape[1] if method in ("textual-inversion", "pivotal") else 0
     return adapter + row
 

@@ -297,6 +297,10 @@ def save_lora(module: nn.Module, folder: str | os.PathLike) -> Path:
     return path
 
 
+# The pipeline parts an adapter file may hold layers of, by their key prefix.
+PIPELINE_PARTS = ("unet", "text_encoder", "text_encoder_2")
+
+
 def read_adapter(source) -> dict[str, torch.Tensor]:
     """An adapter state dict from a dict, a .safetensors file, or a folder holding LORA_FILE."""
     from safetensors.torch import load_file
@@ -321,16 +325,26 @@ def load_lora(module: nn.Module, source, prefix: str = "unet") -> list[str]:
     to `module`: each named layer becomes a LoRALinear with the adapter's A and B. The
     adapter's alpha is already folded in (alpha = rank). Returns the adapted layers' names.
 
-    An adapter made for another model is refused, naming the first layer that does not fit.
+    A file may hold adapters for several parts of a pipeline, as diffusers writes them
+    ("unet.…" and "text_encoder.…"): only `prefix`'s are loaded here, and each other part's
+    loads into that part with its own prefix. An adapter made for another model is refused,
+    naming the first layer that does not fit.
     """
     _refuse_second_adapter(module)
     adapter = read_adapter(source)
     pairs = {}
     for key, value in adapter.items():
+        part = key.split(".", 1)[0]
+        if part != prefix and part in PIPELINE_PARTS:
+            continue  # another part's adapter
         name, _, kind = key.removeprefix(prefix + ".").rpartition(".lora_")
-        if kind not in ("A.weight", "B.weight") or not key.startswith(prefix + "."):
+        if kind not in ("A.weight", "B.weight") or part != prefix:
             raise ValueError(f"adapter key {key!r} is not '{prefix}.<layer>.lora_A.weight' or '.lora_B.weight'")
         pairs.setdefault(name, {})[kind[0]] = value
+    if not pairs:
+        held = sorted({key.split(".", 1)[0] for key in adapter})
+        raise ValueError(f"the adapter holds no '{prefix}.' layers, only {', '.join(held) or 'nothing'}: load it "
+                         "into that part, with prefix= its name")
     layers = dict(module.named_modules())
     for name, pair in sorted(pairs.items()):
         if set(pair) != {"A", "B"}:

@@ -177,3 +177,30 @@ def test_bad_input_is_refused_by_name_before_training(tmp_path, capsys, args, me
         main([*args, "--concept", "star", "--out", str(tmp_path / "run"), "--quiet"])
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+@pytest.mark.parametrize("concept, word", [("star", "star shape"), ("pink", "pink")])
+def test_lora_defaults_keep_the_class_word_and_adapt_the_text_encoder_too(tmp_path, concept, word):
+    """A concept's LoRA captions say its word and then its class word ("a red star shape"; pink has
+    none), and the text encoder gets an adapter too, as the embedded model's measured defaults."""
+    from sdcourse.training.finetune import parse, word_of
+    from sdcourse.training.train_lora import CONCEPT_PRIOR_SHARE, LoRASettings
+
+    _, _, settings = parse(["--method", "lora", "--concept", concept, "--out", str(tmp_path)])
+    assert word_of(settings, concept) == word
+    assert settings.train_text_encoder and settings.prior_share == CONCEPT_PRIOR_SHARE
+    _, _, settings = parse(["--method", "lora", "--concept", concept, "--out", str(tmp_path), "--class-word", "",
+                            "--no-train-text-encoder"])
+    assert word_of(settings, concept) == concept and not settings.train_text_encoder
+    assert not LoRASettings(full_unet=True).train_text_encoder  # a full fine-tune trains the U-Net alone
+    with pytest.raises(ValueError, match="class_word=' shape'; it must be words"):
+        LoRASettings(class_word=" shape")
+
+
+def test_train_lora_refuses_a_class_word_for_your_own_pictures(tmp_path, capsys):
+    from sdcourse.training.train_lora import main as train_lora_main
+
+    with pytest.raises(SystemExit):
+        train_lora_main(["--images", str(tmp_path), "--class-word", "dog", "--out", str(tmp_path / "run")])
+    assert "--class-word goes with --concept; with --images, write the class word in your captions" in \
+        capsys.readouterr().err

@@ -26,6 +26,7 @@ from sdcourse.lora import (
     unmerge_lora,
 )
 from sdcourse.training.trainer import CheckpointError
+from sdcourse.text_encoder import TextEncoder
 from sdcourse.unet import UNet
 
 from test_unet import TINY, inputs, make_pair
@@ -280,6 +281,8 @@ def test_an_adapter_for_another_model_names_the_layer(tmp_path):
         load_lora(make_pair(TINY, 0)[1], tmp_path / "nothing-here")
     with pytest.raises(ValueError, match="lora_A.weight"):
         load_lora(make_pair(TINY, 0)[1], {"unet.conv_in.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match=r"holds no 'unet\.' layers, only text_encoder"):
+        load_lora(make_pair(TINY, 0)[1], {k.replace("unet.", "text_encoder.", 1): v for k, v in adapter.items()})
 
 
 # ----------------------------------------------------------------------------- the LoRA trainer
@@ -417,8 +420,18 @@ def test_an_adapter_trained_with_alpha_above_rank_loads_exactly_in_diffusers_and
         assert (fresh.unet(latents, t, text).sample - trained).abs().max() <= 1e-5
         ours = UNet.from_config(fresh.unet.config).eval()
         ours.load_state_dict(load_pipeline().unet.state_dict())
-        load_lora(ours, path)
+        load_lora(ours, path)  # the file's U-Net part: the text encoder's loads below
         assert (ours(latents, t, text) - trained).abs().max() <= 1e-5
+        # the text encoder's adapter (a default of the trainer), the same three ways
+        ids = pipe.tokenizer(["a red star shape", "a blue circle"], padding="max_length", max_length=77,
+                             return_tensors="pt").input_ids
+        encoded = pipe.text_encoder(input_ids=ids).last_hidden_state
+        assert (encoded - load_pipeline().text_encoder(input_ids=ids).last_hidden_state).abs().max() > 1e-4
+        assert (fresh.text_encoder(input_ids=ids).last_hidden_state - encoded).abs().max() <= 1e-5
+        our_text = TextEncoder.from_config(fresh.text_encoder.config).eval()
+        our_text.load_state_dict(load_pipeline().text_encoder.state_dict())
+        load_lora(our_text, path, prefix="text_encoder")
+        assert (our_text(ids) - encoded).abs().max() <= 1e-5
 
 
 def test_a_rank_above_the_layers_width_is_refused_before_training(tmp_path):
@@ -464,7 +477,7 @@ def test_batches_drop_captions_to_the_empty_prompt_and_weight_each_timestep(tmp_
     monkeypatch.setattr(finetune_core, "Trainer", RecordingTrainer)
     pipe = load_pipeline()
     images, captions = concept_pictures("star", 8)
-    settings = LoRASettings(batch=64, caption_dropout=0.25, min_snr_gamma=5.0)
+    settings = LoRASettings(batch=64, caption_dropout=0.25, min_snr_gamma=5.0, train_text_encoder=False)
     train_lora(pipe, images, captions, settings, tmp_path, progress=False)
     _, empty = finetune_core.encode_captions(pipe, [""])
     _, own = finetune_core.encode_captions(pipe, captions)
@@ -531,7 +544,7 @@ def test_a_full_fine_tune_trains_every_unet_weight_and_saves_the_unet_the_pipeli
     from sdcourse.training.train_lora import LoRASettings, concept_pictures, train_lora
 
     pipe, base = load_pipeline(), load_pipeline()
-    settings = LoRASettings(steps=2, batch=2, lr=1e-3, full_unet=True)
+    settings = LoRASettings(steps=2, batch=2, lr=1e-3, full_unet=True)  # the text encoder then stays frozen
     path = train_lora(pipe, *concept_pictures("star", 4), settings, tmp_path, progress=False)
     assert path == tmp_path / "unet" / "diffusion_pytorch_model.safetensors" and path.exists()
     assert not any("lora" in name for name, _ in pipe.unet.named_parameters())
@@ -586,9 +599,9 @@ def test_resuming_with_the_text_encoder_switched_is_refused_by_name(tmp_path, on
 
     args = ["--concept", "star", "--out", str(tmp_path), "--batch", "4", "--n-pictures", "4", "--threads", "1",
             "--quiet", "--steps", "1"]
-    main([*args, "--train-text-encoder"])
+    main(args)  # the default adapts the text encoder too
     with pytest.raises(CheckpointError, match="train_text_encoder: the checkpoint has True, this run asks for False"):
-        main([*args[:-1], "2"])
+        main([*args[:-1], "2", "--no-train-text-encoder"])
 
 
 # ---- files that cannot be read: each named, with the line and what to do ---------------------

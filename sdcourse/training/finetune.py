@@ -8,8 +8,9 @@
 
 The methods (each a small "what trains" object of methods.py, trained by the fine-tuning core):
 
-- `lora`: a rank-r adapter on the U-Net's attention (as train_lora.py, which is its shortcut);
-  the concept keeps its own word ("star"). Writes pytorch_lora_weights.safetensors.
+- `lora`: rank-r adapters on the U-Net's and the text encoder's attention (as train_lora.py,
+  which is its shortcut); the concept keeps its own word, followed by its class word ("star
+  shape"). Writes pytorch_lora_weights.safetensors.
 - `textual-inversion`: a new word ("<star>"), whose input embedding row, started from
   `--initializer`'s, is the only thing that trains. Writes learned_embeds.safetensors.
 - `dreambooth`: every U-Net weight, on pictures captioned with a rare word and the class word
@@ -56,9 +57,10 @@ from ..lora import LORA_FILE  # noqa: E402
 from ..textual_inversion import EMBEDDING_FILE, check_new_token, initializer_id  # noqa: E402
 from .common import save_grid, set_threads  # noqa: E402
 from .finetune_core import WhatTrains, fine_tune  # noqa: E402
-from .finetune_data import add_data_arguments, concept_pictures, folder_pictures, prior_pictures  # noqa: E402
+from .finetune_data import (CONCEPT_CLASS_WORDS, add_data_arguments, concept_phrase, concept_pictures,  # noqa: E402
+                            folder_pictures, prior_pictures)
 from .methods import DreamBooth, PivotalTuning, TextualInversion, UNetAdapter, UNetAndTextEncoderAdapters  # noqa: E402
-from .train_lora import LoRASettings  # noqa: E402
+from .train_lora import CONCEPT_PRIOR_SHARE, LoRASettings  # noqa: E402
 from .trainer import PRECISIONS, CheckpointError  # noqa: E402
 
 METHODS = ("lora", "textual-inversion", "dreambooth", "pivotal")
@@ -73,7 +75,7 @@ COMMON_FILES = (CHECKPOINT, RECORD, "samples.png")
 # Each method's defaults where they differ from LoRASettings' (measured on the embedded model:
 # README, "Teaching the model a subject").
 METHOD_DEFAULTS = {
-    "lora": dict(prior_share=0.75),
+    "lora": dict(prior_share=CONCEPT_PRIOR_SHARE),
     "textual-inversion": dict(steps=500, batch=32, lr=5e-3, prior_share=0.0),
     "dreambooth": dict(steps=400, batch=16, lr=2e-4, prior_share=0.5, prior_loss_weight=1.0),
     "pivotal": dict(prior_share=0.75),
@@ -83,7 +85,6 @@ DEFAULT_TOKENS = {"textual-inversion": "<{concept}>", "pivotal": "<{concept}>", 
 # belongs to, as the third edition's captions name it ("shape"; a colour is covered by captions
 # that say none).
 CONCEPT_INITIALIZERS = {"star": "shape", "pink": "colour"}
-CONCEPT_CLASS_WORDS = {"star": "shape", "pink": ""}
 
 
 @dataclass
@@ -91,20 +92,22 @@ class FinetuneSettings(LoRASettings):
     """A fine-tuning run: the LoRA settings (steps, batch, lr, prior_share, rank, ...) and the
     method's own. token: the new word (textual inversion, pivotal) or the rare word (DreamBooth;
     None: the concept's own word, for LoRA). initializer: the word a new row starts from.
-    class_word: the subject's class ("shape"), after the rare word in DreamBooth's captions and in
-    its class prompts. class_pictures: how many pictures the base model draws for the class
+    class_word: the subject's class ("shape"), after the subject's word in LoRA's and DreamBooth's
+    captions, and in DreamBooth's class prompts. train_text_encoder (None: the method's default)
+    gives LoRA an adapter on the text encoder too. class_pictures: how many pictures the base model draws for the class
     prompts (DreamBooth's prior). embedding_lr_scale: pivotal tuning's row learns this many
     times faster than its adapter."""
 
     method: str = "lora"
     initializer: str = "shape"
-    class_word: str = "shape"  # "": none (a colour concept: "a sks circle")
     class_pictures: int = 200
     embedding_lr_scale: float = 5.0
 
     def __post_init__(self):
-        super().__post_init__()
         self.method = choice("method", self.method, METHODS)
+        if self.train_text_encoder is None:
+            self.train_text_encoder = self.method == "lora" and not self.full_unet
+        super().__post_init__()
         self.class_pictures = whole_number("class_pictures", self.class_pictures, minimum=0)
         self.embedding_lr_scale = real_number("embedding_lr_scale", self.embedding_lr_scale, 0, low_open=True)
         if self.method != "lora" and (self.full_unet or self.train_text_encoder):
@@ -118,8 +121,8 @@ class FinetuneSettings(LoRASettings):
 
 def word_of(settings: FinetuneSettings, concept: str | None) -> str:
     """What to write in a prompt where the subject goes."""
-    if settings.method == "dreambooth":
-        return " ".join(w for w in (settings.token, settings.class_word) if w)
+    if settings.method in ("lora", "dreambooth"):
+        return concept_phrase(settings.token or concept or "", settings.class_word)
     return settings.token or concept or ""
 
 
@@ -247,7 +250,8 @@ def parse(argv=None):
                        ("embedding-lr-scale", float), ("seed", int), ("checkpoint-every", int)):
         parser.add_argument(f"--{name}", type=kind, default=None)
     parser.add_argument("--targets", nargs="+", default=None, help="LoRA: the U-Net's Linear layers to adapt")
-    parser.add_argument("--train-text-encoder", action="store_true", help="LoRA: adapt the text encoder too")
+    parser.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None,
+                        help="LoRA: adapt the text encoder too (default: yes, except with --full-unet)")
     parser.add_argument("--mixed-precision", choices=PRECISIONS, default="no", help="bf16 or fp16 on GPUs")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: a GPU if there is one)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")

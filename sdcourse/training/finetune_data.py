@@ -19,6 +19,12 @@ from ..data import shapes
 from ..images import eight_bit_picture
 
 CONCEPTS = shapes.HELD_OUT_SHAPES + tuple(shapes.HELD_OUT_COLOURS)  # never taught to the embedded model
+# Each concept's class, by the word the embedded model's captions cover it with: a star is one of
+# the things "shape" names; pink is one of the colours of a caption that names none, so it has no
+# word. Written after the concept's word ("a red star shape"), as DreamBooth writes "a sks dog",
+# the class word brings the drawing the U-Net already has, and the concept's word has only to pick
+# the concept out of it.
+CONCEPT_CLASS_WORDS = {"star": shapes.CLASS_WORD, "pink": ""}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -28,6 +34,11 @@ def add_data_arguments(parser, concept_help: str):
     data.add_argument("--concept", choices=CONCEPTS, help=concept_help)
     data.add_argument("--images", help="a folder of pictures with captions (metadata.jsonl or .txt files)")
     parser.add_argument("--model", default=None, help="a diffusers SD 1.x/2.x folder (default: the embedded model)")
+
+
+def concept_phrase(word: str, class_word: str = "") -> str:
+    """What captions and prompts say where the subject goes: its word, then its class word, if any."""
+    return " ".join(w for w in (word, class_word) if w)
 
 
 def concept_pictures(concept: str, n: int, seed: int = 0, token: str | None = None):

@@ -4,23 +4,25 @@
     python -m sdcourse.training.train_lora --images my-pictures --model path/to/sd15 --out runs/my-lora
 
 The U-Net gets a rank-r adapter on its attention projections (peft's `add_adapter`, as
-diffusers' own LoRA scripts do); only the adapter trains. Everything else (the VAE, the U-Net's
-own weights, the text encoder) stays frozen. `--train-text-encoder` also gives the text
-encoder's attention projections an adapter of the same rank (diffusers' DreamBooth LoRA script
-has the same switch), so that the encoding of a word the text encoder never learned ("star",
-encoded much like "triangle") can move. On the embedded model it did not help (README, "What it
-learns"), so it is off by default. `--min-snr-gamma 5` and `--caption-dropout 0.1` train the
-adapter with two parts of the embedded model's own recipe (the loss weighted towards the noisy
-timesteps; some captions left empty); they are off by default, as in diffusers' LoRA scripts.
+diffusers' own LoRA scripts do), and so do the text encoder's attention projections (diffusers'
+DreamBooth LoRA script has the same switch, `--train-text-encoder`), so that the encoding of the
+concept's word can move away from the known words it resembles; only the adapters train. Everything
+else (the VAE, the U-Net's and the text encoder's own weights) stays frozen. `--no-train-text-encoder`
+adapts the U-Net alone. `--min-snr-gamma 5` and `--caption-dropout 0.1` train the adapter with two
+parts of the embedded model's own recipe (the loss weighted towards the noisy timesteps; some
+captions left empty); they are off by default, as in diffusers' LoRA scripts. The defaults were
+chosen by measurement on the embedded model (README, "What it learns").
 The result is `--out/pytorch_lora_weights.safetensors`, which `pipe.load_lora_weights(out)`
 loads (both adapters). `--full-unet` trains every U-Net weight instead, with the same data and
 loop, and writes `--out/unet`: the ceiling an adapter is measured against.
 
 Data:
-- `--concept star`: pictures of the shape the embedded model never saw, with captions such
-  as "a small red star in the top left", from the course's shapes generator; `--concept pink`:
-  shapes in a colour no caption ever named. `--token sks` writes a rare word in place of the
-  concept's (the DreamBooth idea: a new word for a new thing).
+- `--concept star`: pictures of the star, which the embedded model drew only as one of the
+  things "shape" names, with captions such as "a small red star shape in the top left", from the
+  course's shapes generator: the class word follows the concept's word, as DreamBooth writes "a
+  sks dog" (`--class-word ''`: "a small red star in the top left"). `--concept pink`: shapes in a
+  colour no caption ever named. `--token sks` writes a rare word in place of the concept's (the
+  DreamBooth idea: a new word for a new thing).
 - `--images FOLDER`: your own pictures, each with a caption: a `metadata.jsonl` with lines
   {"file_name": "cat1.png", "text": "a photo of sks cat"}, or a `.txt` beside each picture.
   They are resized and centre-cropped to the model's resolution (64 px for the embedded
@@ -63,7 +65,8 @@ from ..images import unit_to_uint8  # noqa: E402
 from ..loading import load_pipeline, resolve_model  # noqa: E402
 from .common import save_grid, set_threads  # noqa: E402
 from .finetune_core import FineTuneSettings, WhatTrains, fine_tune  # noqa: E402
-from .finetune_data import CONCEPTS, add_data_arguments, concept_pictures, folder_pictures, prior_pictures  # noqa: E402, F401
+from .finetune_data import (CONCEPT_CLASS_WORDS, CONCEPTS, add_data_arguments, concept_phrase,  # noqa: E402, F401
+                            concept_pictures, folder_pictures, prior_pictures)
 from .methods import FullUNet, UNetAdapter, UNetAndTextEncoderAdapters  # noqa: E402
 from .trainer import PRECISIONS, CheckpointError  # noqa: E402
 
@@ -71,7 +74,7 @@ CHECKPOINT = "lora_ckpt.pt"
 # Every file a run writes into --out (a folder holding only these is a run to resume).
 RUN_FILES = (CHECKPOINT, LORA_FILE, "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "samples.png",
              "train_lora.json")
-CONCEPT_PRIOR_SHARE = 0.75  # --concept's default prior_share (see FineTuneSettings; README, "What it learns")
+CONCEPT_PRIOR_SHARE = 0.25  # --concept's default prior_share (see FineTuneSettings; README, "What it learns")
 
 
 @dataclass
@@ -81,20 +84,27 @@ class LoRASettings(FineTuneSettings):
     the embedded model "star" on a laptop CPU. prior_share > 0 needs pictures of what the model
     knows, so it goes with a concept only."""
 
+    lr: float = 2e-3  # the tiny model's adapters; 1e-4 is usual for SD 1.x
     rank: int = 4
     alpha: float = 4.0
     targets: tuple = DEFAULT_TARGETS
     n_pictures: int = 256  # --concept only: how many pictures to draw
     token: str | None = None  # --concept only: the word written instead of the concept's name
+    # --concept only: the concept's class word, written after its word in the captions ("a red star
+    # shape"; finetune_data.CONCEPT_CLASS_WORDS). "": none.
+    class_word: str = ""
     # Also adapt the text encoder's attention projections (methods.TEXT_ENCODER_TARGETS), same rank
     # and alpha, so that the new word's encoding can move away from the known words it resembles.
-    train_text_encoder: bool = False
+    # None: yes, except with full_unet.
+    train_text_encoder: bool | None = None
     # Train every weight of the U-Net instead of an adapter (a full fine-tune): the ceiling an
     # adapter is measured against (benchmarks/lora_star.py --full-unet). rank, alpha and targets
     # are then unused, and out/unet holds the whole U-Net, which is what the pipeline loads.
     full_unet: bool = False
 
     def __post_init__(self):
+        if self.train_text_encoder is None:
+            self.train_text_encoder = not self.full_unet
         super().__post_init__()
         self.rank = whole_number("rank", self.rank, minimum=1)
         self.alpha = real_number("alpha", self.alpha, 0, low_open=True, meaning="the update is scaled by alpha / rank")
@@ -102,11 +112,13 @@ class LoRASettings(FineTuneSettings):
         self.n_pictures = whole_number("n_pictures", self.n_pictures, minimum=1)
         if self.token is not None and (not self.token.strip() or " " in self.token.strip()):
             raise ValueError(f"token={self.token!r}; it must be one word, such as 'sks'")
+        if not isinstance(self.class_word, str) or self.class_word != self.class_word.strip():
+            raise ValueError(f"class_word={self.class_word!r}; it must be words, such as 'shape' or 'dog' ('' for none)")
         flag("train_text_encoder", self.train_text_encoder)
         flag("full_unet", self.full_unet)
         if self.full_unet and self.train_text_encoder:
             raise ValueError("full_unet=True with train_text_encoder=True: a full fine-tune trains the U-Net alone; "
-                             "switch one of them off")
+                             "switch one of them off (train_text_encoder=None chooses for you)")
 
 
 def what_trains(settings: LoRASettings) -> WhatTrains:
@@ -154,11 +166,15 @@ def main(argv=None):
     parser.add_argument("--targets", nargs="+", default=list(defaults.targets), help="Linear layers to adapt")
     parser.add_argument("--n-pictures", type=int, default=defaults.n_pictures, help="--concept: pictures to draw")
     parser.add_argument("--token", default=None, help="--concept: a rare word to use instead of the concept's name")
+    parser.add_argument("--class-word", default=None,
+                        help="--concept: the class word written after the concept's word, as in 'a red star shape' "
+                             "(default: 'shape' for star, none for pink; '' for none)")
     parser.add_argument("--prior-share", type=float, default=None,
                         help=f"--concept: share of each batch from pictures the model already knows "
                              f"(default {CONCEPT_PRIOR_SHARE}; 0 for the new pictures alone)")
-    parser.add_argument("--train-text-encoder", action="store_true",
-                        help="also adapt the text encoder's attention projections (same rank)")
+    parser.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None,
+                        help="also adapt the text encoder's attention projections, same rank (default: yes, "
+                             "except with --full-unet)")
     parser.add_argument("--full-unet", action="store_true",
                         help="train every U-Net weight instead of an adapter (the ceiling a LoRA is measured against); "
                              "writes --out/unet")
@@ -175,6 +191,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.token is not None and args.images:
         parser.error("--token goes with --concept; with --images, write the rare word in your captions")
+    if args.class_word is not None and args.images:
+        parser.error("--class-word goes with --concept; with --images, write the class word in your captions")
+    class_word = args.class_word if args.class_word is not None else CONCEPT_CLASS_WORDS.get(args.concept, "")
     if args.prior_share and args.images:
         parser.error(f"--prior-share {args.prior_share} goes with --concept: the course has no pictures of what "
                      "your model already knows to mix in")
@@ -182,6 +201,7 @@ def main(argv=None):
     try:
         settings = LoRASettings(rank=args.rank, alpha=args.alpha, steps=args.steps, batch=args.batch, lr=args.lr,
                                 targets=tuple(args.targets), n_pictures=args.n_pictures, token=args.token,
+                                class_word=class_word,
                                 seed=args.seed, checkpoint_every=args.checkpoint_every,
                                 mixed_precision=args.mixed_precision, prior_share=prior_share,
                                 train_text_encoder=args.train_text_encoder, full_unet=args.full_unet,
@@ -205,8 +225,10 @@ def main(argv=None):
     pipe = load_pipeline(args.model, device=device)
     pipe.set_progress_bar_config(disable=True)
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    word = concept_phrase(settings.token or args.concept or "", settings.class_word)
     if args.concept:
-        images, captions = concept_pictures(args.concept, settings.n_pictures, settings.seed, settings.token)
+        images, captions = concept_pictures(args.concept, settings.n_pictures, settings.seed,
+                                            word if word != args.concept else None)
         prior = prior_pictures(settings.n_pictures, settings.seed) if settings.prior_share else None
         data_record = {"data": f"concept {args.concept}"}
     else:
@@ -220,7 +242,6 @@ def main(argv=None):
                       prior=prior)
     if not process.is_main_process:
         return
-    word = settings.token or args.concept
     if args.concept in shapes.HELD_OUT_SHAPES:
         prompts = [f"a {colour} {word}" for colour in ("red", "blue", "green", "yellow")]
     elif args.concept:
