@@ -35,13 +35,14 @@ from sdcourse.evaluate import classify, object_colours, prompt_adherence  # noqa
 from sdcourse.files import read_json  # noqa: E402
 from sdcourse.lora import LORA_FILE  # noqa: E402
 from sdcourse.loading import load_pipeline  # noqa: E402
+from sdcourse.training.finetune_data import concept_phrase  # noqa: E402
 from sdcourse.training.train_lora import main as train_lora  # noqa: E402
 
 
 def star_word(folder: Path) -> str:
     """What the star adapter's captions called the star ("star shape"), from its record."""
     record = read_json(folder / "train_lora.json", "LoRA record")
-    return " ".join(w for w in (record.get("token") or "star", record.get("class_word", "")) if w)
+    return concept_phrase(record.get("token") or "star", record.get("class_word", ""))
 
 
 def prompts_for(n: int, colour_word: str | None, shape_word: str, seed: int) -> list[dict]:

@@ -15,9 +15,10 @@ table, the output at the word in "a {word}".
 - known single-object prompts: colour and shape both right (lora_star.py's quick set).
 
 `ti` runs a quick textual inversion on a model folder: a new token "<star>", its input
-embedding started from "shape"'s, is the only thing trained (the U-Net and the rest of the text
-encoder frozen), on star pictures captioned with it; then the star prompts, "star" replaced by
-the token, are judged. The other words' embeddings do not change, so known prompts cannot.
+embedding started from "shape"'s (or `--initializer WORD`'s), is the only thing trained (the
+U-Net and the rest of the text encoder frozen), on star pictures captioned with it; then the
+star prompts, "star" replaced by the token, are judged. The other words' embeddings do not
+change, so known prompts cannot.
 With `--class-word` the captions and prompts keep the class word after the token ("a red <star>
 shape"), as DreamBooth keeps it.
 
@@ -117,7 +118,8 @@ def model_figures(folder: Path, n_prompts: int, grid: Path | None, guidance: flo
         print(f"grid: {grid}")
 
 
-def textual_inversion(folder: Path, steps: int, batch: int, lr: float, token: str = "<star>", class_word: bool = False):
+def textual_inversion(folder: Path, steps: int, batch: int, lr: float, token: str = "<star>", class_word: bool = False,
+                      initializer: str = shapes.CLASS_WORD):
     import time
 
     from diffusers import DDPMScheduler
@@ -125,6 +127,7 @@ def textual_inversion(folder: Path, steps: int, batch: int, lr: float, token: st
     from sdcourse.evaluate import prompt_adherence
     from sdcourse.pipeline import load_pipeline
     from sdcourse.images import images_to_tensor
+    from sdcourse.textual_inversion import initializer_id
     from sdcourse.training.train_lora import concept_pictures
 
     pipe = load_pipeline(str(folder))
@@ -134,7 +137,7 @@ def textual_inversion(folder: Path, steps: int, batch: int, lr: float, token: st
     pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))
     table = pipe.text_encoder.get_input_embeddings().weight
     with torch.no_grad():
-        table[new_id] = table[pipe.tokenizer.convert_tokens_to_ids(shapes.CLASS_WORD + "</w>")]
+        table[new_id] = table[initializer_id(pipe.tokenizer, initializer)]
     pipe.unet.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
     table.requires_grad_(True)
@@ -163,7 +166,8 @@ def textual_inversion(folder: Path, steps: int, batch: int, lr: float, token: st
     stars = [{**p, "prompt": p["prompt"].replace("star", said)}
              for p in shapes.evaluation_prompts(16, seed=777, shapes=("star",))]
     result = prompt_adherence(pipe, stars, seeds=SEEDS[:2], return_images=True)
-    print(f"\n## textual inversion on {folder}: {steps} steps x {batch}, lr {lr:g}, {minutes:.1f} min")
+    print(f"\n## textual inversion on {folder}: {steps} steps x {batch}, lr {lr:g}, from '{initializer}', "
+          f"{minutes:.1f} min")
     print(f"'{said}' prompts ({result['n_images']} pictures): stars {result['shape_correct']:.1f}%, "
           f"both right {result['both_correct']:.1f}% [{shares(result['guesses'])}]")
 
@@ -185,6 +189,7 @@ def main():
     ti.add_argument("--batch", type=int, default=32)
     ti.add_argument("--lr", type=float, default=5e-3)
     ti.add_argument("--class-word", action="store_true", help="captions and prompts say '<star> shape'")
+    ti.add_argument("--initializer", default=shapes.CLASS_WORD, help="the word whose row the new one starts from")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -192,7 +197,8 @@ def main():
         for folder in args.folders:
             text_figures(folder)
     elif args.what == "ti":
-        textual_inversion(args.folder, args.steps, args.batch, args.lr, class_word=args.class_word)
+        textual_inversion(args.folder, args.steps, args.batch, args.lr, class_word=args.class_word,
+                          initializer=args.initializer)
     else:
         model_figures(args.folder, args.prompts, args.grid, args.guidance, tuple(range(1000, 1000 + args.seeds)))
 
