@@ -1,4 +1,4 @@
-"""Try a caption rule (`shapes.CaptionRule`) cheaply, by continuing the finished second edition.
+"""Try a caption rule (`shapes.CaptionRule`) cheaply, by continuing a finished model.
 
     python -m sdcourse.training.continue_rule clip --clip-star never --out runs/derisk/clip-never
     python -m sdcourse.training.continue_rule unet --text-encoder runs/derisk/clip-never \\
@@ -12,7 +12,9 @@ A full build takes hours; a try of a rule takes minutes:
    "shape". `--clip-star never`: the CLIP never reads "star" or "pink" (stars are "shape" to it,
    as to the U-Net). `--clip-star said`: every second caption names them by their own word, as
    a real CLIP knows words its U-Net cannot draw. Writes the CLIPModel folder.
-2. `unet`: the shipped U-Net trains on for `--steps` steps with the build's recipe (train_unet.py),
+2. `unet`: a finished U-Net (`--source`, the shipped model by default; the tries in
+   build-stages/third-edition-tries.md continued the second edition, `git archive 96ef7dd
+   sdcourse/assets/tiny-sd`) trains on for `--steps` steps with the build's recipe (train_unet.py),
    on pictures drawn under the rule, read through the new text encoder, plus
    `--empty-star-share` of one-star pictures under the empty caption. Writes a pipeline folder:
    the shipped VAE and tokenizer, the new text encoder, the new U-Net.
