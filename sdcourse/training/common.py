@@ -110,15 +110,14 @@ def set_rng_state(state):
 
 
 def save_grid(images: np.ndarray, path: Path, titles=None, columns: int = 8):
-    """Save uint8 images (N, H, W, 3) as one PNG grid, optionally with a small title each."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    """Save uint8 images (N, H, W, 3) as one PNG grid, optionally with a small title each. It draws
+    on a figure of its own, outside pyplot, so a notebook's inline plots are left as they were."""
+    from matplotlib.figure import Figure
 
     n = len(images)
     rows = (n + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8), squeeze=False)
+    fig = Figure(figsize=(columns * 1.6, rows * 1.8))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
@@ -127,7 +126,6 @@ def save_grid(images: np.ndarray, path: Path, titles=None, columns: int = 8):
                 ax.set_title(titles[i][:34], fontsize=5)
     fig.tight_layout()
     write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=100, format="png"))
-    plt.close(fig)
 
 
 def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float, prediction: str = "epsilon") -> torch.Tensor:
