@@ -73,9 +73,9 @@ def copying(pictures: np.ndarray, training: np.ndarray) -> float:
     return float(np.sqrt(np.maximum(squared.min(1), 0) / a.shape[1]).mean())
 
 
-def trained_numbers(method: str, pipe, base_parameters: int) -> int:
-    if method == "dreambooth":
-        return base_parameters
+def trained_numbers(method: str, pipe, base_parameters: int, text_encoder_trained: bool) -> int:
+    if method == "dreambooth":  # every U-Net weight, and every text-encoder weight if they trained too
+        return base_parameters + (sum(p.numel() for p in pipe.text_encoder.parameters()) if text_encoder_trained else 0)
     adapter = sum(p.numel() for model in (pipe.unet, pipe.text_encoder) for n, p in model.named_parameters()
                   if "lora" in n)  # the U-Net's adapter, and the text encoder's where it has one
     row = pipe.text_encoder.get_input_embeddings().weight.shape[1] if method in ("textual-inversion", "pivotal") else 0
@@ -109,14 +109,14 @@ def main():
             finetune(["--method", method, "--concept", args.concept, "--out", out, "--threads", str(args.threads),
                       "--quiet", *(["--model", args.model] if args.model else []), *args.extra])
             record = json.loads((Path(out) / RECORD).read_text())
-            size = sum((Path(out) / f).stat().st_size for f in METHOD_FILES[method])
+            size = sum((Path(out) / f).stat().st_size for f in METHOD_FILES[method] if (Path(out) / f).exists())
             pipe = load_pipeline(args.model)
             word = load_finetuned(pipe, out)
         settings = record["settings"]
         training, _ = concept_pictures(args.concept, settings["n_pictures"], settings["seed"])
         right, variety, pictures = concept_right(pipe, concept_prompts(args.concept, n_prompts, word), seeds)
         known = prompt_adherence(pipe, known_prompts, seeds=seeds)["both_correct"]
-        rows.append((method, word, trained_numbers(method, pipe, base_parameters), size, record["minutes"],
+        rows.append((method, word, trained_numbers(method, pipe, base_parameters, bool(settings.get("train_text_encoder"))), size, record["minutes"],
                      right, known, known - known_before, variety, copying(pictures, training)))
         print(f"{method}: {record['minutes']:.2f} min, concept right {right:.1f}%", flush=True)
 

@@ -128,17 +128,24 @@ def test_textual_inversion_trains_one_row_and_diffusers_and_the_course_draw_the_
     assert np.abs(draw(TextToImage.from_pretrained(base), "a blue <star>", seed=3) - theirs).max() <= 1
 
 
-def test_dreambooth_writes_a_unet_diffusers_loads_and_the_course_pipeline_draws_the_same(tmp_path, one_thread):
+@pytest.mark.parametrize("text_encoder", [False, True], ids=["unet", "unet-and-text-encoder"])
+def test_dreambooth_writes_a_unet_diffusers_loads_and_the_course_pipeline_draws_the_same(tmp_path, one_thread,
+                                                                                         text_encoder):
     out = tmp_path / "db"
-    main(["--method", "dreambooth", "--out", str(out), "--class-pictures", "4", *SMALL])
+    flag = "--train-text-encoder" if text_encoder else "--no-train-text-encoder"
+    main(["--method", "dreambooth", "--out", str(out), "--class-pictures", "4", flag, *SMALL])
     record = json.loads((out / "finetune.json").read_text())
     assert record["word"] == "sks shape" and record["prior_pictures"] == 4
     assert record["settings"]["prior_loss_weight"] == 1.0
+    assert (out / "text_encoder" / "model.safetensors").exists() == text_encoder
     pipe = load_pipeline()
+    words_before = pipe.text_encoder(pipe.tokenizer("a red sks shape", return_tensors="pt").input_ids)[0]
     before = draw(pipe, "a red sks shape")
     load_finetuned(pipe, out)
     after = draw(pipe, "a red sks shape")
     assert not np.array_equal(before, after)  # every U-Net weight trained
+    words_after = pipe.text_encoder(pipe.tokenizer("a red sks shape", return_tensors="pt").input_ids)[0]
+    assert torch.equal(words_before, words_after) != text_encoder  # and the text encoder's, where asked
     assert np.abs(draw(TextToImage.from_pretrained(pipe), "a red sks shape") - after).max() <= 1
 
 
@@ -148,7 +155,7 @@ def test_pivotal_tuning_writes_the_word_and_the_adapter_and_both_load(tmp_path, 
     assert (out / EMBEDDING_FILE).exists() and (out / "pytorch_lora_weights.safetensors").exists()
     assert any("lora" in key for key in load_file(str(out / "pytorch_lora_weights.safetensors")))
     pipe = load_pipeline()
-    assert load_finetuned(pipe, out) == "<star>"
+    assert load_finetuned(pipe, out) == "<star> shape"  # the new word, then the class word, as LoRA's captions
     assert pipe.tokenizer.convert_tokens_to_ids("<star>") == len(pipe.tokenizer) - 1
 
 
@@ -171,6 +178,8 @@ def test_a_finished_run_resumes_and_another_methods_folder_is_refused(tmp_path, 
     (["--method", "dreambooth", "--class-pictures", "0"], "needs class pictures to learn again, got class_pictures=0"),
     (["--method", "dreambooth", "--prior-share", "0.5", "--no-prior"], "--no-prior with --prior-share 0.5"),
     (["--method", "foo"], "invalid choice: 'foo' (choose from 'lora', 'textual-inversion', 'dreambooth', 'pivotal')"),
+    (["--method", "pivotal", "--train-text-encoder"], "train_text_encoder belongs to method='lora' or 'dreambooth'"),
+    (["--method", "dreambooth", "--text-encoder-lr-scale", "0"], "text_encoder_lr_scale"),
 ])
 def test_bad_input_is_refused_by_name_before_training(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit):
@@ -195,6 +204,23 @@ def test_lora_defaults_keep_the_class_word_and_adapt_the_text_encoder_too(tmp_pa
     assert not LoRASettings(full_unet=True).train_text_encoder  # a full fine-tune trains the U-Net alone
     with pytest.raises(ValueError, match="class_word=' shape'; it must be words"):
         LoRASettings(class_word=" shape")
+
+
+def test_each_methods_defaults_for_a_concept(tmp_path):
+    """Measured on the embedded model: the new word alone draws more stars than the new word and
+    the class word; pivotal tuning prompts as LoRA does, with its share of known pictures."""
+    from sdcourse.training.finetune import parse, word_of
+    from sdcourse.training.train_lora import CONCEPT_PRIOR_SHARE
+
+    expected = {"textual-inversion": ("<star>", 0.0), "pivotal": ("<star> shape", CONCEPT_PRIOR_SHARE),
+                "dreambooth": ("sks shape", 0.5), "lora": ("star shape", CONCEPT_PRIOR_SHARE)}
+    for method, (word, prior_share) in expected.items():
+        _, _, settings = parse(["--method", method, "--concept", "star", "--out", str(tmp_path)])
+        assert (word_of(settings, "star"), settings.prior_share) == (word, prior_share), method
+        assert settings.train_text_encoder == (method == "lora"), method
+    _, _, settings = parse(["--method", "textual-inversion", "--concept", "star", "--out", str(tmp_path),
+                            "--class-word", "shape"])
+    assert word_of(settings, "star") == "<star> shape"  # asked for, it is written
 
 
 def test_train_lora_refuses_a_class_word_for_your_own_pictures(tmp_path, capsys):

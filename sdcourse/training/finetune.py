@@ -16,8 +16,10 @@ The methods (each a small "what trains" object of methods.py, trained by the fin
 - `dreambooth`: every U-Net weight, on pictures captioned with a rare word and the class word
   ("a red sks shape"), with prior preservation: pictures the model itself draws for the class
   prompt ("a red shape") are learned again at every step (`--no-prior`: without them).
-  Writes out/unet, a diffusers U-Net folder.
-- `pivotal`: a new word's row and a LoRA adapter together. Writes both files.
+  Writes out/unet, a diffusers U-Net folder; with `--train-text-encoder` every text-encoder
+  weight trains too (at `--text-encoder-lr-scale` times the rate), written as out/text_encoder.
+- `pivotal`: a new word's row and a LoRA adapter together, the new word followed by the class
+  word ("<star> shape"), as LoRA's. Writes both files.
 
 `--out/finetune.json` records the method, the settings, the minutes, and `word`: what to write
 in a prompt where the subject goes. `load_finetuned(pipe, out)` loads any of them into a
@@ -67,8 +69,9 @@ METHODS = ("lora", "textual-inversion", "dreambooth", "pivotal")
 CHECKPOINT = "finetune_ckpt.pt"
 RECORD = "finetune.json"
 UNET_FILES = ("unet/config.json", "unet/diffusion_pytorch_model.safetensors")
+TEXT_ENCODER_FILES = ("text_encoder/config.json", "text_encoder/model.safetensors")
 # What each method writes into --out, beside its checkpoint, record and sample grid.
-METHOD_FILES = {"lora": (LORA_FILE,), "textual-inversion": (EMBEDDING_FILE,), "dreambooth": UNET_FILES,
+METHOD_FILES = {"lora": (LORA_FILE,), "textual-inversion": (EMBEDDING_FILE,), "dreambooth": UNET_FILES + TEXT_ENCODER_FILES,
                 "pivotal": (LORA_FILE, EMBEDDING_FILE)}
 COMMON_FILES = (CHECKPOINT, RECORD, "samples.png")
 
@@ -76,9 +79,10 @@ COMMON_FILES = (CHECKPOINT, RECORD, "samples.png")
 # README, "Teaching the model a subject").
 METHOD_DEFAULTS = {
     "lora": dict(prior_share=CONCEPT_PRIOR_SHARE),
-    "textual-inversion": dict(steps=500, batch=32, lr=5e-3, prior_share=0.0),
+    # A new word alone draws more stars without the class word after it ("<star>", not "<star> shape").
+    "textual-inversion": dict(steps=500, batch=32, lr=5e-3, prior_share=0.0, class_word=""),
     "dreambooth": dict(steps=400, batch=16, lr=2e-4, prior_share=0.5, prior_loss_weight=1.0),
-    "pivotal": dict(prior_share=0.75),
+    "pivotal": dict(prior_share=CONCEPT_PRIOR_SHARE),
 }
 DEFAULT_TOKENS = {"textual-inversion": "<{concept}>", "pivotal": "<{concept}>", "dreambooth": "sks"}
 # For a concept of the shapes world: the word a new row starts from, and the class the concept
@@ -92,16 +96,18 @@ class FinetuneSettings(LoRASettings):
     """A fine-tuning run: the LoRA settings (steps, batch, lr, prior_share, rank, ...) and the
     method's own. token: the new word (textual inversion, pivotal) or the rare word (DreamBooth;
     None: the concept's own word, for LoRA). initializer: the word a new row starts from.
-    class_word: the subject's class ("shape"), after the subject's word in LoRA's and DreamBooth's
-    captions, and in DreamBooth's class prompts. train_text_encoder (None: the method's default)
+    class_word: the subject's class ("shape"), after the subject's word in the captions and
+    prompts (none: ""), and in DreamBooth's class prompts. train_text_encoder (None: the method's default)
     gives LoRA an adapter on the text encoder too. class_pictures: how many pictures the base model draws for the class
     prompts (DreamBooth's prior). embedding_lr_scale: pivotal tuning's row learns this many
-    times faster than its adapter."""
+    times faster than its adapter. text_encoder_lr_scale: DreamBooth's text encoder, where it
+    trains, learns at this many times the U-Net's rate."""
 
     method: str = "lora"
     initializer: str = "shape"
     class_pictures: int = 200
     embedding_lr_scale: float = 5.0
+    text_encoder_lr_scale: float = 0.1
 
     def __post_init__(self):
         self.method = choice("method", self.method, METHODS)
@@ -110,8 +116,11 @@ class FinetuneSettings(LoRASettings):
         super().__post_init__()
         self.class_pictures = whole_number("class_pictures", self.class_pictures, minimum=0)
         self.embedding_lr_scale = real_number("embedding_lr_scale", self.embedding_lr_scale, 0, low_open=True)
-        if self.method != "lora" and (self.full_unet or self.train_text_encoder):
-            raise ValueError(f"full_unet and train_text_encoder belong to method='lora', got method={self.method!r}")
+        self.text_encoder_lr_scale = real_number("text_encoder_lr_scale", self.text_encoder_lr_scale, 0, low_open=True)
+        if self.method != "lora" and self.full_unet:
+            raise ValueError(f"full_unet belongs to method='lora', got method={self.method!r}")
+        if self.method not in ("lora", "dreambooth") and self.train_text_encoder:
+            raise ValueError(f"train_text_encoder belongs to method='lora' or 'dreambooth', got method={self.method!r}")
         if self.method in ("textual-inversion", "pivotal", "dreambooth") and not self.token:
             raise ValueError(f"method={self.method!r} needs a token: the new or rare word, such as '<star>' or 'sks'")
         if self.method == "dreambooth" and self.prior_share and not self.class_pictures:
@@ -121,9 +130,7 @@ class FinetuneSettings(LoRASettings):
 
 def word_of(settings: FinetuneSettings, concept: str | None) -> str:
     """What to write in a prompt where the subject goes."""
-    if settings.method in ("lora", "dreambooth"):
-        return concept_phrase(settings.token or concept or "", settings.class_word)
-    return settings.token or concept or ""
+    return concept_phrase(settings.token or concept or "", settings.class_word)
 
 
 def what_trains(settings: FinetuneSettings) -> WhatTrains:
@@ -133,7 +140,7 @@ def what_trains(settings: FinetuneSettings) -> WhatTrains:
         return PivotalTuning(settings.token, settings.initializer, settings.rank, settings.alpha, settings.targets,
                              settings.seed, settings.embedding_lr_scale)
     if settings.method == "dreambooth":
-        return DreamBooth()
+        return DreamBooth(settings.train_text_encoder, settings.text_encoder_lr_scale)
     adapters = UNetAndTextEncoderAdapters if settings.train_text_encoder else UNetAdapter
     return adapters(settings.rank, settings.alpha, settings.targets, settings.seed)
 
@@ -196,6 +203,11 @@ def load_finetuned(pipe, out) -> str:
         pipe.load_lora_weights(str(out), weight_name=LORA_FILE)
     if method == "dreambooth":
         pipe.unet = UNet2DConditionModel.from_pretrained(str(out / "unet")).to(pipe.device, pipe.unet.dtype)
+        if (out / "text_encoder").is_dir():  # trained too (--train-text-encoder)
+            from transformers import CLIPTextModel
+
+            pipe.text_encoder = CLIPTextModel.from_pretrained(str(out / "text_encoder")).to(
+                pipe.device, pipe.text_encoder.dtype)
     return record["word"]
 
 
@@ -237,7 +249,8 @@ def parse(argv=None):
     parser.add_argument("--initializer", default=None,
                         help="the word a new row starts from (default: 'shape' for star, 'colour' for pink)")
     parser.add_argument("--class-word", default=None,
-                        help="the subject's class, as in 'a sks shape' (default: 'shape' for star, none for pink)")
+                        help="the subject's class, written after its word, as in 'a sks shape' (default: 'shape' for star, "
+                             "except with textual inversion; none for pink)")
     prior = parser.add_mutually_exclusive_group()
     prior.add_argument("--prior", dest="prior", action="store_true", default=None,
                        help="learn pictures of what the model knows too (default for lora, pivotal, dreambooth)")
@@ -247,18 +260,20 @@ def parse(argv=None):
     parser.add_argument("--class-pictures", type=int, default=None, help="DreamBooth: class pictures to draw (200)")
     for name, kind in (("steps", int), ("batch", int), ("lr", float), ("rank", int), ("alpha", float),
                        ("n-pictures", int), ("min-snr-gamma", float), ("caption-dropout", float),
-                       ("embedding-lr-scale", float), ("seed", int), ("checkpoint-every", int)):
+                       ("embedding-lr-scale", float), ("text-encoder-lr-scale", float), ("seed", int),
+                       ("checkpoint-every", int)):
         parser.add_argument(f"--{name}", type=kind, default=None)
     parser.add_argument("--targets", nargs="+", default=None, help="LoRA: the U-Net's Linear layers to adapt")
     parser.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None,
-                        help="LoRA: adapt the text encoder too (default: yes, except with --full-unet)")
+                        help="LoRA: adapt the text encoder too (default: yes, except with --full-unet); "
+                             "DreamBooth: train every text-encoder weight too")
     parser.add_argument("--mixed-precision", choices=PRECISIONS, default="no", help="bf16 or fp16 on GPUs")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: a GPU if there is one)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    chosen = {**METHOD_DEFAULTS[args.method]}
+    chosen = {}
     if args.concept:
         chosen.update(initializer=CONCEPT_INITIALIZERS[args.concept], class_word=CONCEPT_CLASS_WORDS[args.concept])
     elif args.method in ("textual-inversion", "pivotal") and args.initializer is None:
@@ -266,8 +281,9 @@ def parse(argv=None):
                      "(one token), whose row the new word starts from")
     elif args.method == "dreambooth" and args.class_word is None:
         parser.error("--method dreambooth with --images needs --class-word: your subject's class, such as 'cup'")
+    chosen.update(METHOD_DEFAULTS[args.method])
     for name in ("steps", "batch", "lr", "rank", "alpha", "n_pictures", "min_snr_gamma", "caption_dropout",
-                 "embedding_lr_scale", "seed", "checkpoint_every", "initializer", "class_word", "class_pictures",
+                 "embedding_lr_scale", "text_encoder_lr_scale", "seed", "checkpoint_every", "initializer", "class_word", "class_pictures",
                  "prior_share", "prior_loss_weight"):
         if getattr(args, name) is not None:
             chosen[name] = getattr(args, name)
@@ -317,7 +333,7 @@ def main(argv=None):
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
     images, captions, prior, record = training_data(pipe, settings, args.concept, args.images, resolution)
     record.update(model=str(model_folder.resolve()), model_sha256=folder_fingerprint(model_folder))
-    path = fine_tune(pipe, what_trains(settings), images, captions, settings, out, CHECKPOINT, prior=prior,
+    fine_tune(pipe, what_trains(settings), images, captions, settings, out, CHECKPOINT, prior=prior,
                      record=record, progress=not args.quiet)
     if not process.is_main_process:
         return
@@ -331,8 +347,9 @@ def main(argv=None):
         {"method": settings.method, "word": word, "minutes": round(minutes, 2), "pictures": len(images),
          "prior_pictures": 0 if prior is None else len(prior[0]), "settings": asdict(settings), **record},
         default=str)))
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.name in {Path(f).name for f in METHOD_FILES[settings.method]})
-    print(f"{path} written ({size / 1e3:.1f} KB) in {minutes:.1f} min; prompt with {word!r}; "
+    written = [f for f in METHOD_FILES[settings.method] if (out / f).exists()]
+    size = sum((out / f).stat().st_size for f in written)
+    print(f"{', '.join(str(out / f) for f in written)} written ({size / 1e3:.1f} KB) in {minutes:.1f} min; prompt with {word!r}; "
           f"samples in {out / 'samples.png'}")
 
 

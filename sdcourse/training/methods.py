@@ -157,9 +157,40 @@ class FullUNet(WhatTrains):
 
 class DreamBooth(FullUNet):
     """Every U-Net weight, on pictures of the subject under "a <rare word> <class word>"; the
-    prior-preservation loss comes from the settings (FineTuneSettings.prior_loss_weight)."""
+    prior-preservation loss comes from the settings (FineTuneSettings.prior_loss_weight).
+    train_text_encoder: every text-encoder weight trains too (diffusers' DreamBooth script has the
+    same switch), at text_encoder_lr_scale times the U-Net's rate, so that the rare word's encoding
+    can move away from the class word's; saved as out/text_encoder beside out/unet."""
 
     name = "DreamBooth"
+
+    def __init__(self, train_text_encoder: bool = False, text_encoder_lr_scale: float = 1.0):
+        super().__init__()
+        self.train_text_encoder = self.encodes_text = train_text_encoder
+        self.text_encoder_lr_scale = text_encoder_lr_scale
+
+    def attach(self, pipe):
+        params = super().attach(pipe)
+        if not self.train_text_encoder:
+            return params
+        pipe.text_encoder.requires_grad_(True)
+        self._module = torch.nn.ModuleDict({"unet": pipe.unet, "text_encoder": pipe.text_encoder})
+        return [{"params": params},
+                {"params": list(pipe.text_encoder.parameters()), "lr_scale": self.text_encoder_lr_scale}]
+
+    @property
+    def module(self):
+        return self._module if self.train_text_encoder else self.pipe.unet
+
+    def predict(self, module, batch):
+        if not self.train_text_encoder:
+            return super().predict(module, batch)
+        return unet_prediction(module["unet"], batch, module["text_encoder"](batch["text"])[0])
+
+    def save(self, out):
+        super().save(out)
+        if self.train_text_encoder:
+            self.pipe.text_encoder.save_pretrained(Path(out) / "text_encoder", safe_serialization=True)
 
 
 class TextualInversion(WhatTrains):
