@@ -56,6 +56,12 @@ def test_check_fails_on_each_mistake_and_names_it(name, cause):
 
 
 @pytest.mark.parametrize("name", sorted(ALL_CHECKS))
+def test_check_names_at_least_three_kinds_of_wrong_answer(name):
+    causes = ALL_CHECKS[name].mistakes
+    assert len(causes) >= 3, f"{name} names {len(causes)} wrong answers ({', '.join(causes)}); give it at least 3"
+
+
+@pytest.mark.parametrize("name", sorted(ALL_CHECKS))
 def test_check_is_exported_under_its_name(name):
     assert getattr(checks, "check_" + name) is ALL_CHECKS[name]
 

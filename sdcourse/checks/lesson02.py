@@ -246,8 +246,8 @@ check_predictor_mse_by_bin = exercise_check(
         "Build x_t from x0 and noise, with each sample's alpha-bar reshaped to (n, 1, ..., 1) so that it "
         "broadcasts. The perfect predictor solves the same equation for the noise.",
         "Score each predictor with one MSE per sample: ((prediction - noise) ** 2).flatten(1).mean(1), shape (n,).",
-        "bins = t * num_bins // T, and a predictor's list is "
-        "[float(mse[bins == k].mean()) for k in range(num_bins)].",
+        "perfect = (x_t - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt(). With bins = t * num_bins // T, "
+        "a predictor's list is [float(mse[bins == k].mean()) for k in range(num_bins)].",
     ],
     solution=SOLUTION_NOTEBOOK,
 )
@@ -319,7 +319,8 @@ check_vae_compression = exercise_check(
     hints=[
         "Count values first and turn them into bytes at the end. An s x s RGB picture holds 3 values per pixel.",
         "The VAE shrinks each side by factor, so the latent holds latent_channels * (s // factor) ** 2 values.",
-        "ratio = pixel_values / latent_values and bytes_saved = (pixel_values - latent_values) * bytes_per_value.",
+        "pixel_values = 3 * s * s, latent_values = latent_channels * (s // factor) ** 2, ratio = "
+        "pixel_values / latent_values and bytes_saved = (pixel_values - latent_values) * bytes_per_value.",
     ],
     solution=SOLUTION_NOTEBOOK,
 )

@@ -224,7 +224,8 @@ check_loss_by_timestep_bin = exercise_check(
         "arithmetic; then go through the bins one at a time.",
         "bins = timesteps * num_bins // T. Integer division puts t in bin k "
         "when k T / num_bins <= t < (k + 1) T / num_bins.",
-        'For each k, chosen = losses[bins == k]; append float(chosen.mean()) if len(chosen) else float("nan").',
+        "With bins = timesteps * num_bins // T: for each k, chosen = losses[bins == k]; append "
+        'float(chosen.mean()) if len(chosen) else float("nan").',
     ],
     solution=SOLUTION_NOTEBOOK,
 )

@@ -124,6 +124,7 @@ check_ddpm_step = exercise_check(
         "q(x_prev | x_t, x_0) with that guess plugged in.",
         "Between prev_t and t the process takes one jump with alpha = alpha_bar_t / alpha_bar_prev and beta = 1 - alpha. "
         "After the last step (prev_t < 0) alpha_bar_prev is 1: do not index alphas_cumprod with -1.",
+        "x0 = (x_t - sqrt(1 - ab_t) * eps) / sqrt(ab_t); "
         "mean = sqrt(ab_prev) * beta / (1 - ab_t) * x0 + sqrt(alpha) * (1 - ab_prev) / (1 - ab_t) * x_t, "
         "var = (1 - ab_prev) / (1 - ab_t) * beta, and x_prev = mean + var.sqrt() * noise.",
     ],

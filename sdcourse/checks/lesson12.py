@@ -184,8 +184,9 @@ check_nearest_training_distance = exercise_check(
     hints=[
         "Flatten each picture to one row of numbers. torch.cdist(a, b) gives the distance of every picture "
         "(rows of a) to every training picture (rows of b).",
-        "RMS distance: the distance divided by the square root of the number of values in one picture. Then "
-        "each picture's smallest distance: .min(dim=1).values.",
+        "Picture x_i's answer is the smallest, over the training pictures t_j, of sqrt(mean((x_i - t_j)**2)), "
+        "the mean over one picture's values. With cdist: divide each distance by the square root of the number "
+        "of values in one picture, then take each picture's smallest, .min(dim=1).values.",
     ],
     solution=SOLUTION_NOTEBOOK,
 )

@@ -121,8 +121,8 @@ check_training_loss = exercise_check(
         "predict the noise from the noisy latents, and weight each example's squared error by its timestep's weight.",
         "dropped = batch['dropout_draws'] < caption_dropout; torch.where(dropped[:, None, None], empty_context, "
         "batch['context']) is the context. scheduler.add_noise(latents, noise, timesteps) gives the noisy latents.",
-        "alpha_bar = scheduler.alphas_cumprod[timesteps]; snr = alpha_bar / (1 - alpha_bar); the weight is "
-        "snr.clamp(max=gamma) / snr, or ones when gamma is 0.",
+        "The weight is min(SNR, gamma) / SNR: alpha_bar = scheduler.alphas_cumprod[timesteps]; snr = alpha_bar / "
+        "(1 - alpha_bar); weight = snr.clamp(max=gamma) / snr, or ones when gamma is 0. Then "
         "loss = ((prediction - noise).pow(2).mean((1, 2, 3)) * weight).mean(), returned as the tensor.",
     ],
     solution=SOLUTION_NOTEBOOK,
@@ -203,9 +203,10 @@ check_ema_update = exercise_check(
     hints=[
         "First the decay for this step: the smaller of decay and (1 + step) / (10 + step). Then every weight of "
         "ema_model moves a little toward the model's, and the buffers are copied.",
-        "Under torch.no_grad(), for each pair of ema_model.parameters() and model.parameters(): ema = d * ema + "
-        "(1 - d) * w, written into ema's tensor (ema_p.lerp_(p, 1 - d) does it in one call).",
-        "Then for each pair of ema_model.buffers() and model.buffers(): ema_b.copy_(b). Return nothing.",
+        "Work under torch.no_grad() and write into ema_model's own tensors: go through ema_model.parameters() and "
+        "model.parameters() in pairs, then ema_model.buffers() and model.buffers().",
+        "d = min(decay, (1 + step) / (10 + step)); each pair of parameters: ema = d * ema + (1 - d) * w "
+        "(ema_p.lerp_(p, 1 - d) does it in one call); each pair of buffers: ema_b.copy_(b). Return nothing.",
     ],
     solution=SOLUTION_NOTEBOOK,
     prepare=_report_ema,
