@@ -4,6 +4,7 @@
     python benchmarks/personalize.py --methods lora dreambooth --quick
     python benchmarks/personalize.py --model runs/third/tiny-sd --methods dreambooth --extra=--no-prior
     python benchmarks/personalize.py --concept pink
+    python benchmarks/personalize.py --words-before-class sks zwx star circle   # DreamBooth's rare word
 
 Each method runs `python -m sdcourse.training.finetune --method M --concept C` with its
 defaults (timed by the command itself), is loaded into a fresh pipeline with `load_finetuned`,
@@ -82,6 +83,17 @@ def trained_numbers(method: str, pipe, base_parameters: int, text_encoder_traine
     return adapter + row
 
 
+def encoding_change(pipe, prompt: str, other: str) -> float:
+    """How far the text encoder's output for `prompt` (all 77 tokens, what the U-Net reads) lies
+    from `other`'s: |E(prompt) - E(other)| / |E(other)|, in % (as train_clip.word_sensitivity)."""
+    def encode(text):
+        ids = pipe.tokenizer(text, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             return_tensors="pt").input_ids
+        with torch.no_grad():
+            return pipe.text_encoder(ids)[0][0]
+    return 100 * float((encode(prompt) - encode(other)).norm() / encode(other).norm())
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="pipeline folder (default: the embedded model)")
@@ -91,8 +103,17 @@ def main():
                         help="one more finetune argument, for every method (repeat: --extra=--steps --extra=300)")
     parser.add_argument("--quick", action="store_true", help="16 prompts x 2 seeds instead of 32 x 4")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--words-before-class", nargs="+", default=None, metavar="WORD",
+                        help="only print how far each word, written before the class word ('a red WORD shape'), "
+                             "moves the text encoder's output from 'a red shape'")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.words_before_class:
+        pipe = load_pipeline(args.model)
+        for word in args.words_before_class:
+            print(f"'a red {word} shape': {encoding_change(pipe, f'a red {word} shape', 'a red shape'):.1f}% "
+                  f"from 'a red shape' ({len(pipe.tokenizer.tokenize(word))} token(s))")
+        return
     n_prompts, seeds = (16, (1000, 1001)) if args.quick else (32, (1000, 1001, 1002, 1003))
     known_prompts = shapes.evaluation_prompts(2 * n_prompts)
 
