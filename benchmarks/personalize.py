@@ -137,8 +137,9 @@ def main():
         training, _ = concept_pictures(args.concept, settings["n_pictures"], settings["seed"])
         right, variety, pictures = concept_right(pipe, concept_prompts(args.concept, n_prompts, word), seeds)
         known = prompt_adherence(pipe, known_prompts, seeds=seeds)["both_correct"]
-        rows.append((method, word, trained_numbers(method, pipe, base_parameters, bool(settings.get("train_text_encoder"))), size, record["minutes"],
-                     right, known, known - known_before, variety, copying(pictures, training)))
+        numbers = trained_numbers(method, pipe, base_parameters, bool(settings.get("train_text_encoder")))
+        rows.append((method, word, numbers, size, record["minutes"], right, known, known - known_before, variety,
+                     copying(pictures, training)))
         print(f"{method}: {record['minutes']:.2f} min, concept right {right:.1f}%", flush=True)
 
     print(f"\nextra finetune arguments: {' '.join(args.extra) or 'none'}; {args.threads} threads; "

@@ -71,7 +71,8 @@ RECORD = "finetune.json"
 UNET_FILES = ("unet/config.json", "unet/diffusion_pytorch_model.safetensors")
 TEXT_ENCODER_FILES = ("text_encoder/config.json", "text_encoder/model.safetensors")
 # What each method writes into --out, beside its checkpoint, record and sample grid.
-METHOD_FILES = {"lora": (LORA_FILE,), "textual-inversion": (EMBEDDING_FILE,), "dreambooth": UNET_FILES + TEXT_ENCODER_FILES,
+METHOD_FILES = {"lora": (LORA_FILE,), "textual-inversion": (EMBEDDING_FILE,),
+                "dreambooth": UNET_FILES + TEXT_ENCODER_FILES,  # text_encoder/ only with --train-text-encoder
                 "pivotal": (LORA_FILE, EMBEDDING_FILE)}
 COMMON_FILES = (CHECKPOINT, RECORD, "samples.png")
 
@@ -97,8 +98,9 @@ class FinetuneSettings(LoRASettings):
     method's own. token: the new word (textual inversion, pivotal) or the rare word (DreamBooth;
     None: the concept's own word, for LoRA). initializer: the word a new row starts from.
     class_word: the subject's class ("shape"), after the subject's word in the captions and
-    prompts (none: ""), and in DreamBooth's class prompts. train_text_encoder (None: the method's default)
-    gives LoRA an adapter on the text encoder too. class_pictures: how many pictures the base model draws for the class
+    prompts (none: ""), and in DreamBooth's class prompts. train_text_encoder (None: the
+    method's default) gives LoRA an adapter on the text encoder too, and DreamBooth the whole
+    text encoder to train. class_pictures: how many pictures the base model draws for the class
     prompts (DreamBooth's prior). embedding_lr_scale: pivotal tuning's row learns this many
     times faster than its adapter. text_encoder_lr_scale: DreamBooth's text encoder, where it
     trains, learns at this many times the U-Net's rate."""
@@ -249,8 +251,8 @@ def parse(argv=None):
     parser.add_argument("--initializer", default=None,
                         help="the word a new row starts from (default: 'shape' for star, 'colour' for pink)")
     parser.add_argument("--class-word", default=None,
-                        help="the subject's class, written after its word, as in 'a sks shape' (default: 'shape' for star, "
-                             "except with textual inversion; none for pink)")
+                        help="the subject's class, written after its word, as in 'a sks shape' (default: "
+                             "'shape' for star, except with textual inversion; none for pink)")
     prior = parser.add_mutually_exclusive_group()
     prior.add_argument("--prior", dest="prior", action="store_true", default=None,
                        help="learn pictures of what the model knows too (default for lora, pivotal, dreambooth)")
@@ -283,8 +285,8 @@ def parse(argv=None):
         parser.error("--method dreambooth with --images needs --class-word: your subject's class, such as 'cup'")
     chosen.update(METHOD_DEFAULTS[args.method])
     for name in ("steps", "batch", "lr", "rank", "alpha", "n_pictures", "min_snr_gamma", "caption_dropout",
-                 "embedding_lr_scale", "text_encoder_lr_scale", "seed", "checkpoint_every", "initializer", "class_word", "class_pictures",
-                 "prior_share", "prior_loss_weight"):
+                 "embedding_lr_scale", "text_encoder_lr_scale", "seed", "checkpoint_every", "initializer",
+                 "class_word", "class_pictures", "prior_share", "prior_loss_weight"):
         if getattr(args, name) is not None:
             chosen[name] = getattr(args, name)
     if args.targets is not None:
@@ -349,8 +351,8 @@ def main(argv=None):
         default=str)))
     written = [f for f in METHOD_FILES[settings.method] if (out / f).exists()]
     size = sum((out / f).stat().st_size for f in written)
-    print(f"{', '.join(str(out / f) for f in written)} written ({size / 1e3:.1f} KB) in {minutes:.1f} min; prompt with {word!r}; "
-          f"samples in {out / 'samples.png'}")
+    print(f"{', '.join(str(out / f) for f in written)} written ({size / 1e3:.1f} KB) in {minutes:.1f} min; "
+          f"prompt with {word!r}; samples in {out / 'samples.png'}")
 
 
 if __name__ == "__main__":
