@@ -1,6 +1,6 @@
 """How long each lesson takes a learner: an estimate from what the lesson holds and how long it runs.
 
-    python benchmarks/lesson_times.py            # runs every lecture and solution notebook (about 10 minutes)
+    python benchmarks/lesson_times.py            # runs every lecture and solution notebook (about 40 minutes on 2 cores)
     python benchmarks/lesson_times.py --no-run   # reading and exercises only
 
 For each lesson it measures:
