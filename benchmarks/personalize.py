@@ -42,6 +42,7 @@ from sdcourse.evaluate import classify, object_colours, prompt_adherence  # noqa
 from sdcourse.loading import load_pipeline  # noqa: E402
 from sdcourse.training.finetune import METHOD_FILES, METHODS, RECORD, load_finetuned, main as finetune  # noqa: E402
 from sdcourse.training.finetune_data import concept_pictures  # noqa: E402
+from sdcourse.training.train_clip import encoding_change  # noqa: E402
 
 
 def concept_prompts(concept: str, n: int, word: str) -> list[dict]:
@@ -83,17 +84,6 @@ def trained_numbers(method: str, pipe, base_parameters: int, text_encoder_traine
     return adapter + row
 
 
-def encoding_change(pipe, prompt: str, other: str) -> float:
-    """How far the text encoder's output for `prompt` (all 77 tokens, what the U-Net reads) lies
-    from `other`'s: |E(prompt) - E(other)| / |E(other)|, in % (as train_clip.word_sensitivity)."""
-    def encode(text):
-        ids = pipe.tokenizer(text, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                             return_tensors="pt").input_ids
-        with torch.no_grad():
-            return pipe.text_encoder(ids)[0][0]
-    return 100 * float((encode(prompt) - encode(other)).norm() / encode(other).norm())
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="pipeline folder (default: the embedded model)")
@@ -111,7 +101,8 @@ def main():
     if args.words_before_class:
         pipe = load_pipeline(args.model)
         for word in args.words_before_class:
-            print(f"'a red {word} shape': {encoding_change(pipe, f'a red {word} shape', 'a red shape'):.1f}% "
+            change = 100 * encoding_change(pipe.text_encoder, pipe.tokenizer, "a red shape", f"a red {word} shape")
+            print(f"'a red {word} shape': {change:.1f}% "
                   f"from 'a red shape' ({len(pipe.tokenizer.tokenize(word))} token(s))")
         return
     n_prompts, seeds = (16, (1000, 1001)) if args.quick else (32, (1000, 1001, 1002, 1003))

@@ -34,6 +34,12 @@ from .finetune_core import WhatTrains, unet_prediction
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # CLIP's attention, as diffusers' scripts adapt it
 
 
+def prediction_through_the_text_encoder(module, batch):
+    """The U-Net's prediction, for a method whose module holds both "unet" and "text_encoder" and
+    trains part of the text encoder: the batch's token ids are encoded at every step."""
+    return unet_prediction(module["unet"], batch, module["text_encoder"](batch["text"])[0])
+
+
 def add_peft_adapter(model, rank: int, alpha: float, targets, seed: int, what: str = "U-Net") -> list:
     """peft's LoRA on the layers of `model` (the U-Net, or the text encoder) that `targets` name:
     Linear layers, and the convolutions of the U-Net's ResNet blocks if named. Its A starts from
@@ -125,7 +131,7 @@ class UNetAndTextEncoderAdapters(UNetAdapter):
         return self._module
 
     def predict(self, module, batch):
-        return unet_prediction(module["unet"], batch, module["text_encoder"](batch["text"])[0])
+        return prediction_through_the_text_encoder(module, batch)
 
     def adapters(self):
         return {**super().adapters(), "text_encoder_lora_layers": self.adapter_weights(self.pipe.text_encoder)}
@@ -185,7 +191,7 @@ class DreamBooth(FullUNet):
     def predict(self, module, batch):
         if not self.train_text_encoder:
             return super().predict(module, batch)
-        return unet_prediction(module["unet"], batch, module["text_encoder"](batch["text"])[0])
+        return prediction_through_the_text_encoder(module, batch)
 
     def save(self, out):
         super().save(out)
@@ -221,7 +227,7 @@ class TextualInversion(WhatTrains):
         return self._module
 
     def predict(self, module, batch):
-        return unet_prediction(module["unet"], batch, module["text_encoder"](batch["text"])[0])
+        return prediction_through_the_text_encoder(module, batch)
 
     def save(self, out):
         Path(out).mkdir(parents=True, exist_ok=True)

@@ -203,20 +203,27 @@ WORD_PAIRS = {
 
 
 @torch.no_grad()
-def word_sensitivity(text_encoder, tokenizer=None) -> dict:
-    """How much a text encoder's output (last_hidden_state, all 77 tokens, what the U-Net reads)
-    changes when one kind of word changes: the mean over `WORD_PAIRS` of |E(a) - E(b)| / |E(a)|,
-    in %. A U-Net can only follow the words that move this output."""
-    tokenizer = tokenizer or load_tokenizer()
-    text_encoder.eval()
-
+def encoding_change(text_encoder, tokenizer, a: str, b: str) -> float:
+    """How far the text encoder's output (last_hidden_state, all 77 tokens, what the U-Net reads)
+    for caption `b` lies from caption `a`'s: |E(a) - E(b)| / |E(a)|."""
     def encode(caption):
         ids = tokenizer(caption, padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids
         return text_encoder(input_ids=ids.to(text_encoder.device)).last_hidden_state[0].float()
 
+    base = encode(a)
+    return ((base - encode(b)).norm() / base.norm()).item()
+
+
+@torch.no_grad()
+def word_sensitivity(text_encoder, tokenizer=None) -> dict:
+    """How much a text encoder's output (last_hidden_state, all 77 tokens, what the U-Net reads)
+    changes when one kind of word changes: the mean over `WORD_PAIRS` of `encoding_change`, in %.
+    A U-Net can only follow the words that move this output."""
+    tokenizer = tokenizer or load_tokenizer()
+    text_encoder.eval()
     result = {}
     for kind, pairs in WORD_PAIRS.items():
-        changes = [((encode(a) - encode(b)).norm() / encode(a).norm()).item() for a, b in pairs]
+        changes = [encoding_change(text_encoder, tokenizer, a, b) for a, b in pairs]
         result[kind] = round(100 * float(np.mean(changes)), 1)
     return result
 
