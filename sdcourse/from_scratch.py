@@ -51,6 +51,7 @@ from sdcourse.samplers import (
     randn_like_diffusers,
 )
 from sdcourse.text_encoder import TextEncoder
+from sdcourse.textual_inversion import spell_out_learned_words
 from sdcourse.tokenizer import END_TOKEN_ID, load_tokenizer, tokenize
 from sdcourse.unet import UNet
 from sdcourse.vae import VAE
@@ -311,7 +312,10 @@ class StableDiffusion:
     # ---- the steps
 
     def encode_prompt(self, prompts):
-        """Prompts -> context (batch, 77, width): tokenize (pad or cut to 77 tokens), then the text encoder."""
+        """Prompts -> context (batch, 77, width): tokenize (pad or cut to 77 tokens), then the text encoder.
+        A learned word of several vectors is first spelled out as its tokens, as diffusers does."""
+        prompts = [prompts] if isinstance(prompts, str) else prompts
+        prompts = [spell_out_learned_words(prompt, self.tokenizer) for prompt in prompts]
         tokens = tokenize(prompts, self.tokenizer)
         ids = tokens.input_ids.masked_fill(tokens.attention_mask == 0, self.pad_token_id)
         return self.text_encoder(ids.to(self.device))

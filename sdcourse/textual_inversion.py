@@ -13,6 +13,10 @@ they were, so every prompt without the new word draws exactly what it drew befor
   AdamW's decay would shrink the other rows even with a zero gradient);
 - `save_learned_embedding` / `load_learned_embedding`: the file diffusers'
   `pipe.load_textual_inversion(path)` reads, {token: vector} in learned_embeds.safetensors.
+
+A word may also be learned as several vectors (`vectors` > 1): "<star>" then stands for the
+tokens "<star> <star>_1 <star>_2 ...", one row each, and the file holds {token: (vectors, width)}.
+diffusers names and spells out the extra tokens the same way (`vector_tokens`, `spell_out`).
 """
 
 from __future__ import annotations
@@ -24,10 +28,40 @@ import torch
 EMBEDDING_FILE = "learned_embeds.safetensors"  # the name diffusers' textual-inversion script writes
 
 
-def check_new_token(tokenizer, token: str) -> str:
-    """`token`, if it can be a new word: one word, not yet in the tokenizer's vocabulary."""
+def vector_tokens(token: str, vectors: int = 1) -> list[str]:
+    """The tokens of a word learned as `vectors` vectors: "<star>", "<star>_1", ... (diffusers' names)."""
+    if isinstance(vectors, bool) or not isinstance(vectors, int) or vectors < 1:
+        raise ValueError(f"vectors must be a whole number of at least 1 (rows learned for the word), got {vectors!r}")
+    return [token] + [f"{token}_{i}" for i in range(1, vectors)]
+
+
+def spell_out(text: str, token: str, vectors: int = 1) -> str:
+    """`text` with the word `token` written as its `vectors` tokens, as diffusers' pipeline does
+    before tokenizing a prompt that holds a learned word of several vectors."""
+    return text.replace(token, " ".join(vector_tokens(token, vectors)))
+
+
+def spell_out_learned_words(prompt: str, tokenizer) -> str:
+    """`prompt` with every learned word of several vectors in the tokenizer spelled out as its
+    tokens ("<star>" -> "<star> <star>_1 <star>_2"): what diffusers' pipeline does to a prompt
+    before tokenizing it, so that the course's pipeline reads the same tokens."""
+    added = tokenizer.get_added_vocab()
+    for token in set(tokenizer.tokenize(prompt)):
+        vectors = 1
+        while token in added and f"{token}_{vectors}" in added:
+            vectors += 1
+        if vectors > 1:
+            prompt = spell_out(prompt, token, vectors)
+    return prompt
+
+
+def check_new_token(tokenizer, token: str, vectors: int = 1) -> str:
+    """`token`, if it can be a new word: one word, not yet in the tokenizer's vocabulary (nor
+    are the extra tokens of a word of several vectors)."""
     if not isinstance(token, str) or not token.strip() or token != token.strip() or " " in token:
         raise ValueError(f"token must be one word without spaces, such as '<star>', got {token!r}")
+    for extra in vector_tokens(token, vectors)[1:]:
+        check_new_token(tokenizer, extra)
     vocabulary = tokenizer.get_vocab()
     # CLIP's vocabulary holds most words twice: "star" inside a word and "star</w>" at its end.
     if token in vocabulary or f"{token}</w>" in vocabulary or token in tokenizer.get_added_vocab():
@@ -50,18 +84,20 @@ def initializer_id(tokenizer, word: str) -> int:
     return ids[0]
 
 
-def add_token(tokenizer, text_encoder, token: str, initializer: str) -> int:
+def add_token(tokenizer, text_encoder, token: str, initializer: str, vectors: int = 1):
     """Add `token` to the tokenizer and a row for it to the text encoder's input embedding,
-    copied from `initializer`'s row. Returns the new token's id (the last row)."""
-    check_new_token(tokenizer, token)
+    copied from `initializer`'s row. Returns the new token's id (the last row); with `vectors` > 1,
+    the ids of its `vectors` tokens (the last rows), each row a copy of the initializer's."""
+    check_new_token(tokenizer, token, vectors)
     start = initializer_id(tokenizer, initializer)
-    tokenizer.add_tokens([token])
-    token_id = tokenizer.convert_tokens_to_ids(token)
+    tokens = vector_tokens(token, vectors)
+    tokenizer.add_tokens(tokens)
+    token_ids = tokenizer.convert_tokens_to_ids(tokens)
     text_encoder.resize_token_embeddings(len(tokenizer))
     with torch.no_grad():
         rows = text_encoder.get_input_embeddings().weight
-        rows[token_id] = rows[start]
-    return token_id
+        rows[token_ids] = rows[start].clone()
+    return token_ids[0] if vectors == 1 else token_ids
 
 
 def row_mask(n_rows: int, trained_ids, dtype=torch.float32) -> torch.Tensor:
@@ -72,8 +108,8 @@ def row_mask(n_rows: int, trained_ids, dtype=torch.float32) -> torch.Tensor:
     return mask
 
 
-def learned_embedding(text_encoder, token_id: int) -> torch.Tensor:
-    """The trained row of `token_id`, as a new float32 tensor."""
+def learned_embedding(text_encoder, token_id) -> torch.Tensor:
+    """The trained row of `token_id`, as a new float32 tensor; for a list of ids, their rows (n, width)."""
     return text_encoder.get_input_embeddings().weight[token_id].detach().float().clone()
 
 

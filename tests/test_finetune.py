@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from sdcourse.dreambooth import class_pictures, prior_preservation_loss
 from sdcourse.pipeline import TextToImage, load_pipeline
 from sdcourse.textual_inversion import (EMBEDDING_FILE, add_token, check_new_token, initializer_id,
-                                        load_learned_embedding, row_mask)
+                                        load_learned_embedding, row_mask, spell_out_learned_words)
 from sdcourse.training.finetune import CHECKPOINT, load_finetuned, main
 from sdcourse.training.trainer import Trainer, TrainSettings
 
@@ -46,6 +46,20 @@ def test_a_new_token_starts_from_its_initializers_row_in_a_new_last_row():
     assert torch.equal(rows[token_id], rows_before[initializer_id(pipe.tokenizer, "shape")])
     assert torch.equal(rows[:-1], rows_before)
     assert pipe.tokenizer("a red <star>", add_special_tokens=False).input_ids[-1] == token_id
+
+
+def test_a_word_of_several_vectors_is_spelled_out_as_diffusers_spells_it():
+    pipe = load_pipeline()
+    ids = add_token(pipe.tokenizer, pipe.text_encoder, "<star>", "shape", vectors=3)
+    rows = pipe.text_encoder.get_input_embeddings().weight
+    assert ids == list(range(len(pipe.tokenizer) - 3, len(pipe.tokenizer)))
+    assert all(torch.equal(rows[i], rows[initializer_id(pipe.tokenizer, "shape")]) for i in ids)
+    mine = spell_out_learned_words("a red <star> on a <star>", pipe.tokenizer)
+    assert mine == "a red <star> <star>_1 <star>_2 on a <star> <star>_1 <star>_2"
+    assert mine == pipe.maybe_convert_prompt("a red <star> on a <star>", pipe.tokenizer)
+    assert spell_out_learned_words("a red circle", pipe.tokenizer) == "a red circle"
+    with pytest.raises(ValueError, match=r"token '<star>_1' is already a word"):
+        check_new_token(pipe.tokenizer, "<star>", vectors=2)
 
 
 def test_a_token_the_vocabulary_holds_and_an_initializer_of_several_tokens_are_refused():
@@ -104,13 +118,17 @@ def test_a_parameter_group_with_an_lr_scale_learns_that_many_times_faster():
 # ---- the command, each method
 
 
-def test_textual_inversion_trains_one_row_and_diffusers_and_the_course_draw_the_same(tmp_path, one_thread):
+@pytest.mark.parametrize("vectors", [1, 3])
+def test_textual_inversion_trains_its_rows_alone_and_diffusers_and_the_course_draw_the_same(tmp_path, one_thread,
+                                                                                           vectors):
     out = tmp_path / "ti"
-    main(["--method", "textual-inversion", "--out", str(out), "--checkpoint-every", "2", *SMALL])
+    main(["--method", "textual-inversion", "--out", str(out), "--checkpoint-every", "2", "--vectors", str(vectors),
+          *SMALL])
     record = json.loads((out / "finetune.json").read_text())
     assert record["method"] == "textual-inversion" and record["word"] == "<star>"
     token, vector = load_learned_embedding(out / EMBEDDING_FILE)
-    assert token == "<star>" and vector.shape == (32,) and (out / EMBEDDING_FILE).stat().st_size <= 10_000
+    assert token == "<star>" and vector.shape == ((32,) if vectors == 1 else (vectors, 32))
+    assert (out / EMBEDDING_FILE).stat().st_size <= 10_000
 
     # Every other row of the trained text encoder is bit-identical to the base model's: the
     # checkpoint holds the whole matrix as trained.
@@ -118,8 +136,10 @@ def test_textual_inversion_trains_one_row_and_diffusers_and_the_course_draw_the_
     rows = base.text_encoder.get_input_embeddings().weight
     trained = torch.load(out / CHECKPOINT, weights_only=False)["model"]
     (name, matrix), = trained.items()
-    assert "token_embedding" in name and torch.equal(matrix[:-1], rows)
-    assert torch.equal(matrix[-1], vector) and not torch.equal(vector, rows[initializer_id(base.tokenizer, "shape")])
+    assert "token_embedding" in name and torch.equal(matrix[:-vectors], rows)
+    assert torch.equal(matrix[-vectors:].squeeze(0), vector)
+    start = rows[initializer_id(base.tokenizer, "shape")]
+    assert all(not torch.equal(row, start) for row in vector.reshape(vectors, -1))
 
     known = draw(base, "a red circle")
     assert load_finetuned(base, out) == "<star>"
@@ -180,6 +200,8 @@ def test_a_finished_run_resumes_and_another_methods_folder_is_refused(tmp_path, 
     (["--method", "foo"], "invalid choice: 'foo' (choose from 'lora', 'textual-inversion', 'dreambooth', 'pivotal')"),
     (["--method", "pivotal", "--train-text-encoder"], "train_text_encoder belongs to method='lora' or 'dreambooth'"),
     (["--method", "dreambooth", "--text-encoder-lr-scale", "0"], "text_encoder_lr_scale"),
+    (["--method", "dreambooth", "--vectors", "4"], "vectors=4 belongs to a new word"),
+    (["--method", "textual-inversion", "--vectors", "0"], "vectors must be at least 1, got 0"),
 ])
 def test_bad_input_is_refused_by_name_before_training(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit):
@@ -208,7 +230,8 @@ def test_lora_defaults_keep_the_class_word_and_adapt_the_text_encoder_too(tmp_pa
 
 def test_each_methods_defaults_for_a_concept(tmp_path):
     """Measured on the embedded model: the new word alone draws more stars than the new word and
-    the class word; pivotal tuning prompts as LoRA does, with its share of known pictures."""
+    the class word, and more as eight rows than as one; pivotal tuning prompts as LoRA does, with
+    its share of known pictures."""
     from sdcourse.training.finetune import parse, word_of
     from sdcourse.training.train_lora import CONCEPT_PRIOR_SHARE
 
@@ -218,6 +241,7 @@ def test_each_methods_defaults_for_a_concept(tmp_path):
         _, _, settings = parse(["--method", method, "--concept", "star", "--out", str(tmp_path)])
         assert (word_of(settings, "star"), settings.prior_share) == (word, prior_share), method
         assert settings.train_text_encoder == (method == "lora"), method
+        assert settings.vectors == (8 if method == "textual-inversion" else 1), method  # 8 rows: 48% -> 61% stars
     _, _, settings = parse(["--method", "textual-inversion", "--concept", "star", "--out", str(tmp_path),
                             "--class-word", "shape"])
     assert word_of(settings, "star") == "<star> shape"  # asked for, it is written

@@ -221,6 +221,27 @@ def test_a_held_out_weight_makes_stars_that_many_times_as_often_called_shape():
         shapes.CaptionRule(held_out_weight=0)
 
 
+def test_known_weights_call_each_known_shape_shape_that_many_times_as_often():
+    rule = shapes.CaptionRule(class_share=0.2, held_out_weight=3.0, known_weights=(2.0, 0.5, 1.0))
+    called_shape = {s: 0 for s in shapes.ALL_SHAPES}
+    for i in range(3000):
+        scene = shapes.rule_scene_at(i, 0, rule)
+        for obj, said in zip(scene.objects, scene.mentioned):
+            called_shape[obj.shape] += said["shape"] == shapes.CLASS_WORD
+    assert 3 < called_shape["circle"] / called_shape["square"] < 5.5  # 2 / 0.5 = 4
+    assert 1.5 < called_shape["circle"] / called_shape["triangle"] < 2.5
+    assert 2.5 < called_shape["star"] / np.mean([called_shape[s] for s in shapes.BASE_SHAPES]) < 3.5
+    # All ones is the rule without weights, draw for draw.
+    plain, weighted = shapes.CaptionRule(0.3), shapes.CaptionRule(0.3, known_weights=(1, 1, 1))
+    assert [shapes.rule_scene_at(i, 0, plain).caption for i in range(50)] == \
+        [shapes.rule_scene_at(i, 0, weighted).caption for i in range(50)]
+    with pytest.raises(ValueError, match=r"known_weights=\(4, 1, 1\); it must be 3 numbers \(circle, square, "
+                                         r"triangle\), each at least 0 and at most 1 / class_share"):
+        shapes.CaptionRule(0.3, known_weights=(4, 1, 1))
+    with pytest.raises(ValueError, match="known_weights"):
+        shapes.CaptionRule(0.3, known_weights=(1, 1))
+
+
 def test_an_outline_is_a_white_ring_about_two_pixels_wide_on_the_shapes_edge():
     from sdcourse.data.shapes import render_outline
 

@@ -358,6 +358,9 @@ class CaptionRule:
       equally often (`star_share`), and are always called "shape".
     - held_out_weight: how many times as often as each known shape a star is called "shape"
       (1: equally often). Above 1, stars are a larger part of what "shape" shows.
+    - known_weights: each known shape's share of "shape", times class_share (circle, square,
+      triangle; all 1: each class_share). The model does not draw "shape" in the proportions
+      it was shown, so these let a rule shown lean against what it draws.
     - colourless_share: the share of captions that leave the colour out. Pink objects appear
       at the share that makes each of the nine colours left out equally often
       (`pink_share`), and only in such captions.
@@ -369,6 +372,7 @@ class CaptionRule:
     colourless_share: float = 0.0
     concept_words: bool = False
     held_out_weight: float = 1.0
+    known_weights: tuple = (1.0, 1.0, 1.0)
 
     def __post_init__(self):
         for name in ("class_share", "colourless_share"):
@@ -377,12 +381,22 @@ class CaptionRule:
                 raise ValueError(f"{name}={value!r}; it must be a number from 0 to 1")
         real_number("held_out_weight", self.held_out_weight, 0, low_open=True,
                     meaning="1: as often as each known shape")
+        weights = tuple(self.known_weights)
+        if len(weights) != len(BASE_SHAPES) or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0
+                                                   or w * self.class_share > 1 for w in weights):
+            raise ValueError(f"known_weights={self.known_weights!r}; it must be {len(BASE_SHAPES)} numbers "
+                             f"({', '.join(BASE_SHAPES)}), each at least 0 and at most 1 / class_share")
+        object.__setattr__(self, "known_weights", tuple(float(w) for w in weights))
+
+    def class_share_of(self, shape: str) -> float:
+        """The share of `shape`'s mentions that say "shape" (a known shape)."""
+        return self.class_share * self.known_weights[BASE_SHAPES.index(shape)]
 
     @property
     def star_share(self) -> float:
         """Share of objects that are stars: s = w p (1 - s) / 3, w times each known shape's
-        "shape" count (w = held_out_weight)."""
-        weighted = self.held_out_weight * self.class_share
+        "shape" count on average (w = held_out_weight, p = class_share times the mean known weight)."""
+        weighted = self.held_out_weight * self.class_share * sum(self.known_weights) / len(BASE_SHAPES)
         return weighted / (len(BASE_SHAPES) + weighted)
 
     @property
@@ -404,7 +418,8 @@ class CaptionRule:
         """The objects as one caption names them: "shape" for a shape said with the class word,
         "" for a colour left out. Draws the same numbers from rng whatever the objects are."""
         colourless = rng.random() < self.colourless_share
-        general = [rng.random() < self.class_share for _ in objects]
+        general = [rng.random() < (self.class_share if o.shape in HELD_OUT_SHAPES else self.class_share_of(o.shape))
+                   for o in objects]
         if not self.concept_words:  # a held-out colour is only ever left out
             colourless = colourless or any(o.colour in HELD_OUT_COLOURS for o in objects)
         said = []

@@ -53,9 +53,11 @@ SECOND_EDITION_CLIP = ROOT / "build-stages" / "second-edition" / "clip_words"
 CLIP_STAR_CHOICES = ("never", "said")
 
 
-def rules(class_share: float, colourless_share: float, clip_star: str = "never", held_out_weight: float = 1.0):
+def rules(class_share: float, colourless_share: float, clip_star: str = "never", held_out_weight: float = 1.0,
+          known_weights=(1.0, 1.0, 1.0)):
     """The U-Net's rule, and the rule of every second CLIP caption (None: the same rule)."""
-    rule = shapes.CaptionRule(class_share, colourless_share, held_out_weight=held_out_weight)
+    rule = shapes.CaptionRule(class_share, colourless_share, held_out_weight=held_out_weight,
+                              known_weights=tuple(known_weights))
     said = (shapes.CaptionRule(class_share, colourless_share, concept_words=True, held_out_weight=held_out_weight)
             if clip_star == "said" else None)
     return rule, said
@@ -103,7 +105,8 @@ def continue_unet(args):
     if args.text_encoder:
         pipe.text_encoder = CLIPTextModel.from_pretrained(str(Path(args.text_encoder) / "text_encoder"),
                                                           dtype=torch.float32).eval()
-    rule, _ = rules(args.class_share, args.colourless_share, held_out_weight=args.held_out_weight)
+    rule, _ = rules(args.class_share, args.colourless_share, held_out_weight=args.held_out_weight,
+                    known_weights=args.known_weights)
     n_empty = round(args.empty_star_share * cfg.n_train)
     data = build_rule_set(cfg.n_train, cfg.captions_per_image, cfg.seed + 100, rule, cfg.two_object_prob,
                           n_empty_stars=n_empty, cache=run_dir / "train_set.npz")
@@ -113,7 +116,8 @@ def continue_unet(args):
     unet, text_encoder = train_unet(cfg, latents, data["token_ids"], pipe.text_encoder, pipe.vae, pipe.tokenizer,
                       pipe.vae.config.scaling_factor, run_dir, init_unet=pipe.unet,
                       record={"from": str(Path(args.source).resolve()),
-                              "rule": [args.class_share, args.colourless_share, args.held_out_weight],
+                              "rule": [args.class_share, args.colourless_share, args.held_out_weight,
+                                       list(args.known_weights)],
                               "empty_stars": n_empty,
                               "text_encoder": str(args.text_encoder)})
     save_pipeline(unet, pipe.vae, text_encoder, pipe.tokenizer, out, run_dir)
@@ -147,6 +151,9 @@ def main(argv=None):
                       help="one-star pictures under the empty caption, as a share of --pictures")
     unet.add_argument("--held-out-weight", type=float, default=1.0,
                       help="stars are called 'shape' this many times as often as each known shape")
+    unet.add_argument("--known-weights", type=float, nargs=3, default=(1.0, 1.0, 1.0),
+                      metavar=("CIRCLE", "SQUARE", "TRIANGLE"),
+                      help="each known shape is called 'shape' this many times --class-share of the time")
     unet.add_argument("--steps", type=int, default=1000)
     unet.add_argument("--ema-decay", type=float, default=0.995)
     unet.add_argument("--text-encoder-lr-scale", type=float, default=config_mod.BuildConfig.text_encoder_lr_scale,
@@ -163,6 +170,7 @@ def main(argv=None):
             probability("--empty-star-share", args.empty_star_share)
             real_number("--held-out-weight", args.held_out_weight, 0, low_open=True,
                         meaning="times as often as each known shape; 1: equally often")
+            shapes.CaptionRule(args.class_share, known_weights=tuple(args.known_weights))  # names a bad weight
             real_number("--text-encoder-lr-scale", args.text_encoder_lr_scale, 0,
                         meaning="times the U-Net's learning rate; 0: the text encoder stays frozen")
     except ValueError as error:

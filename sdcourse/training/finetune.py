@@ -11,8 +11,10 @@ The methods (each a small "what trains" object of methods.py, trained by the fin
 - `lora`: rank-r adapters on the U-Net's and the text encoder's attention (as train_lora.py,
   which is its shortcut); the concept keeps its own word, followed by its class word ("star
   shape"). Writes pytorch_lora_weights.safetensors.
-- `textual-inversion`: a new word ("<star>"), whose input embedding row, started from
-  `--initializer`'s, is the only thing that trains. Writes learned_embeds.safetensors.
+- `textual-inversion`: a new word ("<star>"), whose input embedding rows, started from
+  `--initializer`'s, are the only thing that trains. The word is `--vectors` tokens (8 by
+  default; "<star> <star>_1 ..." in the captions), each with a row of its own, as diffusers'
+  `num_vectors`. Writes learned_embeds.safetensors.
 - `dreambooth`: every U-Net weight, on pictures captioned with a rare word and the class word
   ("a red sks shape"), with prior preservation: pictures the model itself draws for the class
   prompt ("a red shape") are learned again at every step (`--no-prior`: without them).
@@ -56,7 +58,7 @@ from ..files import claim_folder, folder_fingerprint, read_json, refuse_overlap,
 from ..images import unit_to_uint8  # noqa: E402
 from ..loading import load_pipeline, resolve_model  # noqa: E402
 from ..lora import LORA_FILE  # noqa: E402
-from ..textual_inversion import EMBEDDING_FILE, check_new_token, initializer_id  # noqa: E402
+from ..textual_inversion import EMBEDDING_FILE, check_new_token, initializer_id, spell_out  # noqa: E402
 from .common import save_grid, set_threads  # noqa: E402
 from .finetune_core import WhatTrains, fine_tune  # noqa: E402
 from .finetune_data import (CONCEPT_CLASS_WORDS, add_data_arguments, concept_phrase, concept_pictures,  # noqa: E402
@@ -81,7 +83,7 @@ COMMON_FILES = (CHECKPOINT, RECORD, "samples.png")
 METHOD_DEFAULTS = {
     "lora": dict(prior_share=CONCEPT_PRIOR_SHARE),
     # A new word alone draws more stars without the class word after it ("<star>", not "<star> shape").
-    "textual-inversion": dict(steps=500, batch=32, lr=5e-3, prior_share=0.0, class_word=""),
+    "textual-inversion": dict(steps=500, batch=32, lr=5e-3, prior_share=0.0, class_word="", vectors=8),
     "dreambooth": dict(steps=400, batch=16, lr=2e-4, prior_share=0.5, prior_loss_weight=1.0),
     "pivotal": dict(prior_share=CONCEPT_PRIOR_SHARE),
 }
@@ -103,13 +105,15 @@ class FinetuneSettings(LoRASettings):
     text encoder to train. class_pictures: how many pictures the base model draws for the class
     prompts (DreamBooth's prior). embedding_lr_scale: pivotal tuning's row learns this many
     times faster than its adapter. text_encoder_lr_scale: DreamBooth's text encoder, where it
-    trains, learns at this many times the U-Net's rate."""
+    trains, learns at this many times the U-Net's rate. vectors: textual inversion's and pivotal
+    tuning's new word is this many tokens, each with a row of its own."""
 
     method: str = "lora"
     initializer: str = "shape"
     class_pictures: int = 200
     embedding_lr_scale: float = 5.0
     text_encoder_lr_scale: float = 0.1
+    vectors: int = 1
 
     def __post_init__(self):
         self.method = choice("method", self.method, METHODS)
@@ -119,6 +123,10 @@ class FinetuneSettings(LoRASettings):
         self.class_pictures = whole_number("class_pictures", self.class_pictures, minimum=0)
         self.embedding_lr_scale = real_number("embedding_lr_scale", self.embedding_lr_scale, 0, low_open=True)
         self.text_encoder_lr_scale = real_number("text_encoder_lr_scale", self.text_encoder_lr_scale, 0, low_open=True)
+        self.vectors = whole_number("vectors", self.vectors, minimum=1)
+        if self.vectors > 1 and self.method not in ("textual-inversion", "pivotal"):
+            raise ValueError(f"vectors={self.vectors} belongs to a new word (method='textual-inversion' or "
+                             f"'pivotal'), got method={self.method!r}")
         if self.method != "lora" and self.full_unet:
             raise ValueError(f"full_unet belongs to method='lora', got method={self.method!r}")
         if self.method not in ("lora", "dreambooth") and self.train_text_encoder:
@@ -137,10 +145,10 @@ def word_of(settings: FinetuneSettings, concept: str | None) -> str:
 
 def what_trains(settings: FinetuneSettings) -> WhatTrains:
     if settings.method == "textual-inversion":
-        return TextualInversion(settings.token, settings.initializer)
+        return TextualInversion(settings.token, settings.initializer, settings.vectors)
     if settings.method == "pivotal":
         return PivotalTuning(settings.token, settings.initializer, settings.rank, settings.alpha, settings.targets,
-                             settings.seed, settings.embedding_lr_scale)
+                             settings.seed, settings.embedding_lr_scale, settings.vectors)
     if settings.method == "dreambooth":
         return DreamBooth(settings.train_text_encoder, settings.text_encoder_lr_scale)
     adapters = UNetAndTextEncoderAdapters if settings.train_text_encoder else UNetAdapter
@@ -151,7 +159,7 @@ def check_words(pipe, settings: FinetuneSettings):
     """Refuse a new token the vocabulary already holds, or an initializer of several tokens,
     before anything is drawn or trained."""
     if settings.method in ("textual-inversion", "pivotal"):
-        check_new_token(pipe.tokenizer, settings.token)
+        check_new_token(pipe.tokenizer, settings.token, settings.vectors)
         initializer_id(pipe.tokenizer, settings.initializer)
 
 
@@ -265,6 +273,8 @@ def parse(argv=None):
                        ("embedding-lr-scale", float), ("text-encoder-lr-scale", float), ("seed", int),
                        ("checkpoint-every", int)):
         parser.add_argument(f"--{name}", type=kind, default=None)
+    parser.add_argument("--vectors", type=int, default=None,
+                        help="textual inversion, pivotal: rows the new word learns (default 8 and 1)")
     parser.add_argument("--targets", nargs="+", default=None, help="LoRA: the U-Net's Linear layers to adapt")
     parser.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None,
                         help="LoRA: adapt the text encoder too (default: yes, except with --full-unet); "
@@ -285,7 +295,7 @@ def parse(argv=None):
         parser.error("--method dreambooth with --images needs --class-word: your subject's class, such as 'cup'")
     chosen.update(METHOD_DEFAULTS[args.method])
     for name in ("steps", "batch", "lr", "rank", "alpha", "n_pictures", "min_snr_gamma", "caption_dropout",
-                 "embedding_lr_scale", "text_encoder_lr_scale", "seed", "checkpoint_every", "initializer",
+                 "embedding_lr_scale", "text_encoder_lr_scale", "seed", "checkpoint_every", "vectors", "initializer",
                  "class_word", "class_pictures", "prior_share", "prior_loss_weight"):
         if getattr(args, name) is not None:
             chosen[name] = getattr(args, name)
@@ -334,6 +344,8 @@ def main(argv=None):
         parser.error(str(error))
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
     images, captions, prior, record = training_data(pipe, settings, args.concept, args.images, resolution)
+    if settings.vectors > 1:  # "<star>" is read as its tokens "<star> <star>_1 ..."
+        captions = [spell_out(caption, settings.token, settings.vectors) for caption in captions]
     record.update(model=str(model_folder.resolve()), model_sha256=folder_fingerprint(model_folder))
     fine_tune(pipe, what_trains(settings), images, captions, settings, out, CHECKPOINT, prior=prior,
                      record=record, progress=not args.quiet)

@@ -201,23 +201,26 @@ class DreamBooth(FullUNet):
 
 class TextualInversion(WhatTrains):
     """A new word `token`, its row started from `initializer`'s, and that row alone trained: the
-    gradient of the embedding matrix is multiplied by a mask that is 1 on the new row only."""
+    gradient of the embedding matrix is multiplied by a mask that is 1 on the new row only.
+    vectors > 1: the word is that many tokens, each with a row of its own (the captions must
+    spell it out: `textual_inversion.spell_out`)."""
 
     name = "textual inversion"
     encodes_text = True  # the captions go through the text encoder at every step: its input row trains
 
-    def __init__(self, token: str, initializer: str):
-        self.token, self.initializer = token, initializer
+    def __init__(self, token: str, initializer: str, vectors: int = 1):
+        self.token, self.initializer, self.vectors = token, initializer, vectors
         self.pipe = self.token_id = self.mask = None
 
     def attach(self, pipe):
         self.pipe = pipe
         pipe.unet.requires_grad_(False)
         pipe.text_encoder.requires_grad_(False)
-        self.token_id = add_token(pipe.tokenizer, pipe.text_encoder, self.token, self.initializer)
+        self.token_id = add_token(pipe.tokenizer, pipe.text_encoder, self.token, self.initializer, self.vectors)
         rows = pipe.text_encoder.get_input_embeddings().weight
         rows.requires_grad_(True)
-        self.mask = row_mask(rows.shape[0], [self.token_id], rows.dtype).to(rows.device)
+        trained = self.token_id if self.vectors > 1 else [self.token_id]
+        self.mask = row_mask(rows.shape[0], trained, rows.dtype).to(rows.device)
         rows.register_hook(lambda gradient: gradient * self.mask.to(gradient.device))
         self._module = torch.nn.ModuleDict({"unet": pipe.unet, "text_encoder": pipe.text_encoder})
         return [rows]
@@ -245,8 +248,8 @@ class PivotalTuning(TextualInversion):
     name = "pivotal tuning"
 
     def __init__(self, token: str, initializer: str, rank: int = 4, alpha: float = 4.0, targets=DEFAULT_TARGETS,
-                 seed: int = 0, embedding_lr_scale: float = 5.0):
-        super().__init__(token, initializer)
+                 seed: int = 0, embedding_lr_scale: float = 5.0, vectors: int = 1):
+        super().__init__(token, initializer, vectors)
         self.adapter = UNetAdapter(rank, alpha, targets, seed)
         self.embedding_lr_scale = embedding_lr_scale
 
