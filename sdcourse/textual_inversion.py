@@ -86,8 +86,9 @@ def initializer_id(tokenizer, word: str) -> int:
 
 def add_token(tokenizer, text_encoder, token: str, initializer: str, vectors: int = 1):
     """Add `token` to the tokenizer and a row for it to the text encoder's input embedding,
-    copied from `initializer`'s row. Returns the new token's id (the last row); with `vectors` > 1,
-    the ids of its `vectors` tokens (the last rows), each row a copy of the initializer's."""
+    copied from `initializer`'s row. With `vectors` > 1 the word is that many tokens
+    (`vector_tokens`), each with such a row. Returns the list of their ids (the last rows), the
+    word's own id first."""
     check_new_token(tokenizer, token, vectors)
     start = initializer_id(tokenizer, initializer)
     tokens = vector_tokens(token, vectors)
@@ -97,7 +98,7 @@ def add_token(tokenizer, text_encoder, token: str, initializer: str, vectors: in
     with torch.no_grad():
         rows = text_encoder.get_input_embeddings().weight
         rows[token_ids] = rows[start].clone()
-    return token_ids[0] if vectors == 1 else token_ids
+    return token_ids
 
 
 def row_mask(n_rows: int, trained_ids, dtype=torch.float32) -> torch.Tensor:
@@ -108,9 +109,11 @@ def row_mask(n_rows: int, trained_ids, dtype=torch.float32) -> torch.Tensor:
     return mask
 
 
-def learned_embedding(text_encoder, token_id) -> torch.Tensor:
-    """The trained row of `token_id`, as a new float32 tensor; for a list of ids, their rows (n, width)."""
-    return text_encoder.get_input_embeddings().weight[token_id].detach().float().clone()
+def learned_embedding(text_encoder, token_ids) -> torch.Tensor:
+    """The trained rows of `token_ids`, as a new float32 tensor: one row (width,) for a word of one
+    token, as textual-inversion files hold it; (n, width) for a word of n tokens."""
+    rows = text_encoder.get_input_embeddings().weight[list(token_ids)].detach().float().clone()
+    return rows[0] if len(rows) == 1 else rows
 
 
 def save_learned_embedding(path, token: str, vector: torch.Tensor) -> Path:

@@ -194,6 +194,31 @@ def test_the_class_phase_refuses_its_pictures_drawn_under_another_weight_but_may
         check_run_folder(run, full_config(), previous)
 
 
+
+def test_known_weights_added_later_count_as_all_ones_in_older_run_folders_and_checkpoints(tmp_path):
+    """A run folder and a class-phase checkpoint made before class_phase_known_weights existed were
+    made with all weights 1: they resume under all ones and are refused, by name, under others."""
+    from sdcourse.training.build_model import StageError, check_run_folder
+    from sdcourse.training.config import full_config
+    from sdcourse.training.trainer import CheckpointError, check_resumable
+
+    run = tmp_path / "run"
+    (run / "class_phase").mkdir(parents=True)
+    (run / "class_phase" / "train_set.npz").write_bytes(b"stands in for the cached pictures")
+    older = full_config().to_dict()
+    del older["class_phase_known_weights"]
+    check_run_folder(run, full_config(class_phase_known_weights=(1.0, 1.0, 1.0)), older)
+    with pytest.raises(StageError, match=r"class_phase/train_set.npz: made with class_phase_known_weights="
+                                         r"\[1.0, 1.0, 1.0\] \(this run: \[1.3, 0.75, 1.0\]\)"):
+        check_run_folder(run, full_config(class_phase_known_weights=(1.3, 0.75, 1.0)), older)
+
+    saved = {"class_phase_held_out_weight": 3.0}  # a checkpoint's record from before the setting
+    check_resumable(saved, {**saved, "class_phase_known_weights": (1.0, 1.0, 1.0)}, tmp_path / "ckpt.pt", "U-Net")
+    with pytest.raises(CheckpointError, match=r"class_phase_known_weights: the checkpoint has \[1.0, 1.0, 1.0\], "
+                                              r"this run asks for \[1.3, 0.75, 1.0\]"):
+        check_resumable(saved, {**saved, "class_phase_known_weights": (1.3, 0.75, 1.0)}, tmp_path / "ckpt.pt", "U-Net")
+
+
 def build_for(run, **settings):
     from sdcourse.training.build_model import Build
 

@@ -40,7 +40,7 @@ def draw(pipe, prompt, seed=0, steps=3):
 def test_a_new_token_starts_from_its_initializers_row_in_a_new_last_row():
     pipe = load_pipeline()
     rows_before = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
-    token_id = add_token(pipe.tokenizer, pipe.text_encoder, "<star>", "shape")
+    [token_id] = add_token(pipe.tokenizer, pipe.text_encoder, "<star>", "shape")
     rows = pipe.text_encoder.get_input_embeddings().weight
     assert token_id == len(pipe.tokenizer) - 1 == rows.shape[0] - 1 == rows_before.shape[0]
     assert torch.equal(rows[token_id], rows_before[initializer_id(pipe.tokenizer, "shape")])

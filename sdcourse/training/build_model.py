@@ -86,7 +86,7 @@ from ..loading import EMBEDDED_MODEL  # noqa: E402
 from ..tokenizer import load_tokenizer  # noqa: E402
 from . import config as config_mod  # noqa: E402
 from .common import seed_everything, set_threads  # noqa: E402
-from .config import (CLASS_PHASE_SETTINGS, CLIP_DATA_SETTINGS, CLIP_MODEL_SETTINGS, CLIP_RULE_SETTINGS,  # noqa: E402
+from .config import (ADDED_SETTINGS, CLASS_PHASE_SETTINGS, CLIP_DATA_SETTINGS, CLIP_MODEL_SETTINGS, CLIP_RULE_SETTINGS,  # noqa: E402
                      DATA_SETTINGS, RULE_SETTINGS)
 from ..data import shapes  # noqa: E402
 from ..data.photos import photo_crops  # noqa: E402
@@ -168,6 +168,7 @@ def check_run_folder(run_dir: Path, cfg, previous: dict | None):
         if recorded is None:
             continue
         asked = json.loads(json.dumps(cfg.pick(*output.settings)))  # tuples as lists, as JSON holds them
+        recorded = json.loads(json.dumps({**ADDED_SETTINGS, **recorded}))  # as asked: tuples as lists
         missing = "(not set)"
         differ = [f"{key}={recorded.get(key, missing)!r} (this run: {value!r})"
                   for key, value in asked.items() if recorded.get(key, missing) != value]
@@ -506,7 +507,8 @@ def class_phase_stage(b: Build):
         return
     folder = b.run_dir / CLASS_PHASE
     rule = shapes.CaptionRule(cfg.class_phase_class_share, cfg.colourless_share,
-                              held_out_weight=cfg.class_phase_held_out_weight)
+                              held_out_weight=cfg.class_phase_held_out_weight,
+                              known_weights=cfg.class_phase_known_weights)
     with b.accelerator.main_process_first():
         data = build_rule_set(cfg.class_phase_pictures, cfg.captions_per_image, cfg.seed + 100, rule,
                               cfg.two_object_prob, cache=folder / "train_set.npz", progress=b.progress)
@@ -518,7 +520,8 @@ def class_phase_stage(b: Build):
     b.unet, b.text_encoder = train_unet(phase, latents, data["token_ids"], b.text_encoder, b.vae, b.tokenizer,
                                         b.vae.config.scaling_factor, folder, b.progress,
                                         total_steps=cfg.class_phase_steps, init_unet=b.unet,
-                                        record=cfg.pick("class_phase_held_out_weight", "unet_steps"))
+                                        record=cfg.pick("class_phase_held_out_weight", "class_phase_known_weights",
+                                                        "unet_steps"))
     if b.main:
         b.unet.save_pretrained(str(folder / "unet"))  # for looking at, as the U-Net stage's
     b.log.figure("class_phase_steps", cfg.class_phase_steps)

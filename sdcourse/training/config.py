@@ -93,6 +93,10 @@ class BuildConfig:
     class_phase_class_share: float = 0.2
     class_phase_held_out_weight: float = 3.0
     class_phase_ema_decay: float = 0.995
+    # Each known shape's share of "shape" in the class phase, times class_phase_class_share (circle,
+    # square, triangle; `shapes.CaptionRule.known_weights`): a lean against the one known shape the
+    # U-Net would otherwise draw for "shape".
+    class_phase_known_weights: tuple = (1.0, 1.0, 1.0)
 
     # Evaluator: a small CNN that names the colour and shape in a picture.
     classifier_steps: int = 800
@@ -125,7 +129,9 @@ DATA_SETTINGS = ("seed", "n_train", "captions_per_image", "two_object_prob")
 RULE_SETTINGS = ("class_share", "colourless_share")  # what the pictures and captions hold (not the VAE's concern)
 CLIP_DATA_SETTINGS = ("clip_batch", "clip_contrast_pairs", "clip_contrast_set")
 CLASS_PHASE_SETTINGS = ("class_phase_steps", "class_phase_pictures", "class_phase_class_share",
-                        "class_phase_held_out_weight", "class_phase_ema_decay")
+                        "class_phase_held_out_weight", "class_phase_ema_decay", "class_phase_known_weights")
+# Settings added after some run folders were made, and what such a folder's stages were made with.
+ADDED_SETTINGS = {"class_phase_known_weights": [1.0, 1.0, 1.0]}
 CLIP_RULE_SETTINGS = (*RULE_SETTINGS, "clip_concept_words", "clip_rule_steps", "clip_rule_lr", "clip_fresh_words")
 CLIP_MODEL_SETTINGS = ("clip_text_width", "clip_text_layers", "clip_text_heads", "clip_vision_width",
                        "clip_vision_layers", "clip_vision_heads", "clip_projection")

@@ -210,17 +210,16 @@ class TextualInversion(WhatTrains):
 
     def __init__(self, token: str, initializer: str, vectors: int = 1):
         self.token, self.initializer, self.vectors = token, initializer, vectors
-        self.pipe = self.token_id = self.mask = None
+        self.pipe = self.token_ids = self.mask = None
 
     def attach(self, pipe):
         self.pipe = pipe
         pipe.unet.requires_grad_(False)
         pipe.text_encoder.requires_grad_(False)
-        self.token_id = add_token(pipe.tokenizer, pipe.text_encoder, self.token, self.initializer, self.vectors)
+        self.token_ids = add_token(pipe.tokenizer, pipe.text_encoder, self.token, self.initializer, self.vectors)
         rows = pipe.text_encoder.get_input_embeddings().weight
         rows.requires_grad_(True)
-        trained = self.token_id if self.vectors > 1 else [self.token_id]
-        self.mask = row_mask(rows.shape[0], trained, rows.dtype).to(rows.device)
+        self.mask = row_mask(rows.shape[0], self.token_ids, rows.dtype).to(rows.device)
         rows.register_hook(lambda gradient: gradient * self.mask.to(gradient.device))
         self._module = torch.nn.ModuleDict({"unet": pipe.unet, "text_encoder": pipe.text_encoder})
         return [rows]
@@ -235,7 +234,7 @@ class TextualInversion(WhatTrains):
     def save(self, out):
         Path(out).mkdir(parents=True, exist_ok=True)
         save_learned_embedding(Path(out) / EMBEDDING_FILE, self.token,
-                               learned_embedding(self.pipe.text_encoder, self.token_id))
+                               learned_embedding(self.pipe.text_encoder, self.token_ids))
 
     def saved_file(self, out):
         return Path(out) / EMBEDDING_FILE

@@ -37,6 +37,7 @@ from accelerate.utils import send_to_device, slice_tensors
 from tqdm.auto import tqdm
 
 from .common import EMA, load_checkpoint, restore_generator, rng_state, save_checkpoint, set_rng_state
+from .config import ADDED_SETTINGS
 
 # The settings a resumed run may change: how long it runs (its steps, and the warm-up some
 # stages derive from them), how often it saves, and the precision of its arithmetic. A
@@ -92,10 +93,12 @@ def check_resumable(saved: dict | None, asked: dict, path: Path, name: str):
     """Refuse to resume when a setting outside MAY_CHANGE_ON_RESUME differs from the checkpoint's.
 
     `saved` is None for checkpoints written before settings were recorded: those are trusted.
+    A setting added since (config.ADDED_SETTINGS) counts as the value such checkpoints were made with.
     """
     if saved is None:
         return
     saved, asked = _plain(saved), _plain(asked)
+    saved = {**{key: value for key, value in ADDED_SETTINGS.items() if key in asked}, **saved}
     missing = "(not set)"
     changed = [f"{key}: the checkpoint has {saved.get(key, missing)!r}, this run asks for {asked.get(key, missing)!r}"
                for key in sorted(set(saved) | set(asked))
