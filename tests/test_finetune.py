@@ -169,6 +169,23 @@ def test_dreambooth_writes_a_unet_diffusers_loads_and_the_course_pipeline_draws_
     assert np.abs(draw(TextToImage.from_pretrained(pipe), "a red sks shape") - after).max() <= 1
 
 
+
+def test_dreambooth_with_a_learned_word_trains_the_unet_and_that_row_alone(tmp_path, one_thread):
+    out = tmp_path / "db-word"
+    main(["--method", "dreambooth", "--learn-word", "--out", str(out), "--class-pictures", "4", *SMALL])
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").exists() and (out / EMBEDDING_FILE).exists()
+    assert not (out / "text_encoder").exists()
+    token, row = load_learned_embedding(out / EMBEDDING_FILE)
+    pipe = load_pipeline()
+    rows_before = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
+    assert token == "<sks>" and not torch.equal(row, rows_before[initializer_id(pipe.tokenizer, "shape")])
+    assert load_finetuned(pipe, out) == "<sks> shape"
+    rows = pipe.text_encoder.get_input_embeddings().weight.detach()
+    assert torch.equal(rows[:-1], rows_before) and torch.equal(rows[-1], row)  # every other row as it was
+    after = draw(pipe, "a red <sks> shape")
+    assert np.abs(draw(TextToImage.from_pretrained(pipe), "a red <sks> shape") - after).max() <= 1
+
+
 def test_pivotal_tuning_writes_the_word_and_the_adapter_and_both_load(tmp_path, one_thread):
     out = tmp_path / "pivotal"
     main(["--method", "pivotal", "--out", str(out), *SMALL])
@@ -202,6 +219,9 @@ def test_a_finished_run_resumes_and_another_methods_folder_is_refused(tmp_path, 
     (["--method", "dreambooth", "--text-encoder-lr-scale", "0"], "text_encoder_lr_scale"),
     (["--method", "dreambooth", "--vectors", "4"], "vectors=4 belongs to a new word"),
     (["--method", "textual-inversion", "--vectors", "0"], "vectors must be at least 1, got 0"),
+    (["--method", "lora", "--learn-word"], "learn_word belongs to method='dreambooth'"),
+    (["--method", "dreambooth", "--learn-word", "--train-text-encoder"], "learn_word and train_text_encoder"),
+    (["--method", "dreambooth", "--learn-word", "--token", "sks"], "token 'sks' is already a word of the tokenizer"),
 ])
 def test_bad_input_is_refused_by_name_before_training(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit):

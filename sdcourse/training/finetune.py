@@ -74,7 +74,8 @@ UNET_FILES = ("unet/config.json", "unet/diffusion_pytorch_model.safetensors")
 TEXT_ENCODER_FILES = ("text_encoder/config.json", "text_encoder/model.safetensors")
 # What each method writes into --out, beside its checkpoint, record and sample grid.
 METHOD_FILES = {"lora": (LORA_FILE,), "textual-inversion": (EMBEDDING_FILE,),
-                "dreambooth": UNET_FILES + TEXT_ENCODER_FILES,  # text_encoder/ only with --train-text-encoder
+                # text_encoder/ only with --train-text-encoder, the new word's row only with --learn-word
+                "dreambooth": UNET_FILES + TEXT_ENCODER_FILES + (EMBEDDING_FILE,),
                 "pivotal": (LORA_FILE, EMBEDDING_FILE)}
 COMMON_FILES = (CHECKPOINT, RECORD, "samples.png")
 
@@ -106,7 +107,9 @@ class FinetuneSettings(LoRASettings):
     prompts (DreamBooth's prior). embedding_lr_scale: pivotal tuning's row learns this many
     times faster than its adapter. text_encoder_lr_scale: DreamBooth's text encoder, where it
     trains, learns at this many times the U-Net's rate. vectors: textual inversion's and pivotal
-    tuning's new word is this many tokens, each with a row of its own."""
+    tuning's new word is this many tokens, each with a row of its own. learn_word: DreamBooth's
+    word is a new one (token), whose row starts from initializer's and trains beside the U-Net at
+    embedding_lr_scale times its rate."""
 
     method: str = "lora"
     initializer: str = "shape"
@@ -114,6 +117,7 @@ class FinetuneSettings(LoRASettings):
     embedding_lr_scale: float = 5.0
     text_encoder_lr_scale: float = 0.1
     vectors: int = 1
+    learn_word: bool = False
 
     def __post_init__(self):
         self.method = choice("method", self.method, METHODS)
@@ -131,6 +135,12 @@ class FinetuneSettings(LoRASettings):
             raise ValueError(f"full_unet belongs to method='lora', got method={self.method!r}")
         if self.method not in ("lora", "dreambooth") and self.train_text_encoder:
             raise ValueError(f"train_text_encoder belongs to method='lora' or 'dreambooth', got method={self.method!r}")
+        if self.learn_word and self.method != "dreambooth":
+            raise ValueError(f"learn_word belongs to method='dreambooth' (textual inversion and pivotal tuning "
+                             f"always learn their word), got method={self.method!r}")
+        if self.learn_word and self.train_text_encoder:
+            raise ValueError("learn_word and train_text_encoder: DreamBooth trains either the new word's row or "
+                             "the whole text encoder; choose one")
         if self.method in ("textual-inversion", "pivotal", "dreambooth") and not self.token:
             raise ValueError(f"method={self.method!r} needs a token: the new or rare word, such as '<star>' or 'sks'")
         if self.method == "dreambooth" and self.prior_share and not self.class_pictures:
@@ -150,7 +160,9 @@ def what_trains(settings: FinetuneSettings) -> WhatTrains:
         return PivotalTuning(settings.token, settings.initializer, settings.rank, settings.alpha, settings.targets,
                              settings.seed, settings.embedding_lr_scale, settings.vectors)
     if settings.method == "dreambooth":
-        return DreamBooth(settings.train_text_encoder, settings.text_encoder_lr_scale)
+        word = TextualInversion(settings.token, settings.initializer) if settings.learn_word else None
+        return DreamBooth(settings.train_text_encoder, settings.text_encoder_lr_scale, word,
+                          settings.embedding_lr_scale)
     adapters = UNetAndTextEncoderAdapters if settings.train_text_encoder else UNetAdapter
     return adapters(settings.rank, settings.alpha, settings.targets, settings.seed)
 
@@ -158,7 +170,7 @@ def what_trains(settings: FinetuneSettings) -> WhatTrains:
 def check_words(pipe, settings: FinetuneSettings):
     """Refuse a new token the vocabulary already holds, or an initializer of several tokens,
     before anything is drawn or trained."""
-    if settings.method in ("textual-inversion", "pivotal"):
+    if settings.method in ("textual-inversion", "pivotal") or settings.learn_word:
         check_new_token(pipe.tokenizer, settings.token, settings.vectors)
         initializer_id(pipe.tokenizer, settings.initializer)
 
@@ -207,7 +219,7 @@ def load_finetuned(pipe, out) -> str:
     out = Path(out)
     record = read_json(out / RECORD, "fine-tuning record")
     method = choice("method in finetune.json", record.get("method"), METHODS)
-    if method in ("textual-inversion", "pivotal"):
+    if method in ("textual-inversion", "pivotal") or (out / EMBEDDING_FILE).is_file():  # DreamBooth: --learn-word
         pipe.load_textual_inversion(str(out / EMBEDDING_FILE))
     if method in ("lora", "pivotal"):
         pipe.load_lora_weights(str(out), weight_name=LORA_FILE)
@@ -273,6 +285,8 @@ def parse(argv=None):
                        ("embedding-lr-scale", float), ("text-encoder-lr-scale", float), ("seed", int),
                        ("checkpoint-every", int)):
         parser.add_argument(f"--{name}", type=kind, default=None)
+    parser.add_argument("--learn-word", action="store_true",
+                        help="DreamBooth: the word is a new one (default '<sks>'), whose row trains beside the U-Net")
     parser.add_argument("--vectors", type=int, default=None,
                         help="textual inversion, pivotal: rows the new word learns (default 8 and 1)")
     parser.add_argument("--targets", nargs="+", default=None, help="LoRA: the U-Net's Linear layers to adapt")
@@ -314,8 +328,11 @@ def parse(argv=None):
         if args.images:
             parser.error(f"--method {args.method} with --images needs --token: the word your captions use")
         token = DEFAULT_TOKENS[args.method].format(concept=args.concept)
+        if args.learn_word:
+            token = f"<{token}>"  # a word the vocabulary lacks: "<sks>"
     try:
         settings = FinetuneSettings(method=args.method, token=token, train_text_encoder=args.train_text_encoder,
+                                    learn_word=args.learn_word,
                                     mixed_precision=args.mixed_precision, **chosen)
     except ValueError as error:
         parser.error(str(error))

@@ -17,7 +17,7 @@ And the ways of fine-tune.py's other methods:
   `pipe.load_textual_inversion(out / "learned_embeds.safetensors")` loads.
 - `DreamBooth`: every U-Net weight, on pictures captioned with a rare word and the class word,
   usually with prior preservation (sdcourse.dreambooth; the loss is the fine-tuning core's).
-  Saved as out/unet, as `FullUNet`.
+  Saved as out/unet, as `FullUNet`; the word may be a new one whose row trains too.
 - `PivotalTuning`: a new word's row and a LoRA adapter on the U-Net together; both files.
 """
 
@@ -166,17 +166,29 @@ class DreamBooth(FullUNet):
     prior-preservation loss comes from the settings (FineTuneSettings.prior_loss_weight).
     train_text_encoder: every text-encoder weight trains too (diffusers' DreamBooth script has the
     same switch), at text_encoder_lr_scale times the U-Net's rate, so that the rare word's encoding
-    can move away from the class word's; saved as out/text_encoder beside out/unet."""
+    can move away from the class word's; saved as out/text_encoder beside out/unet.
+    learned_word: a `TextualInversion` (a new word, not a rare one): its row trains beside the
+    U-Net, at embedding_lr_scale times the rate (the "pivotal" part of diffusers' advanced
+    DreamBooth scripts); saved as learned_embeds.safetensors beside out/unet."""
 
     name = "DreamBooth"
 
-    def __init__(self, train_text_encoder: bool = False, text_encoder_lr_scale: float = 1.0):
+    def __init__(self, train_text_encoder: bool = False, text_encoder_lr_scale: float = 1.0,
+                 learned_word: "TextualInversion | None" = None, embedding_lr_scale: float = 1.0):
         super().__init__()
-        self.train_text_encoder = self.encodes_text = train_text_encoder
-        self.text_encoder_lr_scale = text_encoder_lr_scale
+        if train_text_encoder and learned_word is not None:
+            raise ValueError("DreamBooth trains either the whole text encoder (train_text_encoder) or a learned "
+                             "word's row (learned_word), not both")
+        self.train_text_encoder, self.learned_word = train_text_encoder, learned_word
+        self.encodes_text = train_text_encoder or learned_word is not None
+        self.text_encoder_lr_scale, self.embedding_lr_scale = text_encoder_lr_scale, embedding_lr_scale
 
     def attach(self, pipe):
-        params = super().attach(pipe)
+        rows = self.learned_word.attach(pipe) if self.learned_word is not None else None  # freezes the U-Net...
+        params = super().attach(pipe)  # ...which then trains whole
+        if rows is not None:
+            self._module = self.learned_word.module
+            return [{"params": params}, {"params": rows, "lr_scale": self.embedding_lr_scale}]
         if not self.train_text_encoder:
             return params
         pipe.text_encoder.requires_grad_(True)
@@ -186,10 +198,10 @@ class DreamBooth(FullUNet):
 
     @property
     def module(self):
-        return self._module if self.train_text_encoder else self.pipe.unet
+        return self._module if self.encodes_text else self.pipe.unet
 
     def predict(self, module, batch):
-        if not self.train_text_encoder:
+        if not self.encodes_text:
             return super().predict(module, batch)
         return prediction_through_the_text_encoder(module, batch)
 
@@ -197,6 +209,8 @@ class DreamBooth(FullUNet):
         super().save(out)
         if self.train_text_encoder:
             self.pipe.text_encoder.save_pretrained(Path(out) / "text_encoder", safe_serialization=True)
+        if self.learned_word is not None:
+            self.learned_word.save(out)
 
 
 class TextualInversion(WhatTrains):
