@@ -75,13 +75,17 @@ def copying(pictures: np.ndarray, training: np.ndarray) -> float:
     return float(np.sqrt(np.maximum(squared.min(1), 0) / a.shape[1]).mean())
 
 
-def trained_numbers(method: str, pipe, base_parameters: int, text_encoder_trained: bool, vectors: int = 1) -> int:
-    if method == "dreambooth":  # every U-Net weight, and every text-encoder weight if they trained too
-        return base_parameters + (sum(p.numel() for p in pipe.text_encoder.parameters()) if text_encoder_trained else 0)
+def trained_numbers(method: str, pipe, base_parameters: int, text_encoder_trained: bool, vectors: int = 1,
+                    learned_word: bool = False) -> int:
+    width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    if method == "dreambooth":  # every U-Net weight, and every text-encoder weight or the new word's rows
+        if text_encoder_trained:
+            return base_parameters + sum(p.numel() for p in pipe.text_encoder.parameters())
+        return base_parameters + (vectors * width if learned_word else 0)
     adapter = sum(p.numel() for model in (pipe.unet, pipe.text_encoder) for n, p in model.named_parameters()
                   if "lora" in n)  # the U-Net's adapter, and the text encoder's where it has one
     rows = vectors if method in ("textual-inversion", "pivotal") else 0  # the new word's rows
-    return adapter + rows * pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    return adapter + rows * width
 
 
 def main():
@@ -129,7 +133,7 @@ def main():
         right, variety, pictures = concept_right(pipe, concept_prompts(args.concept, n_prompts, word), seeds)
         known = prompt_adherence(pipe, known_prompts, seeds=seeds)["both_correct"]
         numbers = trained_numbers(method, pipe, base_parameters, bool(settings.get("train_text_encoder")),
-                                  settings.get("vectors", 1))
+                                  settings.get("vectors", 1), bool(settings.get("learn_word")))
         rows.append((method, word, numbers, size, record["minutes"], right, known, known - known_before, variety,
                      copying(pictures, training)))
         print(f"{method}: {record['minutes']:.2f} min, concept right {right:.1f}%", flush=True)

@@ -152,7 +152,7 @@ def test_textual_inversion_trains_its_rows_alone_and_diffusers_and_the_course_dr
 def test_dreambooth_writes_a_unet_diffusers_loads_and_the_course_pipeline_draws_the_same(tmp_path, one_thread,
                                                                                          text_encoder):
     out = tmp_path / "db"
-    flag = "--train-text-encoder" if text_encoder else "--no-train-text-encoder"
+    flag = "--train-text-encoder" if text_encoder else "--no-learn-word"  # the paper's rare word, as the encoder has it
     main(["--method", "dreambooth", "--out", str(out), "--class-pictures", "4", flag, *SMALL])
     record = json.loads((out / "finetune.json").read_text())
     assert record["word"] == "sks shape" and record["prior_pictures"] == 4
@@ -172,7 +172,7 @@ def test_dreambooth_writes_a_unet_diffusers_loads_and_the_course_pipeline_draws_
 
 def test_dreambooth_with_a_learned_word_trains_the_unet_and_that_row_alone(tmp_path, one_thread):
     out = tmp_path / "db-word"
-    main(["--method", "dreambooth", "--learn-word", "--out", str(out), "--class-pictures", "4", *SMALL])
+    main(["--method", "dreambooth", "--out", str(out), "--class-pictures", "4", *SMALL])  # the word learned: the default
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").exists() and (out / EMBEDDING_FILE).exists()
     assert not (out / "text_encoder").exists()
     token, row = load_learned_embedding(out / EMBEDDING_FILE)
@@ -217,7 +217,7 @@ def test_a_finished_run_resumes_and_another_methods_folder_is_refused(tmp_path, 
     (["--method", "foo"], "invalid choice: 'foo' (choose from 'lora', 'textual-inversion', 'dreambooth', 'pivotal')"),
     (["--method", "pivotal", "--train-text-encoder"], "train_text_encoder belongs to method='lora' or 'dreambooth'"),
     (["--method", "dreambooth", "--text-encoder-lr-scale", "0"], "text_encoder_lr_scale"),
-    (["--method", "dreambooth", "--vectors", "4"], "vectors=4 belongs to a new word"),
+    (["--method", "dreambooth", "--no-learn-word", "--vectors", "4"], "vectors=4 belongs to a new word"),
     (["--method", "textual-inversion", "--vectors", "0"], "vectors must be at least 1, got 0"),
     (["--method", "lora", "--learn-word"], "learn_word belongs to method='dreambooth'"),
     (["--method", "dreambooth", "--learn-word", "--train-text-encoder"], "learn_word and train_text_encoder"),
@@ -256,12 +256,15 @@ def test_each_methods_defaults_for_a_concept(tmp_path):
     from sdcourse.training.train_lora import CONCEPT_PRIOR_SHARE
 
     expected = {"textual-inversion": ("<star>", 0.0), "pivotal": ("<star> shape", CONCEPT_PRIOR_SHARE),
-                "dreambooth": ("sks shape", 0.5), "lora": ("star shape", CONCEPT_PRIOR_SHARE)}
+                "dreambooth": ("<sks> shape", 0.5), "lora": ("star shape", CONCEPT_PRIOR_SHARE)}
     for method, (word, prior_share) in expected.items():
         _, _, settings = parse(["--method", method, "--concept", "star", "--out", str(tmp_path)])
         assert (word_of(settings, "star"), settings.prior_share) == (word, prior_share), method
         assert settings.train_text_encoder == (method == "lora"), method
         assert settings.vectors == (8 if method == "textual-inversion" else 1), method  # 8 rows: 48% -> 61% stars
+        assert settings.learn_word == (method == "dreambooth"), method  # its word's row learned: 62% -> 91% stars
+    _, _, settings = parse(["--method", "dreambooth", "--concept", "star", "--out", str(tmp_path), "--no-learn-word"])
+    assert word_of(settings, "star") == "sks shape" and not settings.learn_word
     _, _, settings = parse(["--method", "textual-inversion", "--concept", "star", "--out", str(tmp_path),
                             "--class-word", "shape"])
     assert word_of(settings, "star") == "<star> shape"  # asked for, it is written
