@@ -221,7 +221,9 @@ def test_a_finished_run_resumes_and_another_methods_folder_is_refused(tmp_path, 
     (["--method", "textual-inversion", "--vectors", "0"], "vectors must be at least 1, got 0"),
     (["--method", "lora", "--learn-word"], "learn_word belongs to method='dreambooth'"),
     (["--method", "dreambooth", "--learn-word", "--train-text-encoder"], "learn_word and train_text_encoder"),
-    (["--method", "dreambooth", "--learn-word", "--token", "sks"], "token 'sks' is already a word of the tokenizer"),
+    (["--method", "dreambooth", "--token", "sks"], "token 'sks' is already a word of the tokenizer, so its meaning "
+     "would change for every prompt that uses it; choose a new one, such as '<sks>' (DreamBooth learns a new word's "
+     "row by default; --no-learn-word keeps 'sks' as the text encoder has it)"),
 ])
 def test_bad_input_is_refused_by_name_before_training(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit):

@@ -92,7 +92,8 @@ METHOD_DEFAULTS = {
     "dreambooth": dict(steps=600, batch=16, lr=2e-4, prior_share=0.5, prior_loss_weight=1.0, learn_word=True),
     "pivotal": dict(prior_share=CONCEPT_PRIOR_SHARE),
 }
-DEFAULT_TOKENS = {"textual-inversion": "<{concept}>", "pivotal": "<{concept}>", "dreambooth": "sks"}  # "<sks>" learned
+# (DreamBooth's, when its word is learned, is written "<sks>": a word the vocabulary lacks.)
+DEFAULT_TOKENS = {"textual-inversion": "<{concept}>", "pivotal": "<{concept}>", "dreambooth": "sks"}
 # For a concept of the shapes world: the word a new row starts from, and the class the concept
 # belongs to, as the third edition's captions name it ("shape"; a colour is covered by captions
 # that say none).
@@ -175,7 +176,13 @@ def check_words(pipe, settings: FinetuneSettings):
     """Refuse a new token the vocabulary already holds, or an initializer of several tokens,
     before anything is drawn or trained."""
     if settings.method in ("textual-inversion", "pivotal") or settings.learn_word:
-        check_new_token(pipe.tokenizer, settings.token, settings.vectors)
+        try:
+            check_new_token(pipe.tokenizer, settings.token, settings.vectors)
+        except ValueError as error:
+            if not settings.learn_word:
+                raise
+            raise ValueError(f"{error} (DreamBooth learns a new word's row by default; --no-learn-word keeps "
+                             f"{settings.token!r} as the text encoder has it)") from None
         initializer_id(pipe.tokenizer, settings.initializer)
 
 
