@@ -9,6 +9,10 @@ prompt ("a red shape"), and every step also learns those again,
     loss = instance loss + prior_loss_weight * prior loss,
 
 each the squared error of the noise prediction, averaged over its own pictures.
+
+Where the text encoder never learned the rare word (the tiny model's), "a sks shape" reaches the
+U-Net nearly as "a shape" does, and the class pictures pull the subject back to the class; a new
+word whose row trains beside the U-Net moves it apart (`training.methods.DreamBooth(learned_word=...)`).
 """
 
 from __future__ import annotations
