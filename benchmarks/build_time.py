@@ -27,6 +27,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 
+# The stages build-stages/second-edition keeps, which a build from there does not train again.
+KEPT_STAGES = ("CLIP", "CLIP image encoder", "CLIP words", "VAE", "VAE decoder")
+
+
 def seconds_per_step(step, repeats: int) -> float:
     step()  # warm-up
     times = []
@@ -88,6 +92,7 @@ def main():
                  seconds_per_step(trainer(clip, clip.vision_model.parameters(), image_loss, precision), args.repeats),
                  cfg.clip_image_steps))
     rows.append(("CLIP words", f"batch {cfg.clip_batch}", joint, cfg.clip_words_steps))
+    rows.append(("CLIP rule phase", f"batch {cfg.clip_batch}", joint, cfg.clip_rule_steps))
 
     vae = make_vae(cfg).train()
     photos = np.random.default_rng(0).integers(0, 256, (64, 64, 64, 3), dtype=np.uint8)
@@ -111,9 +116,9 @@ def main():
     t = torch.randint(0, 1000, (cfg.unet_batch,))
     context = torch.randn(cfg.unet_batch, 77, cfg.clip_text_width)
     unet_loss = lambda: unet(zt, t, encoder_hidden_states=context).sample.pow(2).mean()
-    rows.append(("U-Net", f"batch {cfg.unet_batch}",
-                 seconds_per_step(trainer(unet, unet.parameters(), unet_loss, precision), args.repeats),
-                 cfg.unet_steps))
+    unet_step = seconds_per_step(trainer(unet, unet.parameters(), unet_loss, precision), args.repeats)
+    rows.append(("U-Net", f"batch {cfg.unet_batch}", unet_step, cfg.unet_steps))
+    rows.append(("U-Net class phase", f"batch {cfg.unet_batch}", unet_step, cfg.class_phase_steps))
 
     print(f"full build, {args.threads} thread(s), mixed precision {precision}: time of one step x steps in the "
           "full config")
@@ -124,6 +129,8 @@ def main():
         total += minutes
         print(f"{name:>20} | {unit:>15} | {seconds:7.3f} | {count:6,} | {minutes:6.1f}")
     print(f"{'total':>20} | {'':>15} | {'':>7} | {'':>6} | {total:6.1f}")
+    kept = sum(seconds * count / 60 for name, _, seconds, count in rows if name in KEPT_STAGES)
+    print(f"from build-stages/second-edition (its {', '.join(KEPT_STAGES)} kept): {total - kept:.1f} minutes")
 
 
 if __name__ == "__main__":
