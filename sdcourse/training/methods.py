@@ -168,7 +168,7 @@ class DreamBooth(FullUNet):
     same switch), at text_encoder_lr_scale times the U-Net's rate, so that the rare word's encoding
     can move away from the class word's; saved as out/text_encoder beside out/unet.
     learned_word: a `TextualInversion` (a new word, not a rare one): its row trains beside the
-    U-Net, at embedding_lr_scale times the rate (the "pivotal" part of diffusers' advanced
+    U-Net, at embedding_lr_scale times the rate (the textual-inversion part of diffusers' advanced
     DreamBooth scripts); saved as learned_embeds.safetensors beside out/unet."""
 
     name = "DreamBooth"
