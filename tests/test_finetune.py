@@ -12,7 +12,7 @@ from sdcourse.dreambooth import class_pictures, prior_preservation_loss
 from sdcourse.pipeline import TextToImage, load_pipeline
 from sdcourse.textual_inversion import (EMBEDDING_FILE, add_token, check_new_token, initializer_id,
                                         load_learned_embedding, row_mask, spell_out_learned_words)
-from sdcourse.training.finetune import CHECKPOINT, load_finetuned, main
+from sdcourse.training.finetune import CHECKPOINT, DREAMBOOTH_PRIOR_WEIGHT, load_finetuned, main
 from sdcourse.training.trainer import Trainer, TrainSettings
 
 SETTINGS = ["--concept", "star", "--batch", "4", "--n-pictures", "8", "--threads", "1", "--quiet"]
@@ -156,7 +156,7 @@ def test_dreambooth_writes_a_unet_diffusers_loads_and_the_course_pipeline_draws_
     main(["--method", "dreambooth", "--out", str(out), "--class-pictures", "4", flag, *SMALL])
     record = json.loads((out / "finetune.json").read_text())
     assert record["word"] == "sks shape" and record["prior_pictures"] == 4
-    assert record["settings"]["prior_loss_weight"] == 1.0
+    assert record["settings"]["prior_loss_weight"] == DREAMBOOTH_PRIOR_WEIGHT
     assert (out / "text_encoder" / "model.safetensors").exists() == text_encoder
     pipe = load_pipeline()
     words_before = pipe.text_encoder(pipe.tokenizer("a red sks shape", return_tensors="pt").input_ids)[0]
