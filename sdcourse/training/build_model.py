@@ -67,7 +67,9 @@ from __future__ import annotations
 import os
 
 # On a shared machine, OpenMP threads that spin while waiting for each other make every
-# operation several times slower; passive waiting avoids that. Must be set before torch loads.
+# operation several times slower; passive waiting avoids that. On cores the build has to itself,
+# spinning (OMP_WAIT_POLICY=ACTIVE, set before the command) makes a U-Net step take 0.65 times as long:
+# benchmarks/wait_policy.py. Read when torch loads, so it is set before the import.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
