@@ -3,6 +3,7 @@
     python benchmarks/build_time.py                          # about 3 minutes on 2 cores
     python benchmarks/build_time.py --mixed-precision bf16   # bf16 arithmetic (CPUs with AVX-512 BF16)
     python benchmarks/build_time.py --threads 1
+    OMP_WAIT_POLICY=ACTIVE python benchmarks/build_time.py   # a build with the cores to itself
 
 Each network is built at its full size and trained for a few steps on batches of its full
 size; the median time of one step is multiplied by the step count of the full config. Drawing
