@@ -52,6 +52,18 @@ def trainer(model, params, loss_fn, precision="no"):
     return lambda: loop.training_step(0)
 
 
+def unet_training_step(cfg, precision="no"):
+    """One step of the U-Net stage at cfg's size on a fixed batch (forward, backward, clipping, AdamW)."""
+    from sdcourse.training.train_unet import make_unet
+
+    unet = make_unet(cfg).train()
+    noisy = torch.randn(cfg.unet_batch, 4, 8, 8)
+    t = torch.randint(0, 1000, (cfg.unet_batch,))
+    context = torch.randn(cfg.unet_batch, 77, cfg.clip_text_width)
+    return trainer(unet, unet.parameters(), lambda: unet(noisy, t, encoder_hidden_states=context).sample.pow(2).mean(),
+                   precision)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -68,7 +80,6 @@ def main():
 
     from sdcourse.training.datasets import build_contrast_set, build_training_set
     from sdcourse.training.train_clip import as_tensor, make_clip
-    from sdcourse.training.train_unet import make_unet
     from sdcourse.training.train_vae import make_vae, picture_sampler, reconstruction_loss, split_batch
 
     cfg = full_config(threads=args.threads)
@@ -112,12 +123,7 @@ def main():
                  seconds_per_step(trainer(vae, vae.decoder.parameters(), decoder_loss, precision), args.repeats),
                  cfg.vae_decoder_steps))
 
-    unet = make_unet(cfg).train()
-    zt = torch.randn(cfg.unet_batch, 4, 8, 8)
-    t = torch.randint(0, 1000, (cfg.unet_batch,))
-    context = torch.randn(cfg.unet_batch, 77, cfg.clip_text_width)
-    unet_loss = lambda: unet(zt, t, encoder_hidden_states=context).sample.pow(2).mean()
-    unet_step = seconds_per_step(trainer(unet, unet.parameters(), unet_loss, precision), args.repeats)
+    unet_step = seconds_per_step(unet_training_step(cfg, precision), args.repeats)
     rows.append(("U-Net", f"batch {cfg.unet_batch}", unet_step, cfg.unet_steps))
     rows.append(("U-Net class phase", f"batch {cfg.unet_batch}", unet_step, cfg.class_phase_steps))
 

@@ -32,33 +32,18 @@ HERE = Path(__file__).resolve().parent
 POLICIES = ("PASSIVE", "ACTIVE")
 
 
-def time_steps(steps: int, threads: int) -> list[float]:
-    """Seconds of each of `steps` U-Net training steps after one warm-up (in this process's policy)."""
+def median_step(steps: int, threads: int) -> float:
+    """The median seconds of `steps` U-Net training steps after one warm-up (in this process's policy)."""
     sys.path.insert(0, str(HERE.parent))
     sys.path.insert(0, str(HERE))
-    import time
-
     import torch
-    from build_time import trainer
+    from build_time import seconds_per_step, unet_training_step
 
     from sdcourse.training.config import full_config
-    from sdcourse.training.train_unet import make_unet
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = full_config(threads=threads)
-    unet = make_unet(cfg).train()
-    noisy = torch.randn(cfg.unet_batch, 4, 8, 8)
-    t = torch.randint(0, 1000, (cfg.unet_batch,))
-    context = torch.randn(cfg.unet_batch, 77, cfg.clip_text_width)
-    step = trainer(unet, unet.parameters(), lambda: unet(noisy, t, encoder_hidden_states=context).sample.pow(2).mean())
-    step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return times
+    return seconds_per_step(unet_training_step(full_config(threads=threads)), steps)
 
 
 def competitor(seconds: float, threads: int):
@@ -82,7 +67,7 @@ def run_child(policy: str, args) -> float | None:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.limit, check=True)
     except subprocess.TimeoutExpired:
         return None
-    return statistics.median(float(x) for x in done.stdout.split())
+    return float(done.stdout.split()[-1])
 
 
 def main():
@@ -100,7 +85,7 @@ def main():
     if args.limit <= 0:
         parser.error(f"--limit {args.limit}: give a number of seconds above 0")
     if args.child:
-        print(" ".join(f"{s:.4f}" for s in time_steps(args.steps, args.threads)))
+        print(f"{median_step(args.steps, args.threads):.4f}")
         return
 
     busy = None

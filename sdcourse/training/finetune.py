@@ -292,7 +292,8 @@ def parse(argv=None):
                        help="learn pictures of what the model knows too (default for lora, pivotal, dreambooth)")
     prior.add_argument("--no-prior", dest="prior", action="store_false", help="the new pictures alone")
     parser.add_argument("--prior-share", type=float, default=None, help="share of each batch from the prior")
-    parser.add_argument("--prior-loss-weight", type=float, default=None, help=f"DreamBooth's lambda (default {DREAMBOOTH_PRIOR_WEIGHT}; the paper's is 1)")
+    parser.add_argument("--prior-loss-weight", type=float, default=None,
+                        help=f"DreamBooth's lambda (default {DREAMBOOTH_PRIOR_WEIGHT}; the paper's is 1)")
     parser.add_argument("--class-pictures", type=int, default=None, help="DreamBooth: class pictures to draw (200)")
     for name, kind in (("steps", int), ("batch", int), ("lr", float), ("rank", int), ("alpha", float),
                        ("n-pictures", int), ("min-snr-gamma", float), ("caption-dropout", float),
