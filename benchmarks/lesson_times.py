@@ -8,7 +8,7 @@ For each lesson it measures:
 - the exercises (the check functions the exercise notebook calls) and quiz questions;
 - how long the lecture and the solutions take to run, top to bottom, as a learner runs them
   (not in the test suite's fast mode; copies are run, the notebooks are not rewritten). The
-  capstone is not run: its lecture builds a model (about 35 minutes), quoted as "+ the build".
+  capstone is not run: its lecture builds a model (25 to 35 minutes), quoted as "+ the build".
 
 The estimate adds reading at 120 words a minute (technical text, read with care), a minute
 per 10 lines of code read, the running time of both notebooks, 6 minutes per exercise and a
@@ -36,7 +36,7 @@ READING_WORDS_PER_MINUTE = 120
 CODE_LINES_PER_MINUTE = 10
 MINUTES_PER_EXERCISE = 6
 MINUTES_PER_QUESTION = 1
-# Lessons whose lecture builds a whole model (the capstone's lab build, about 35 minutes on 2
+# Lessons whose lecture builds a whole model (the capstone's lab build, 25 to 35 minutes on 2
 # cores): counted without running, and quoted as "+ the build".
 BUILDS_A_MODEL = ("14_capstone.ipynb",)
 

@@ -5,7 +5,9 @@
 
 Stages, one function each below, each resumable (run the same command again after an interrupt):
 
-1. draw a fixed training set of shape pictures with several captions each (no stars);
+1. draw a fixed training set of shape pictures with several captions each; under the caption
+   rule (config.class_share, colourless_share) stars and pink are among them, a star only ever
+   called "shape" and pink only in captions that name no colour;
 2. train the VAE on fresh pictures of the whole shapes world (the star included) and photo
    crops; set scaling_factor = 1 / latent std; then train its decoder on alone (encoder
    frozen, as SD's ft-MSE VAE). It needs no captions, so it comes first, and
